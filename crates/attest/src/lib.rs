@@ -1,0 +1,27 @@
+//! The attestation core of dstack-rs: TDX quote parsing and verification,
+//! RTMR event logs and replay, and the TEE platform backends (TDX and the
+//! simulated TEE).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod collateral;
+pub mod eventlog;
+mod fsutil;
+pub mod platform;
+pub mod quote;
+pub mod rtmr;
+pub mod sim;
+pub mod verify;
+
+#[cfg(test)]
+mod testdata;
+
+pub use collateral::{Collateral, CollateralError};
+pub use eventlog::{Event, EventLogError, ReplayMismatch, RuntimeEvent};
+pub use platform::{Platform, PlatformError, PlatformKind};
+pub use quote::{Quote, QuoteParseError, Report, TdReport};
+pub use rtmr::{Measurement, Rtmrs};
+pub use sim::{SimAuthority, SimError, SimPlatform, SimTdIdentity};
+pub use verify::{
+    Policy, QuoteVerifier, TcbStatus, TeeKind, TrustAnchor, VerifiedQuote, VerifyError,
+};

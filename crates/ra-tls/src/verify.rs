@@ -1,0 +1,304 @@
+//! Checking RA-TLS certificates, and rustls verifiers built on that check.
+//!
+//! The trust decision comes from the quote, not from a CA: a certificate is
+//! accepted when its quote verifies under the configured trust anchor, the
+//! quote's report_data binds the certificate's own public key, the event log
+//! replays to the quoted RTMRs, and the caller's policy accepts the result.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dstack_attest::eventlog::{check_replay, parse_event_log_json, verify_runtime_digests};
+use dstack_attest::{Collateral, Event, QuoteVerifier, Rtmrs, VerifiedQuote};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::RaTlsError;
+use crate::cert::report_data_for_spki;
+use crate::oids;
+
+/// A peer whose RA-TLS certificate passed every check.
+#[derive(Debug, Clone)]
+pub struct VerifiedPeer {
+    /// The verified quote (TCB status, measurements, report data).
+    pub quote: VerifiedQuote,
+    /// The event log, replayed and matched against the quote's RTMRs.
+    pub event_log: Vec<Event>,
+    /// The app id extension, if present.
+    pub app_id: Option<Vec<u8>>,
+    /// The special-usage extension, if present.
+    pub usage: Option<String>,
+    /// SHA-256 of the certificate DER.
+    pub cert_sha256: [u8; 32],
+}
+
+/// A caller's acceptance rule, run after all evidence checks pass.
+pub type PeerPolicy = dyn Fn(&VerifiedPeer) -> Result<(), String> + Send + Sync;
+
+/// Checks RA-TLS certificates.
+pub struct RaTlsVerifier {
+    quotes: QuoteVerifier,
+    collateral: Option<Collateral>,
+    policy: Option<Box<PeerPolicy>>,
+    recent: Mutex<VecDeque<VerifiedPeer>>,
+}
+
+impl std::fmt::Debug for RaTlsVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaTlsVerifier")
+            .field("quotes", &self.quotes)
+            .field("has_policy", &self.policy.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+const RECENT_PEERS: usize = 64;
+
+struct Extensions {
+    spki: Vec<u8>,
+    quote: Option<Vec<u8>>,
+    event_log: Option<Vec<u8>>,
+    collateral: Option<Vec<u8>>,
+    app_id: Option<Vec<u8>>,
+    usage: Option<Vec<u8>>,
+    not_before: i64,
+    not_after: i64,
+}
+
+fn read_extensions(cert_der: &[u8]) -> Result<Extensions, RaTlsError> {
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|e| RaTlsError::Certificate(e.to_string()))?;
+    let mut out = Extensions {
+        spki: cert.tbs_certificate.subject_pki.raw.to_vec(),
+        quote: None,
+        event_log: None,
+        collateral: None,
+        app_id: None,
+        usage: None,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    };
+    for ext in cert.extensions() {
+        let Some(arcs) = ext.oid.iter() else { continue };
+        let arcs: Vec<u64> = arcs.collect();
+        let slot = match arcs.as_slice() {
+            a if a == oids::TDX_QUOTE => &mut out.quote,
+            a if a == oids::EVENT_LOG => &mut out.event_log,
+            a if a == oids::COLLATERAL => &mut out.collateral,
+            a if a == oids::APP_ID => &mut out.app_id,
+            a if a == oids::CERT_USAGE => &mut out.usage,
+            _ => continue,
+        };
+        let content = yasna::parse_der(ext.value, |r| r.read_bytes()).map_err(|_| {
+            RaTlsError::Certificate(format!("extension {arcs:?} is not an OCTET STRING"))
+        })?;
+        *slot = Some(content);
+    }
+    Ok(out)
+}
+
+impl RaTlsVerifier {
+    /// A verifier checking quotes with `quotes` (its trust anchor and TCB policy).
+    pub fn new(quotes: QuoteVerifier) -> Self {
+        Self {
+            quotes,
+            collateral: None,
+            policy: None,
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Use this collateral for peers whose certificate carries none.
+    pub fn with_collateral(mut self, collateral: Collateral) -> Self {
+        self.collateral = Some(collateral);
+        self
+    }
+
+    /// Run `policy` on every peer that passes the evidence checks.
+    pub fn with_policy(
+        mut self,
+        policy: impl Fn(&VerifiedPeer) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.policy = Some(Box::new(policy));
+        self
+    }
+
+    /// Check an RA-TLS certificate at `at`.
+    pub fn verify_cert(&self, cert_der: &[u8], at: SystemTime) -> Result<VerifiedPeer, RaTlsError> {
+        let ext = read_extensions(cert_der)?;
+        let now = at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        if now < ext.not_before || now > ext.not_after {
+            return Err(RaTlsError::CertificateExpired);
+        }
+        let quote = ext.quote.ok_or(RaTlsError::MissingQuote)?;
+        let collateral = match (&ext.collateral, &self.collateral) {
+            (Some(bytes), _) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| {
+                    RaTlsError::Certificate("collateral extension is not UTF-8".into())
+                })?;
+                Collateral::from_json(text).map_err(|e| RaTlsError::Certificate(e.to_string()))?
+            }
+            (None, Some(c)) => c.clone(),
+            (None, None) => return Err(RaTlsError::MissingCollateral),
+        };
+        let verified = self.quotes.verify_at(&quote, &collateral, at)?;
+        if verified.quote.report_data() != &report_data_for_spki(&ext.spki) {
+            return Err(RaTlsError::KeyBindingMismatch);
+        }
+        let mut event_log = match &ext.event_log {
+            Some(bytes) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| {
+                    RaTlsError::Certificate("event log extension is not UTF-8".into())
+                })?;
+                parse_event_log_json(text)?
+            }
+            None => Vec::new(),
+        };
+        if let Some(td) = verified.quote.td_report() {
+            verify_runtime_digests(&mut event_log)?;
+            check_replay(&event_log, &Rtmrs(td.rtmr))?;
+        }
+        let peer = VerifiedPeer {
+            quote: verified,
+            event_log,
+            app_id: ext.app_id,
+            usage: ext.usage.map(|u| String::from_utf8_lossy(&u).into_owned()),
+            cert_sha256: Sha256::digest(cert_der).into(),
+        };
+        if let Some(policy) = &self.policy {
+            policy(&peer).map_err(RaTlsError::PolicyRejected)?;
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == RECENT_PEERS {
+            recent.pop_front();
+        }
+        recent.push_back(peer.clone());
+        Ok(peer)
+    }
+
+    /// The verified peer behind a certificate this verifier accepted recently
+    /// (e.g. `conn.peer_certificates()[0]` after a handshake).
+    pub fn verified_peer(&self, cert_der: &[u8]) -> Option<VerifiedPeer> {
+        let hash: [u8; 32] = Sha256::digest(cert_der).into();
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.iter().rev().find(|p| p.cert_sha256 == hash).cloned()
+    }
+}
+
+/// rustls verifiers (server side and client side) backed by an [`RaTlsVerifier`].
+#[derive(Debug)]
+pub struct RaTlsCertVerifier {
+    inner: Arc<RaTlsVerifier>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl RaTlsCertVerifier {
+    /// Wrap `inner` for use in rustls configs.
+    pub fn new(inner: Arc<RaTlsVerifier>) -> Self {
+        Self {
+            inner,
+            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        }
+    }
+
+    /// The underlying verifier, to look up verified peers after a handshake.
+    pub fn verifier(&self) -> &Arc<RaTlsVerifier> {
+        &self.inner
+    }
+
+    fn check(&self, end_entity: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+        let at = UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        self.inner
+            .verify_cert(end_entity.as_ref(), at)
+            .map(|_| ())
+            .map_err(|e| {
+                rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    Arc::new(e),
+                )))
+            })
+    }
+}
+
+impl ServerCertVerifier for RaTlsCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity, now)
+            .map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for RaTlsCertVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity, now)
+            .map(|()| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
