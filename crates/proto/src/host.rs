@@ -1,0 +1,169 @@
+//! The host API: what a guest asks of its host over vsock (CID 2).
+//!
+//! Paths (HTTP/1.1, JSON bodies):
+//! - `GET  /v1/config`  → [`ConfigBundle`]
+//! - `POST /v1/notify`  ← [`Notification`] → 204
+//! - `POST /v1/logs`    ← [`LogBatch`] → 204
+//!
+//! The host identifies the calling VM by the vsock connection it arrived on,
+//! never by anything in the request.
+
+use serde::{Deserialize, Serialize};
+
+/// vsock port the host API listens on (host CID 2).
+pub const HOST_API_PORT: u32 = 10000;
+
+/// Everything the guest needs from the host to boot the app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigBundle {
+    /// The exact bytes of `app-compose.json`; compose-hash is their SHA-256.
+    pub app_compose: String,
+    /// Encrypted environment blob (upstream format), hex; empty when none.
+    #[serde(default, with = "hex::serde")]
+    pub encrypted_env: Vec<u8>,
+    /// Opaque user configuration, written to `/dstack/.user-config`.
+    #[serde(default)]
+    pub user_config: String,
+    /// Host-chosen system configuration.
+    pub sys_config: SysConfig,
+    /// Instance identity persisted by the host (seed for the instance id).
+    #[serde(default)]
+    pub instance_info: InstanceInfo,
+}
+
+/// System configuration chosen by the host for this VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysConfig {
+    /// The VM's id on the host.
+    pub vm_id: String,
+    /// The VM's name.
+    pub vm_name: String,
+    /// Guest network configuration.
+    pub network: NetworkConfig,
+    /// Registry host rewrites, e.g. `127.0.0.1:5000` → `10.0.2.2:5000`: the
+    /// guest reaches the host's loopback through its user-net gateway.
+    #[serde(default)]
+    pub registry_aliases: Vec<RegistryAlias>,
+    /// Registries (host:port, after aliasing) that may be reached over plain HTTP.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    /// KMS URLs (empty: no KMS).
+    #[serde(default)]
+    pub kms_urls: Vec<String>,
+    /// Gateway URLs (empty: no gateway).
+    #[serde(default)]
+    pub gateway_urls: Vec<String>,
+    /// PCCS URL for collateral.
+    #[serde(default)]
+    pub pccs_url: String,
+    /// The VM shape as a JSON string (upstream's `vm_config`).
+    #[serde(default)]
+    pub vm_config: String,
+}
+
+/// A registry host the guest must reach under another address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAlias {
+    /// The registry as named in image references (`host[:port]`).
+    pub from: String,
+    /// Where the guest reaches it (`host[:port]`).
+    pub to: String,
+}
+
+/// Static guest network settings (QEMU user networking has fixed addresses).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Interface address with prefix, e.g. `10.0.2.15/24`.
+    pub address: String,
+    /// Default gateway, e.g. `10.0.2.2`.
+    pub gateway: String,
+    /// DNS servers.
+    pub dns: Vec<String>,
+}
+
+impl Default for NetworkConfig {
+    /// QEMU user-mode networking's fixed addresses.
+    fn default() -> Self {
+        Self {
+            address: "10.0.2.15/24".into(),
+            gateway: "10.0.2.2".into(),
+            dns: vec!["10.0.2.3".into()],
+        }
+    }
+}
+
+/// Per-instance identity the host persists across boots (upstream `.instance_info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// Seed of the instance id, hex; empty before the first boot.
+    #[serde(default, with = "hex::serde")]
+    pub instance_id_seed: Vec<u8>,
+    /// The instance id, hex.
+    #[serde(default, with = "hex::serde")]
+    pub instance_id: Vec<u8>,
+    /// The app id, hex.
+    #[serde(default, with = "hex::serde")]
+    pub app_id: Vec<u8>,
+}
+
+/// Event names a guest notifies (upstream's names).
+pub mod events {
+    /// A boot phase started; payload is the phase name.
+    pub const BOOT_PROGRESS: &str = "boot.progress";
+    /// Boot failed; payload is the reason.
+    pub const BOOT_ERROR: &str = "boot.error";
+    /// Shutdown progress; payload `"powering off"` means the guest is going down now.
+    pub const SHUTDOWN_PROGRESS: &str = "shutdown.progress";
+    /// Instance identity to persist; payload is [`super::InstanceInfo`] JSON.
+    pub const INSTANCE_INFO: &str = "instance.info";
+    /// Boot phase the guest reports once every service has started.
+    pub const PHASE_RUNNING: &str = "running";
+}
+
+/// A guest event for the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    /// Event name, see [`events`].
+    pub event: String,
+    /// Event payload.
+    #[serde(default)]
+    pub payload: String,
+}
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// The guest's own log (dstack-init).
+    System,
+}
+
+/// One log line from the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogEntry {
+    /// Milliseconds since the Unix epoch, guest clock.
+    pub ts_ms: u64,
+    /// Compose service name; `dstack-init` for the guest's own lines.
+    pub service: String,
+    /// The stream.
+    pub stream: LogStream,
+    /// The line, without its newline.
+    pub line: String,
+}
+
+/// A batch of log lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogBatch {
+    /// The lines, oldest first.
+    pub entries: Vec<LogEntry>,
+}
