@@ -1,5 +1,6 @@
 //! `dstack`: the one command users type.
 
+mod client;
 mod commands;
 
 use std::process::ExitCode;
@@ -10,6 +11,18 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "dstack", version, about)]
 struct Cli {
+    /// Supervisor address: unix:PATH or http://HOST:PORT (default: the
+    /// supervisor.sock in the default state directory).
+    #[arg(long, global = true, env = "DSTACK_SUPERVISOR")]
+    supervisor: Option<String>,
+    /// Bearer token for a TCP supervisor.
+    #[arg(
+        long,
+        global = true,
+        env = "DSTACK_SUPERVISOR_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,27 +32,56 @@ enum Command {
     /// Inspect and verify TDX/SGX quotes.
     #[command(subcommand)]
     Quote(commands::quote::QuoteCommand),
+    /// Deploy and manage CVMs.
+    #[command(subcommand)]
+    Vm(commands::vm::VmCommand),
+    /// Build and list OS images.
+    #[command(subcommand)]
+    Image(commands::image::ImageCommand),
 }
 
 /// Exit codes scripts can rely on.
 #[repr(u8)]
 #[derive(Debug, Clone, Copy)]
 enum Exit {
-    /// The evidence was checked and rejected.
+    /// The evidence was checked and rejected, or the operation failed.
     Rejected = 1,
     /// The input could not be read or understood.
     BadInput = 2,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Quote(cmd) => commands::quote::run(cmd),
+fn client(cli: &Cli) -> anyhow::Result<client::Client> {
+    let endpoint = match &cli.supervisor {
+        Some(addr) => client::Endpoint::parse(addr, cli.token.clone())?,
+        None => client::Endpoint::default_unix(),
     };
-    match result {
+    Ok(client::Client::new(endpoint))
+}
+
+fn run(cli: Cli) -> Result<(), commands::Failure> {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| commands::Failure::BadInput(e.into()))
+    };
+    let api = client(&cli)?;
+    match cli.command {
+        Command::Quote(cmd) => commands::quote::run(cmd),
+        Command::Vm(cmd) => runtime()?.block_on(commands::vm::run(cmd, api)),
+        Command::Image(cmd) => runtime()?.block_on(commands::image::run(cmd, api)),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(commands::Failure::Rejected(reason)) => {
             eprintln!("rejected: {reason}");
+            ExitCode::from(Exit::Rejected as u8)
+        }
+        Err(commands::Failure::Failed(reason)) => {
+            eprintln!("error: {reason}");
             ExitCode::from(Exit::Rejected as u8)
         }
         Err(commands::Failure::BadInput(err)) => {

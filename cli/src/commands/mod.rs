@@ -1,12 +1,16 @@
 //! One module per command group.
 
+pub(crate) mod image;
 pub(crate) mod quote;
+pub(crate) mod vm;
 
 /// How a command failed.
 #[derive(Debug)]
 pub(crate) enum Failure {
     /// Evidence was checked and refused: a one-line reason.
     Rejected(String),
+    /// An operation failed (e.g. a VM did not boot): a one-line reason.
+    Failed(String),
     /// Input could not be read or understood.
     BadInput(anyhow::Error),
 }

@@ -1,0 +1,557 @@
+//! `dstack vm ...`: deploy and manage CVMs through the supervisor.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use dstack_proto::supervisor::{DeployRequest, PortMapping, VmInfo, VmState, VmSummary};
+use hyper::Method;
+
+use super::Failure;
+use crate::client::Client;
+
+/// VM commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum VmCommand {
+    /// Deploy a compose file (or an app-compose.json) as a new CVM and wait for it to run.
+    Deploy(DeployArgs),
+    /// List VMs.
+    Ls(LsArgs),
+    /// Show one VM: state, boot progress, measurements, containers.
+    Info(VmArgs),
+    /// Show a VM's container logs (or its serial console with --serial).
+    Logs(LogsArgs),
+    /// Start a stopped VM.
+    Start(VmArgs),
+    /// Stop a VM gracefully (the guest stops its services and unmounts its disk).
+    Stop(VmArgs),
+    /// Remove a VM and everything stored for it.
+    Rm(RmArgs),
+}
+
+/// Arguments of `dstack vm deploy`.
+#[derive(Debug, Args)]
+pub(crate) struct DeployArgs {
+    /// docker-compose YAML, or app-compose.json.
+    file: PathBuf,
+    /// VM name (default: the file's directory name).
+    #[arg(long)]
+    name: Option<String>,
+    /// OS image (default: the newest).
+    #[arg(long, default_value = "")]
+    image: String,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpu: u32,
+    /// Memory, e.g. 1024, 1024M or 2G.
+    #[arg(long, default_value = "1G")]
+    memory: String,
+    /// Data disk size in GiB.
+    #[arg(long, default_value_t = 4)]
+    disk: u32,
+    /// Publish a guest port: [ADDR:]HOST_PORT:VM_PORT (repeatable).
+    #[arg(long = "port", short = 'p')]
+    ports: Vec<String>,
+    /// Return once the VM is created, without waiting for the app.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for the app, in seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Print the VM as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--json` only.
+#[derive(Debug, Args)]
+pub(crate) struct LsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A VM id or name.
+#[derive(Debug, Args)]
+pub(crate) struct VmArgs {
+    /// VM id or name.
+    vm: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `dstack vm rm`.
+#[derive(Debug, Args)]
+pub(crate) struct RmArgs {
+    /// VM id or name.
+    vm: String,
+    /// Kill the VM instead of stopping it gracefully.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Arguments of `dstack vm logs`.
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// VM id or name.
+    vm: String,
+    /// Keep printing new lines.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Only this compose service.
+    #[arg(long)]
+    service: Option<String>,
+    /// The serial console instead of container output.
+    #[arg(long)]
+    serial: bool,
+    /// How many past lines.
+    #[arg(long, short = 'n', default_value_t = 200)]
+    lines: u32,
+}
+
+pub(crate) async fn run(cmd: VmCommand, client: Client) -> Result<(), Failure> {
+    match cmd {
+        VmCommand::Deploy(args) => deploy(args, &client).await,
+        VmCommand::Ls(args) => ls(args, &client).await,
+        VmCommand::Info(args) => info(args, &client).await,
+        VmCommand::Logs(args) => logs(args, &client).await,
+        VmCommand::Start(args) => {
+            let vm: VmInfo = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/vms/{}/start", enc(&args.vm)),
+                    None::<&()>,
+                )
+                .await?;
+            println!("started {} ({})", vm.summary.name, vm.summary.id);
+            Ok(())
+        }
+        VmCommand::Stop(args) => {
+            let vm: VmInfo = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/vms/{}/stop", enc(&args.vm)),
+                    None::<&()>,
+                )
+                .await?;
+            println!("stopped {} ({})", vm.summary.name, vm.summary.id);
+            Ok(())
+        }
+        VmCommand::Rm(args) => {
+            let force = if args.force { "?force=true" } else { "" };
+            client
+                .call_empty(Method::DELETE, &format!("/v1/vms/{}{force}", enc(&args.vm)))
+                .await?;
+            println!("removed {}", args.vm);
+            Ok(())
+        }
+    }
+}
+
+/// Percent-encode a path segment (names are restricted, but be safe).
+fn enc(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn parse_memory(text: &str) -> anyhow::Result<u32> {
+    let t = text.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('G' | 'g') => (&t[..t.len() - 1], 1024),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1),
+        _ => (t, 1),
+    };
+    let n: u32 = num
+        .parse()
+        .with_context(|| format!("--memory {text:?} is not a size like 1024, 512M or 2G"))?;
+    n.checked_mul(mult).context("--memory is too large")
+}
+
+fn parse_port(text: &str) -> anyhow::Result<PortMapping> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let port = |p: &str| -> anyhow::Result<u16> {
+        p.parse::<u16>()
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("--port {text:?}: {p:?} is not a port"))
+    };
+    let (host_address, host_port, vm_port) = match parts.as_slice() {
+        [host, vm] => ("127.0.0.1".to_string(), port(host)?, port(vm)?),
+        [addr, host, vm] => (addr.to_string(), port(host)?, port(vm)?),
+        _ => bail!("--port {text:?} is not [ADDR:]HOST_PORT:VM_PORT"),
+    };
+    Ok(PortMapping {
+        protocol: "tcp".into(),
+        host_address,
+        host_port,
+        vm_port,
+    })
+}
+
+fn default_name(file: &Path) -> String {
+    let dir = file.canonicalize().ok().and_then(|p| {
+        p.parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+    });
+    let raw = dir.unwrap_or_else(|| {
+        file.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let cleaned: String = raw
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let trimmed = cleaned.trim_matches('-').to_string();
+    if trimmed.is_empty() {
+        "app".into()
+    } else {
+        trimmed
+    }
+}
+
+/// Read the file: app-compose.json as-is, or wrap a compose YAML into one.
+fn app_compose(file: &Path, name: &str) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if text.trim_start().starts_with('{') {
+        dstack_compose::AppCompose::parse(&text)
+            .with_context(|| format!("{} is not a valid app-compose.json", file.display()))?;
+        Ok(text)
+    } else {
+        dstack_compose::app_compose_from_yaml(name, &text)
+            .with_context(|| format!("{} is not a valid compose file", file.display()))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.file));
+    let request = DeployRequest {
+        app_compose: app_compose(&args.file, &name)?,
+        name,
+        image: args.image.clone(),
+        vcpu: args.vcpu,
+        memory_mb: parse_memory(&args.memory)?,
+        disk_gb: args.disk,
+        ports: args
+            .ports
+            .iter()
+            .map(|p| parse_port(p))
+            .collect::<anyhow::Result<_>>()?,
+        encrypted_env: String::new(),
+        user_config: String::new(),
+        stopped: false,
+    };
+    let vm: VmInfo = client.call(Method::POST, "/v1/vms", Some(&request)).await?;
+    if !args.json {
+        eprintln!(
+            "created {} ({}), compose-hash {}",
+            vm.summary.name, vm.summary.id, vm.compose_hash
+        );
+    }
+    if args.no_wait {
+        print_deployed(&vm, args.json);
+        return Ok(());
+    }
+    let vm = wait_running(
+        client,
+        &vm.summary.id,
+        Duration::from_secs(args.timeout),
+        args.json,
+    )
+    .await?;
+    print_deployed(&vm, args.json);
+    Ok(())
+}
+
+fn print_deployed(vm: &VmInfo, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(vm).unwrap_or_default());
+        return;
+    }
+    println!("{} is {}", vm.summary.name, state_name(vm.summary.state));
+    for p in &vm.summary.ports {
+        println!(
+            "  http://{}:{} -> guest port {}",
+            p.host_address, p.host_port, p.vm_port
+        );
+    }
+}
+
+/// Poll the VM, showing boot progress, until the guest reports `running`.
+async fn wait_running(
+    client: &Client,
+    id: &str,
+    timeout: Duration,
+    quiet: bool,
+) -> Result<VmInfo, Failure> {
+    let start = Instant::now();
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut last_phase = String::new();
+    loop {
+        let vm: VmInfo = client
+            .call(Method::GET, &format!("/v1/vms/{}", enc(id)), None::<&()>)
+            .await?;
+        if vm.summary.phase != last_phase {
+            if !last_phase.is_empty() {
+                bar.println(format!(
+                    "  {:>6.1}s {}",
+                    start.elapsed().as_secs_f64(),
+                    last_phase
+                ));
+            }
+            last_phase = vm.summary.phase.clone();
+        }
+        bar.set_message(format!(
+            "{}: {}",
+            state_name(vm.summary.state),
+            vm.summary.phase
+        ));
+        match vm.summary.state {
+            VmState::Running => {
+                bar.finish_and_clear();
+                if !quiet {
+                    eprintln!("  {:>6.1}s running", start.elapsed().as_secs_f64());
+                }
+                return Ok(vm);
+            }
+            VmState::Failed | VmState::Stopped | VmState::Crashed => {
+                bar.finish_and_clear();
+                let reason = vm
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("the VM is {}", state_name(vm.summary.state)));
+                return Err(Failure::Failed(format!(
+                    "{} did not boot: {reason} (see `dstack vm logs --serial {}`)",
+                    vm.summary.name, vm.summary.name
+                )));
+            }
+            _ => {}
+        }
+        if start.elapsed() > timeout {
+            bar.finish_and_clear();
+            return Err(Failure::Failed(format!(
+                "{} is still {} after {}s",
+                vm.summary.name,
+                vm.summary.phase,
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn state_name(state: VmState) -> &'static str {
+    match state {
+        VmState::Stopped => "stopped",
+        VmState::Booting => "booting",
+        VmState::Running => "running",
+        VmState::Stopping => "stopping",
+        VmState::Crashed => "crashed",
+        VmState::Failed => "failed",
+    }
+}
+
+fn age(created_ms: u64) -> String {
+    let s = now_ms().saturating_sub(created_ms) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+fn ports(ports: &[PortMapping]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("{}:{}->{}", p.host_address, p.host_port, p.vm_port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn ls(args: LsArgs, client: &Client) -> Result<(), Failure> {
+    let vms: Vec<VmSummary> = client.call(Method::GET, "/v1/vms", None::<&()>).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&vms).unwrap_or_default());
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<20} {:<9} {:<22} {:<24} {:<30} AGE",
+        "ID", "NAME", "STATE", "PHASE", "IMAGE", "PORTS"
+    );
+    for vm in &vms {
+        println!(
+            "{:<10} {:<20} {:<9} {:<22} {:<24} {:<30} {}",
+            vm.id,
+            vm.name,
+            state_name(vm.state),
+            vm.phase,
+            vm.image,
+            ports(&vm.ports),
+            age(vm.created_at_ms)
+        );
+    }
+    Ok(())
+}
+
+async fn info(args: VmArgs, client: &Client) -> Result<(), Failure> {
+    let vm: VmInfo = client
+        .call(
+            Method::GET,
+            &format!("/v1/vms/{}", enc(&args.vm)),
+            None::<&()>,
+        )
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&vm).unwrap_or_default());
+        return Ok(());
+    }
+    let s = &vm.summary;
+    println!("id:            {}", s.id);
+    println!("name:          {}", s.name);
+    println!("state:         {} ({})", state_name(s.state), s.phase);
+    if let Some(err) = &vm.error {
+        println!("error:         {err}");
+    }
+    println!("image:         {}", s.image);
+    println!(
+        "shape:         {} vCPU, {} MiB, {} GiB disk, vsock CID {}",
+        vm.vcpu, vm.memory_mb, vm.disk_gb, vm.cid
+    );
+    println!("ports:         {}", ports(&s.ports));
+    println!("compose-hash:  {}", vm.compose_hash);
+    println!("app-id:        {}", vm.app_id);
+    if !vm.instance_id.is_empty() {
+        println!("instance-id:   {}", vm.instance_id);
+    }
+    if let Some(pid) = vm.pid {
+        println!("qemu pid:      {pid}");
+    }
+    if !vm.boot_phases.is_empty() {
+        println!("boot phases:");
+        for p in &vm.boot_phases {
+            println!("  {:>8} ms  {}", p.at_ms, p.name);
+        }
+    }
+    if !vm.containers.is_empty() {
+        println!("containers:");
+        for c in &vm.containers {
+            let mut state = format!("{:?}", c.state).to_lowercase();
+            if c.restarts > 0 {
+                state.push_str(&format!(", {} restarts", c.restarts));
+            }
+            println!("  {:<16} {:<12} {}", c.service, state, c.image);
+        }
+    }
+    if !vm.events.is_empty() {
+        println!("events:");
+        for e in &vm.events {
+            println!("  {}  {} {}", e.ts_ms, e.event, e.payload);
+        }
+    }
+    Ok(())
+}
+
+async fn logs(args: LogsArgs, client: &Client) -> Result<(), Failure> {
+    let mut query = format!(
+        "follow={}&lines={}&channel={}",
+        args.follow,
+        args.lines,
+        if args.serial { "serial" } else { "app" }
+    );
+    if let Some(service) = &args.service {
+        query.push_str(&format!("&service={}", enc(service)));
+    }
+    let path = format!("/v1/vms/{}/logs?{query}", enc(&args.vm));
+    let serial = args.serial;
+    let mut pending = Vec::new();
+    let stdout = std::io::stdout();
+    client
+        .stream(&path, |chunk| {
+            let mut out = stdout.lock();
+            if serial {
+                let _ = out.write_all(chunk);
+                let _ = out.flush();
+                return;
+            }
+            pending.extend_from_slice(chunk);
+            while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=pos).collect();
+                match serde_json::from_slice::<dstack_proto::supervisor::LogLine>(&line) {
+                    Ok(l) => {
+                        let _ = writeln!(out, "{} | {}", l.service, l.line);
+                    }
+                    Err(_) => {
+                        let _ = out.write_all(&line);
+                    }
+                }
+            }
+            let _ = out.flush();
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ports_and_memory() {
+        let p = parse_port("8080:80").unwrap();
+        assert_eq!(
+            (p.host_address.as_str(), p.host_port, p.vm_port),
+            ("127.0.0.1", 8080, 80)
+        );
+        let p = parse_port("0.0.0.0:8443:443").unwrap();
+        assert_eq!(p.host_address, "0.0.0.0");
+        assert!(parse_port("80").is_err());
+        assert!(parse_port("a:80").is_err());
+        assert!(parse_port("0:80").is_err());
+        assert_eq!(parse_memory("2G").unwrap(), 2048);
+        assert_eq!(parse_memory("512M").unwrap(), 512);
+        assert_eq!(parse_memory("768").unwrap(), 768);
+        assert!(parse_memory("lots").is_err());
+    }
+
+    #[test]
+    fn names_come_from_the_directory() {
+        let dir = std::env::temp_dir().join(format!("My_App-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("compose.yml");
+        std::fs::write(&file, "").unwrap();
+        assert!(default_name(&file).starts_with("my-app-"));
+        std::fs::remove_dir_all(dir).unwrap();
+        assert_eq!(enc("a b/c"), "a%20b%2Fc");
+    }
+}

@@ -1,0 +1,6 @@
+//! Support for the end-to-end tests and the demo: example images, the local
+//! registry, and a supervisor running in a scratch state directory.
+#![allow(missing_docs)]
+
+pub mod harness;
+pub mod oci;
