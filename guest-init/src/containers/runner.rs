@@ -1,0 +1,214 @@
+//! libcontainer glue: a service's writable root (overlayfs over the unpacked
+//! image), its bundle, and create/start, exec, signal and delete. Everything
+//! here blocks; callers run it on `spawn_blocking` while holding a
+//! [`SpawnGuard`](super::reap::SpawnGuard) when a process is created.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::OFlag;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::signal::Signal;
+use oci_spec::runtime::Spec;
+
+use crate::containers::ContainerError;
+
+/// Where one service's files live.
+#[derive(Debug, Clone)]
+pub(crate) struct ServicePaths {
+    /// `<run_dir>/containers/<service>`: bundle (config.json), hosts, resolv.conf.
+    pub(crate) bundle: PathBuf,
+    /// `<bundle>/rootfs`: the overlay mount.
+    pub(crate) rootfs: PathBuf,
+    /// `<data_dir>/containers/<service>`: overlay upper and work dirs.
+    pub(crate) writable: PathBuf,
+}
+
+impl ServicePaths {
+    /// The paths of `service`.
+    pub(crate) fn new(run_dir: &Path, data_dir: &Path, service: &str) -> Self {
+        let bundle = run_dir.join("containers").join(service);
+        ServicePaths {
+            rootfs: bundle.join("rootfs"),
+            bundle,
+            writable: data_dir.join("containers").join(service),
+        }
+    }
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
+    move |e| ContainerError::io(what, path, e)
+}
+
+/// Mounts a fresh writable root: the upper layer is reset on every boot (a
+/// container's changes outside volumes do not outlive the boot, as with
+/// `docker compose up` recreating containers), but kept across restarts
+/// within one boot.
+pub(crate) fn mount_rootfs(
+    service: &str,
+    paths: &ServicePaths,
+    image_root: &Path,
+) -> Result<(), ContainerError> {
+    let upper = paths.writable.join("upper");
+    let work = paths.writable.join("work");
+    if paths.writable.exists() {
+        fs::remove_dir_all(&paths.writable).map_err(io_err("resetting", &paths.writable))?;
+    }
+    for dir in [&upper, &work, &paths.rootfs] {
+        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        image_root.display(),
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &paths.rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|source| ContainerError::Mount {
+        service: service.into(),
+        target: paths.rootfs.clone(),
+        source,
+    })
+}
+
+/// Unmounts a service's root (lazily: a straggler must not block shutdown).
+pub(crate) fn unmount_rootfs(paths: &ServicePaths) {
+    let _ = nix::mount::umount2(&paths.rootfs, MntFlags::MNT_DETACH);
+}
+
+/// Writes `config.json` into the bundle.
+pub(crate) fn write_bundle(paths: &ServicePaths, spec: &Spec) -> Result<(), ContainerError> {
+    let path = paths.bundle.join("config.json");
+    let json = serde_json::to_vec_pretty(spec)
+        .map_err(|e| ContainerError::io("encoding", &path, std::io::Error::other(e)))?;
+    fs::write(&path, json).map_err(io_err("writing", &path))
+}
+
+fn dev_null() -> Result<OwnedFd, ContainerError> {
+    let file = fs::File::open("/dev/null").map_err(io_err("opening", Path::new("/dev/null")))?;
+    Ok(file.into())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    // CLOEXEC on our ends; libcontainer dup2()s the write end onto the
+    // container's stdout/stderr, which clears the flag there.
+    nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| ContainerError::io("creating pipe", Path::new("pipe"), e.into()))
+}
+
+/// A started container: its init pid and the read ends of its output pipes.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) pid: i32,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+}
+
+fn base_builder(
+    state_root: &Path,
+    id: &str,
+) -> Result<ContainerBuilder, libcontainer::error::LibcontainerError> {
+    ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(state_root)?
+        .validate_id()
+}
+
+/// Creates and starts container `id` from the bundle (DESIGN §6: systemd
+/// off, no pivot_root — the guest root is an initramfs — and the init a
+/// child of PID1).
+pub(crate) fn create_and_start(
+    state_root: &Path,
+    id: &str,
+    paths: &ServicePaths,
+) -> Result<Started, ContainerError> {
+    // A container left over from an earlier run of this service is removed first.
+    delete(state_root, id);
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let fail = |action| move |e| ContainerError::runtime(id, action, e);
+    let mut container = base_builder(state_root, id)
+        .map_err(fail("create"))?
+        .with_stdin(dev_null()?)
+        .with_stdout(stdout_w)
+        .with_stderr(stderr_w)
+        .as_init(&paths.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .with_no_pivot(true)
+        .build()
+        .map_err(fail("create"))?;
+    // The builder has dropped our copies of the write ends, so the pipes
+    // reach EOF when the container's processes exit.
+    container.start().map_err(fail("start"))?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| ContainerError::spec(id, "libcontainer reported no init pid"))?;
+    Ok(Started {
+        pid: pid.as_raw(),
+        stdout: stdout_r,
+        stderr: stderr_r,
+    })
+}
+
+/// Runs `args` inside the running container `id` (its namespaces, cgroup,
+/// user and capabilities) with output discarded; returns its pid.
+pub(crate) fn exec(state_root: &Path, id: &str, args: &[String]) -> Result<i32, ContainerError> {
+    let (stdin, stdout, stderr) = (dev_null()?, dev_null()?, dev_null()?);
+    let pid = base_builder(state_root, id)
+        .and_then(|builder| {
+            builder
+                .with_stdin(stdin)
+                .with_stdout(stdout)
+                .with_stderr(stderr)
+                .as_tenant()
+                .with_container_args(args.to_vec())
+                .with_detach(true)
+                .build()
+        })
+        .map_err(|e| ContainerError::runtime(id, "exec", e))?;
+    Ok(pid.as_raw())
+}
+
+/// Sends `signal` to the container's init (or, with `all`, every process in its cgroup).
+pub(crate) fn signal(
+    state_root: &Path,
+    id: &str,
+    signal: Signal,
+    all: bool,
+) -> Result<(), ContainerError> {
+    let mut container =
+        Container::load(state_root.join(id)).map_err(|e| ContainerError::runtime(id, "kill", e))?;
+    container
+        .kill(signal, all)
+        .map_err(|e| ContainerError::runtime(id, "kill", e))
+}
+
+/// Deletes container `id` (kills what is left, removes its cgroup and
+/// state); a container that does not exist is not an error.
+pub(crate) fn delete(state_root: &Path, id: &str) {
+    let dir = state_root.join(id);
+    if !dir.exists() {
+        return;
+    }
+    // The cgroup can stay busy for a moment after the last process exits.
+    for _ in 0..10 {
+        match Container::load(dir.clone()).and_then(|mut c| c.delete(true)) {
+            Ok(()) => return,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,302 @@
+//! The OCI runtime spec (`config.json`) of one service: the image config
+//! (Entrypoint, Cmd, Env, WorkingDir, User) overridden by the compose service,
+//! plus the guest's fixed choices — no network namespace (every service
+//! shares the guest's, so services reach each other on 127.0.0.1), docker's
+//! default capabilities, no_new_privileges, and per-service /etc/hosts and
+//! /etc/resolv.conf. Pure: files are read by the caller.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dstack_compose::Service;
+use oci_spec::image::Config as ImageConfig;
+use oci_spec::runtime::Spec;
+use serde_json::json;
+
+use crate::containers::ContainerError;
+
+/// Docker's default capability set (moby `oci/caps/defaults.go`): what a
+/// compose user expects a container to be able to do.
+pub(crate) const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A bind mount into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BindMount {
+    /// Path in the guest.
+    pub(crate) source: PathBuf,
+    /// Absolute path in the container.
+    pub(crate) destination: String,
+    /// Mounted read-only.
+    pub(crate) read_only: bool,
+}
+
+/// Everything a service's spec is made of.
+#[derive(Debug)]
+pub(crate) struct SpecInput<'a> {
+    /// Compose service name (also the hostname and cgroup name).
+    pub(crate) name: &'a str,
+    /// The compose service.
+    pub(crate) service: &'a Service,
+    /// The image's config (`None` when the image has none).
+    pub(crate) image: Option<&'a ImageConfig>,
+    /// The merged root filesystem.
+    pub(crate) rootfs: &'a Path,
+    /// The image's `/etc/passwd`, if it has one.
+    pub(crate) passwd: Option<&'a str>,
+    /// The image's `/etc/group`, if it has one.
+    pub(crate) group: Option<&'a str>,
+    /// Bind mounts: /etc/hosts, /etc/resolv.conf, volumes, sockets.
+    pub(crate) binds: &'a [BindMount],
+}
+
+/// A resolved `user:` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResolvedUser {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    /// Groups from /etc/group that list the user by name.
+    pub(crate) additional_gids: Vec<u32>,
+    /// Home directory from /etc/passwd, for `HOME`.
+    pub(crate) home: Option<String>,
+}
+
+/// `(name, uid, gid, home)` rows of an /etc/passwd.
+fn passwd_rows(passwd: &str) -> impl Iterator<Item = (&str, u32, u32, &str)> {
+    passwd.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        Some((
+            f.first()?.trim(),
+            f.get(2)?.parse().ok()?,
+            f.get(3)?.parse().ok()?,
+            *f.get(5)?,
+        ))
+    })
+}
+
+/// `(name, gid, members)` rows of an /etc/group.
+fn group_rows(group: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
+    group.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        let members = f
+            .get(3)
+            .map(|m| m.split(',').map(str::trim).collect())
+            .unwrap_or_default();
+        Some((f.first()?.trim(), f.get(2)?.parse().ok()?, members))
+    })
+}
+
+/// Resolves `user[:group]` (names or numbers) the way docker does: a name
+/// must exist in the image; a number need not, and then its group is 0.
+pub(crate) fn resolve_user(
+    spec: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<ResolvedUser, String> {
+    let (user_part, group_part) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = passwd.unwrap_or("");
+    let group = group.unwrap_or("");
+    let (uid, entry) = match user_part.parse::<u32>() {
+        Ok(uid) => (uid, passwd_rows(passwd).find(|row| row.1 == uid)),
+        Err(_) => {
+            let row = passwd_rows(passwd)
+                .find(|row| row.0 == user_part)
+                .ok_or_else(|| format!("user {user_part:?} is not in the image's /etc/passwd"))?;
+            (row.1, Some(row))
+        }
+    };
+    let gid = match group_part {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_rows(group)
+                .find(|row| row.0 == g)
+                .map(|row| row.1)
+                .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
+        },
+        None => entry.map_or(0, |row| row.2),
+    };
+    let additional_gids = match (group_part, entry) {
+        (None, Some((name, ..))) => group_rows(group)
+            .filter(|row| row.1 != gid && row.2.contains(&name))
+            .map(|row| row.1)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+        home: entry.map(|row| row.3.to_string()),
+    })
+}
+
+/// `/etc/hosts` for every container: each service name maps to 127.0.0.1,
+/// because all services share the guest's network namespace.
+pub(crate) fn hosts_file<'a>(services: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = services.into_iter().collect();
+    format!(
+        "127.0.0.1\tlocalhost {}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        names.join(" ")
+    )
+}
+
+/// `/etc/resolv.conf` naming the guest's DNS servers.
+pub(crate) fn resolv_conf(dns: &[String]) -> String {
+    dns.iter()
+        .map(|server| format!("nameserver {server}\n"))
+        .collect()
+}
+
+/// Merges the image's `KEY=value` list with compose's map (compose wins) and
+/// adds PATH, HOSTNAME and HOME when missing.
+fn environment(
+    image_env: &[String],
+    compose_env: &BTreeMap<String, String>,
+    hostname: &str,
+    home: Option<&str>,
+) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |key: &str, value: &str| match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value.to_string(),
+        None => env.push((key.to_string(), value.to_string())),
+    };
+    for item in image_env {
+        let (k, v) = item.split_once('=').unwrap_or((item, ""));
+        set(k, v);
+    }
+    for (k, v) in compose_env {
+        set(k, v);
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.insert(0, ("PATH".into(), DEFAULT_PATH["PATH=".len()..].into()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOSTNAME") {
+        env.push(("HOSTNAME".into(), hostname.into()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".into(), home.unwrap_or("/root").into()));
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The argv: compose's entrypoint replaces the image's and then (as in
+/// docker) also drops the image's Cmd; compose's command replaces Cmd.
+fn argv(service: &Service, image: Option<&ImageConfig>) -> Vec<String> {
+    let image_entrypoint = image
+        .and_then(|c| c.entrypoint().clone())
+        .unwrap_or_default();
+    let image_cmd = image.and_then(|c| c.cmd().clone()).unwrap_or_default();
+    let (entrypoint, cmd) = match (&service.entrypoint, &service.command) {
+        (Some(e), Some(c)) => (e.clone(), c.clone()),
+        (Some(e), None) => (e.clone(), Vec::new()),
+        (None, Some(c)) => (image_entrypoint, c.clone()),
+        (None, None) => (image_entrypoint, image_cmd),
+    };
+    entrypoint.into_iter().chain(cmd).collect()
+}
+
+/// Builds the runtime spec of one service.
+pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> {
+    let service = input.service;
+    let args = argv(service, input.image);
+    if args.is_empty() {
+        return Err(ContainerError::spec(
+            input.name,
+            "no command: the image has no Entrypoint or Cmd and compose sets neither",
+        ));
+    }
+    let user_spec = service
+        .user
+        .clone()
+        .or_else(|| input.image.and_then(|c| c.user().clone()))
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "0".into());
+    let user = resolve_user(&user_spec, input.passwd, input.group)
+        .map_err(|reason| ContainerError::spec(input.name, reason))?;
+    let image_env = input
+        .image
+        .and_then(|c| c.env().clone())
+        .unwrap_or_default();
+    let env = environment(
+        &image_env,
+        &service.environment,
+        input.name,
+        user.home.as_deref(),
+    );
+    let cwd = service
+        .working_dir
+        .clone()
+        .or_else(|| input.image.and_then(|c| c.working_dir().clone()))
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "/".into());
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    for bind in input.binds {
+        let mode = if bind.read_only { "ro" } else { "rw" };
+        mounts.push(json!({"destination": bind.destination, "type": "bind",
+                           "source": bind.source, "options": ["rbind", "rprivate", mode]}));
+    }
+    let caps = DEFAULT_CAPABILITIES;
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": input.rootfs, "readonly": false},
+        "hostname": input.name,
+        "mounts": mounts,
+        "linux": {
+            // Absolute, so libcontainer uses it as is (not `:youki:<id>`).
+            "cgroupsPath": format!("/dstack/{}", input.name),
+            // No network namespace: services share the guest's (DESIGN §2).
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": oci_spec::runtime::get_default_maskedpaths(),
+            "readonlyPaths": oci_spec::runtime::get_default_readonly_paths()
+        }
+    });
+    serde_json::from_value(spec)
+        .map_err(|e| ContainerError::spec(input.name, format!("invalid runtime spec: {e}")))
+}
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod tests;
