@@ -204,6 +204,7 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
             passwd: passwd.as_deref(),
             group: group.as_deref(),
             binds: &binds,
+            nofile: runner::nofile_limit(),
         })?;
         runner::write_bundle(paths, &spec)
     })

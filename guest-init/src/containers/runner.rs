@@ -89,6 +89,31 @@ pub(crate) fn unmount_rootfs(paths: &ServicePaths) {
     let _ = nix::mount::umount2(&paths.rootfs, MntFlags::MNT_DETACH);
 }
 
+/// RLIMIT_NOFILE for containers: docker's 1048576 when we may raise limits
+/// (CAP_SYS_RESOURCE, as PID1 has), otherwise our own hard limit, since
+/// libcontainer's setrlimit fails with EPERM above it.
+pub(crate) fn nofile_limit() -> u64 {
+    const DOCKER_NOFILE: u64 = 1_048_576;
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let can_raise = fs::read_to_string("/proc/self/status")
+        .ok()
+        .is_some_and(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+        });
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(1024);
+    if can_raise {
+        DOCKER_NOFILE.max(hard)
+    } else {
+        hard.min(DOCKER_NOFILE)
+    }
+}
+
 /// Writes `config.json` into the bundle.
 pub(crate) fn write_bundle(paths: &ServicePaths, spec: &Spec) -> Result<(), ContainerError> {
     let path = paths.bundle.join("config.json");

@@ -64,6 +64,8 @@ pub(crate) struct SpecInput<'a> {
     pub(crate) group: Option<&'a str>,
     /// Bind mounts: /etc/hosts, /etc/resolv.conf, volumes, sockets.
     pub(crate) binds: &'a [BindMount],
+    /// RLIMIT_NOFILE (soft and hard) for the process.
+    pub(crate) nofile: u64,
 }
 
 /// A resolved `user:` value.
@@ -278,7 +280,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
             "env": env,
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": input.nofile, "soft": input.nofile}],
             "noNewPrivileges": true
         },
         "root": {"path": input.rootfs, "readonly": false},

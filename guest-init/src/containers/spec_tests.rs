@@ -28,6 +28,7 @@ fn spec_json(service: &Service, image: Option<&ImageConfig>) -> Value {
         passwd: Some(PASSWD),
         group: Some(GROUP),
         binds: &binds,
+        nofile: 1024,
     })
     .unwrap();
     serde_json::to_value(spec).unwrap()
@@ -138,6 +139,7 @@ fn refuses_a_service_with_nothing_to_run() {
         passwd: None,
         group: None,
         binds: &[],
+        nofile: 1024,
     })
     .unwrap_err();
     assert!(err.to_string().contains("no command"), "{err}");
