@@ -1,0 +1,77 @@
+//! Builds an image by hand, printing progress: how the builder is tested end
+//! to end (tests/build-twice.sh runs it twice and compares the results).
+//!
+//! cargo run -p dstack-reproducible --example build -- \
+//!     --init <static-init> --out <dir> [--name NAME] [--dev] [--cache DIR]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use dstack_reproducible::{BuildOptions, BuildProgress, build_image, image_digest};
+
+fn main() -> anyhow::Result<()> {
+    let mut init = None;
+    let mut out = None;
+    let mut name = None;
+    let mut dev = false;
+    let mut cache = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--init" => init = args.next().map(PathBuf::from),
+            "--out" => out = args.next().map(PathBuf::from),
+            "--name" => name = args.next(),
+            "--cache" => cache = args.next().map(PathBuf::from),
+            "--dev" => dev = true,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let default_cache = PathBuf::from(home).join(".cache/dstack-rs/debs");
+    let name = name.unwrap_or_else(|| {
+        let variant = if dev { "dstack-dev" } else { "dstack" };
+        format!("{variant}-{}", env!("CARGO_PKG_VERSION"))
+    });
+    let opts = BuildOptions {
+        out_dir: out.context("--out is required")?,
+        init_binary: init.context("--init is required")?,
+        name,
+        dev,
+        cache_dir: cache.unwrap_or(default_cache),
+        progress: Some(Box::new(print_progress)),
+    };
+    let start = Instant::now();
+    let manifest = build_image(&opts)?;
+    let dir = opts.out_dir.join(&manifest.name);
+    println!(
+        "built {} (kernel {}) in {:.1}s, digest {}",
+        dir.display(),
+        manifest.kernel_version,
+        start.elapsed().as_secs_f64(),
+        image_digest(&dir)?
+    );
+    Ok(())
+}
+
+fn print_progress(step: BuildProgress) {
+    match step {
+        BuildProgress::Downloaded {
+            index,
+            total,
+            package,
+            bytes,
+            cached,
+        } => {
+            let from = if cached { "cache" } else { "network" };
+            println!("[{index}/{total}] {package} ({bytes} bytes, {from})");
+        }
+        BuildProgress::Modules { count } => println!("modules: {count}"),
+        BuildProgress::Cpio { entries, bytes } => {
+            println!("cpio: {entries} entries, {bytes} bytes")
+        }
+        BuildProgress::Gzip { bytes } => println!("gzip: {bytes} bytes"),
+        BuildProgress::Written { dir } => println!("written: {}", dir.display()),
+        _ => {}
+    }
+}

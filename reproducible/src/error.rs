@@ -1,0 +1,185 @@
+//! The one error type of an image build.
+//!
+//! Messages are short and never repeat their `#[source]`: the CLI walks the
+//! chain and prints each cause once.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why an image build, or reading built images, failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The checked-in `inputs.lock` does not parse or is inconsistent.
+    #[error("invalid inputs.lock: {reason}")]
+    InputsLock {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The image name is not a single plain file name.
+    #[error("invalid image name {name:?}: use letters, digits, '.', '_' and '-' only")]
+    InvalidName {
+        /// The name that was given.
+        name: String,
+    },
+    /// A host tool (apt-get, dpkg-deb) could not be started.
+    #[error("cannot run {tool}")]
+    Spawn {
+        /// The program that failed to start.
+        tool: &'static str,
+        /// Why it failed to start.
+        #[source]
+        source: io::Error,
+    },
+    /// `apt-get download` exited with an error.
+    #[error(
+        "apt-get download {packages} failed (are their suites in the apt sources, and \
+         `apt-get update` run?): {stderr}"
+    )]
+    Download {
+        /// The requested `NAME=VERSION`s, space-separated.
+        packages: String,
+        /// apt-get's own message.
+        stderr: String,
+    },
+    /// `apt-get download` succeeded but left no .deb for a package.
+    #[error("apt-get download {package} left no .deb in {dir}")]
+    DownloadMissing {
+        /// Package name.
+        package: String,
+        /// The directory it ran in.
+        dir: PathBuf,
+    },
+    /// A downloaded or cached .deb does not have its pinned sha256; the file
+    /// has been deleted.
+    #[error("{package}: sha256 of {path} is {actual}, pinned {expected}; the file was deleted")]
+    Sha256Mismatch {
+        /// Package name.
+        package: String,
+        /// The sha256 pinned in inputs.lock.
+        expected: String,
+        /// The sha256 of the file on disk.
+        actual: String,
+        /// The file that was refused (and removed).
+        path: PathBuf,
+    },
+    /// `dpkg-deb -x` failed.
+    #[error("cannot extract {package}: {stderr}")]
+    Extract {
+        /// Package name.
+        package: String,
+        /// dpkg-deb's own message.
+        stderr: String,
+    },
+    /// A file the image needs is not in the package that should ship it.
+    #[error("{path} is missing from package {package}")]
+    MissingFile {
+        /// Package name.
+        package: String,
+        /// The path inside the package.
+        path: String,
+    },
+    /// A symlink inside an extracted package points outside it or loops.
+    #[error("symlink {path} does not resolve inside the extracted packages")]
+    BadSymlink {
+        /// The link, relative to the package root.
+        path: String,
+    },
+    /// Reading a file or directory failed.
+    #[error("cannot read {path}")]
+    Read {
+        /// What was being read.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing a file or directory failed.
+    #[error("cannot write {path}")]
+    Write {
+        /// What was being written.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A module the guest needs is not a loadable module of the kernel.
+    #[error("kernel module {name} is not in the kernel package")]
+    ModuleMissing {
+        /// Module name.
+        name: String,
+    },
+    /// The module dependencies contain a cycle.
+    #[error("kernel module dependency cycle through {name}")]
+    ModuleCycle {
+        /// A module on the cycle.
+        name: String,
+    },
+    /// A compressed kernel module could not be decompressed.
+    #[error("cannot decompress kernel module {path}: {reason}")]
+    Decompress {
+        /// The module file.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// An ELF file the image ships could not be parsed.
+    #[error("{path} is not a valid ELF file: {reason}")]
+    Elf {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A shared library that a shipped binary needs is in no pinned package.
+    #[error("{library}, needed by {needed_by}, is in no pinned package")]
+    MissingLibrary {
+        /// The DT_NEEDED soname or interpreter path.
+        library: String,
+        /// The binary or library that needs it.
+        needed_by: String,
+    },
+    /// The init binary is dynamically linked: the guest has no libc for it.
+    #[error("init binary {path} is not statically linked")]
+    InitNotStatic {
+        /// The init binary.
+        path: PathBuf,
+    },
+    /// Two inputs put different things at the same initramfs path.
+    #[error("two inputs both provide /{path}")]
+    Conflict {
+        /// The initramfs path.
+        path: String,
+    },
+    /// An image's metadata.json does not parse.
+    #[error("invalid image metadata {path}")]
+    Metadata {
+        /// The metadata.json file.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An image directory's name differs from the name in its metadata.
+    #[error("image directory {dir} holds an image named {name:?}")]
+    NameMismatch {
+        /// The image directory.
+        dir: PathBuf,
+        /// The name in its metadata.json.
+        name: String,
+    },
+}
+
+impl BuildError {
+    /// Maps an I/O error while reading `path`.
+    pub(crate) fn read(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Read { path, source }
+    }
+
+    /// Maps an I/O error while writing `path`.
+    pub(crate) fn write(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Write { path, source }
+    }
+}
