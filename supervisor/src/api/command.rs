@@ -1,0 +1,83 @@
+//! What the HTTP layer asks of the VMM: one [`Command`] per request, one
+//! [`Reply`] per answer (Firecracker's `VmmAction`, STYLE rule 10).
+
+use std::future::Future;
+
+use dstack_proto::supervisor::{DeployRequest, ImageInfo, LogChannel, Version, VmInfo, VmSummary};
+
+use crate::error::VmmError;
+use crate::logs::{LogQuery, LogStream};
+
+/// A parsed API request. `vm` fields are an id or a name, as given.
+#[derive(Debug)]
+pub enum Command {
+    /// `GET /v1/version`.
+    Version,
+    /// `POST /v1/vms`.
+    Deploy(DeployRequest),
+    /// `GET /v1/vms`.
+    List,
+    /// `GET /v1/vms/{vm}`.
+    Get(String),
+    /// `POST /v1/vms/{vm}/start`.
+    Start(String),
+    /// `POST /v1/vms/{vm}/stop`.
+    Stop(String),
+    /// `DELETE /v1/vms/{vm}`.
+    Remove(String),
+    /// `GET /v1/vms/{vm}/logs`.
+    Logs {
+        /// The VM.
+        vm: String,
+        /// What to read.
+        query: LogQuery,
+    },
+    /// `GET /v1/images`.
+    Images,
+}
+
+/// The VMM's answer to a [`Command`].
+pub enum Reply {
+    /// For [`Command::Version`].
+    Version(Version),
+    /// A new VM (201).
+    Created(VmInfo),
+    /// One VM.
+    Vm(VmInfo),
+    /// Every VM.
+    Vms(Vec<VmSummary>),
+    /// The VM and all its files are gone (204).
+    Removed,
+    /// A log, streamed.
+    Logs {
+        /// Which log (decides the content type).
+        channel: LogChannel,
+        /// The text.
+        body: LogStream,
+    },
+    /// The OS images.
+    Images(Vec<ImageInfo>),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Version(v) => f.debug_tuple("Version").field(v).finish(),
+            Reply::Created(v) => f.debug_tuple("Created").field(v).finish(),
+            Reply::Vm(v) => f.debug_tuple("Vm").field(v).finish(),
+            Reply::Vms(v) => f.debug_tuple("Vms").field(v).finish(),
+            Reply::Removed => f.write_str("Removed"),
+            Reply::Logs { channel, .. } => {
+                f.debug_struct("Logs").field("channel", channel).finish()
+            }
+            Reply::Images(v) => f.debug_tuple("Images").field(v).finish(),
+        }
+    }
+}
+
+/// Executes commands. The HTTP layer depends on nothing else, so it can be
+/// tested (and fuzzed) against a stub.
+pub trait RequestHandler: Send + Sync + 'static {
+    /// Runs one command.
+    fn handle(&self, command: Command) -> impl Future<Output = Result<Reply, VmmError>> + Send;
+}

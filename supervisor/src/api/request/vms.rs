@@ -1,0 +1,43 @@
+//! `/v1/vms` and `/v1/vms/{vm}`.
+
+use dstack_proto::supervisor::DeployRequest;
+
+use super::parse_json;
+use crate::api::Command;
+use crate::error::VmmError;
+
+/// `POST /v1/vms` with a [`DeployRequest`] body (unknown fields refused).
+pub fn deploy(body: &[u8]) -> Result<Command, VmmError> {
+    parse_json::<DeployRequest>(body).map(Command::Deploy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_bad_field() {
+        let err = deploy(br#"{"name":"a","app_compose":"{}","vcpu":"two"}"#).unwrap_err();
+        assert!(err.to_string().starts_with("vcpu: invalid type"), "{err}");
+        let err = deploy(br#"{"name":"a","app_compose":"{}","colour":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+        let err = deploy(br#"{"name":"a"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `app_compose`"),
+            "{err}"
+        );
+        let err = deploy(
+            br#"{"name":"a","app_compose":"{}","ports":[{"host_port":1,"vm_port":2,"x":3}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("ports[0]"), "{err}");
+        let err = deploy(b"nope").unwrap_err();
+        assert!(err.to_string().starts_with("body: "), "{err}");
+        match deploy(br#"{"name":"a","app_compose":"{}"}"#).unwrap() {
+            Command::Deploy(req) => {
+                assert_eq!((req.vcpu, req.memory_mb, req.disk_gb), (1, 1024, 4))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

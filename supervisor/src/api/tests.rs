@@ -1,0 +1,272 @@
+//! The HTTP layer against a recording fake handler: routes, status codes,
+//! JSON errors, streaming, auth. No VM is involved (STYLE rule 10).
+
+use std::sync::Mutex;
+
+use axum::body::Body;
+use axum::http::Request;
+use dstack_proto::supervisor::{VmInfo, VmState, VmSummary};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+use crate::api::auth::Token;
+
+/// Records every command and answers from a small script.
+#[derive(Default)]
+struct Fake {
+    seen: Mutex<Vec<String>>,
+}
+
+fn vm_info(name: &str) -> VmInfo {
+    VmInfo {
+        summary: VmSummary {
+            id: "0a1b2c3d".into(),
+            name: name.into(),
+            state: VmState::Running,
+            phase: "running".into(),
+            image: "img".into(),
+            ports: vec![],
+            created_at_ms: 1,
+        },
+        vcpu: 1,
+        memory_mb: 256,
+        disk_gb: 1,
+        cid: 3,
+        compose_hash: String::new(),
+        app_id: String::new(),
+        instance_id: String::new(),
+        pid: Some(42),
+        events: vec![],
+        boot_phases: vec![],
+        containers: vec![],
+        error: None,
+    }
+}
+
+impl RequestHandler for Fake {
+    async fn handle(&self, command: Command) -> Result<Reply, VmmError> {
+        self.seen.lock().unwrap().push(format!("{command:?}"));
+        let known = |vm: &str| {
+            if vm == "web" || vm == "0a1b2c3d" {
+                Ok(())
+            } else {
+                Err(VmmError::NotFound(vm.to_owned()))
+            }
+        };
+        match command {
+            Command::Version => Ok(Reply::Version(dstack_proto::supervisor::Version {
+                version: "0.1.0".into(),
+                accel: "tcg".into(),
+            })),
+            Command::Deploy(req) if req.name == "taken" => {
+                Err(VmmError::conflict("name", "already used"))
+            }
+            Command::Deploy(req) if req.name == "broken" => {
+                Err(VmmError::io("write", "/s/vms/x/manifest.json")(
+                    std::io::Error::other("disk full"),
+                ))
+            }
+            Command::Deploy(req) => Ok(Reply::Created(vm_info(&req.name))),
+            Command::List => Ok(Reply::Vms(vec![vm_info("web").summary])),
+            Command::Get(vm) | Command::Start(vm) | Command::Stop(vm) => {
+                known(&vm).map(|()| Reply::Vm(vm_info(&vm)))
+            }
+            Command::Remove(vm) => known(&vm).map(|()| Reply::Removed),
+            Command::Logs { vm, query } => {
+                known(&vm)?;
+                let text = format!("{}\n", query.lines);
+                let body: crate::logs::LogStream =
+                    Box::pin(futures_util::stream::iter([Ok(bytes::Bytes::from(text))]));
+                Ok(Reply::Logs {
+                    channel: query.channel,
+                    body,
+                })
+            }
+            Command::Images => Ok(Reply::Images(vec![])),
+        }
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    body: String,
+}
+
+async fn call(app: &Router, method: &str, path: &str, body: &str) -> Answer {
+    call_with(app, Request::builder().method(method).uri(path), body).await
+}
+
+async fn call_with(app: &Router, builder: axum::http::request::Builder, body: &str) -> Answer {
+    let request = builder.body(Body::from(body.to_owned())).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        content_type,
+        body: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+fn error_text(answer: &Answer) -> String {
+    assert!(
+        answer.content_type.starts_with("application/json"),
+        "{}",
+        answer.content_type
+    );
+    serde_json::from_str::<ApiError>(&answer.body)
+        .unwrap_or_else(|e| panic!("not an ApiError ({e}): {}", answer.body))
+        .error
+}
+
+#[tokio::test]
+async fn every_route_maps_to_its_command_and_status() {
+    let fake = Arc::new(Fake::default());
+    let app = router(fake.clone());
+    let deploy = r#"{"name":"web","app_compose":"{}"}"#;
+    let cases = [
+        ("GET", "/v1/version", "", StatusCode::OK),
+        ("POST", "/v1/vms", deploy, StatusCode::CREATED),
+        ("GET", "/v1/vms", "", StatusCode::OK),
+        ("GET", "/v1/vms/web", "", StatusCode::OK),
+        ("POST", "/v1/vms/web/start", "", StatusCode::OK),
+        ("POST", "/v1/vms/0a1b2c3d/stop", "", StatusCode::OK),
+        ("DELETE", "/v1/vms/web", "", StatusCode::NO_CONTENT),
+        ("GET", "/v1/images", "", StatusCode::OK),
+    ];
+    for (method, path, body, status) in cases {
+        let answer = call(&app, method, path, body).await;
+        assert_eq!(answer.status, status, "{method} {path}: {}", answer.body);
+    }
+    let seen = fake.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), cases.len());
+    assert!(
+        seen[1].starts_with("Deploy(DeployRequest { name: \"web\""),
+        "{}",
+        seen[1]
+    );
+    assert_eq!(seen[3], "Get(\"web\")");
+    assert_eq!(seen[5], "Stop(\"0a1b2c3d\")");
+    assert_eq!(seen[6], "Remove(\"web\")");
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_right_status() {
+    let fake = Arc::new(Fake::default());
+    let app = router(fake.clone());
+
+    let answer = call(&app, "GET", "/v1/vms/x", "").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(error_text(&answer), r#"no VM named or with id "x""#);
+    for (method, path) in [
+        ("POST", "/v1/vms/x/start"),
+        ("POST", "/v1/vms/x/stop"),
+        ("DELETE", "/v1/vms/x"),
+    ] {
+        assert_eq!(
+            call(&app, method, path, "").await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    let answer = call(
+        &app,
+        "POST",
+        "/v1/vms",
+        r#"{"name":"taken","app_compose":"{}"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    assert_eq!(error_text(&answer), "name: already used");
+
+    let answer = call(
+        &app,
+        "POST",
+        "/v1/vms",
+        r#"{"name":"broken","app_compose":"{}"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        error_text(&answer),
+        "cannot write /s/vms/x/manifest.json: disk full"
+    );
+
+    // Refused before reaching the handler.
+    let before = fake.seen.lock().unwrap().len();
+    let answer = call(
+        &app,
+        "POST",
+        "/v1/vms",
+        r#"{"name":"a","app_compose":"{}","x":1}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(error_text(&answer).contains("unknown field `x`"));
+    let answer = call(&app, "POST", "/v1/vms", "{").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    let text = error_text(&answer);
+    assert!(text.starts_with("body: "), "{text}");
+    let answer = call(&app, "GET", "/v1/vms/web/logs?lines=many", "").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_text(&answer), "lines: \"many\" is not a number");
+    let big = format!(
+        r#"{{"name":"a","app_compose":"{}"}}"#,
+        "x".repeat(MAX_BODY + 1)
+    );
+    let answer = call(&app, "POST", "/v1/vms", &big).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    error_text(&answer);
+    assert_eq!(fake.seen.lock().unwrap().len(), before);
+
+    let answer = call(&app, "GET", "/v2/vms", "").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    error_text(&answer);
+    let answer = call(&app, "PUT", "/v1/vms", "").await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    error_text(&answer);
+}
+
+#[tokio::test]
+async fn logs_stream_with_a_content_type_per_channel() {
+    let app = router(Arc::new(Fake::default()));
+    let answer = call(&app, "GET", "/v1/vms/web/logs?lines=7&follow=false", "").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.content_type, "application/x-ndjson");
+    assert_eq!(answer.body, "7\n");
+    let answer = call(&app, "GET", "/v1/vms/web/logs?channel=serial", "").await;
+    assert_eq!(answer.content_type, "text/plain; charset=utf-8");
+    assert_eq!(answer.body, format!("{}\n", crate::logs::DEFAULT_LINES));
+}
+
+#[tokio::test]
+async fn tcp_requires_the_bearer_token() {
+    let token = Token::from_file_content("s3cret").unwrap();
+    let app = router(Arc::new(Fake::default())).layer(axum::middleware::from_fn_with_state(
+        token,
+        auth::require_token,
+    ));
+    let answer = call(&app, "GET", "/v1/version", "").await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    error_text(&answer);
+    let wrong = Request::builder()
+        .uri("/v1/version")
+        .header("authorization", "Bearer nope");
+    assert_eq!(
+        call_with(&app, wrong, "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let right = Request::builder()
+        .uri("/v1/version")
+        .header("authorization", "Bearer s3cret");
+    let answer = call_with(&app, right, "").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.body.contains("\"accel\":\"tcg\""));
+}

@@ -1,0 +1,203 @@
+//! The supervisor's settings, resolved from the command line and the host.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dstack_proto::host::RegistryAlias;
+
+use crate::accel::Accel;
+use crate::vsock::VsockDevice;
+
+/// Everything the supervisor runs with, after defaults and probing.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Root of all state: `images/`, `vms/`, `cids.json`, the API socket.
+    pub state_dir: PathBuf,
+    /// The accelerator every VM runs with.
+    pub accel: Accel,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// How guests get vsock.
+    pub vsock: VsockDevice,
+    /// Registry rewrites handed to guests; their targets are plain-HTTP registries.
+    pub registry_aliases: Vec<RegistryAlias>,
+    /// How long each step of a graceful stop may take.
+    pub stop_timeouts: StopTimeouts,
+    /// Serial and app logs rotate at this size.
+    pub log_max_bytes: u64,
+}
+
+impl Config {
+    /// Where OS images live.
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    /// Where per-VM directories live.
+    pub fn vms_dir(&self) -> PathBuf {
+        self.state_dir.join("vms")
+    }
+
+    /// The persisted CID allocation.
+    pub fn cids_file(&self) -> PathBuf {
+        self.state_dir.join("cids.json")
+    }
+}
+
+/// The three waits of a graceful stop (guest, then ACPI, then SIGKILL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopTimeouts {
+    /// After asking the guest to shut down.
+    pub guest: Duration,
+    /// After QMP `system_powerdown`.
+    pub acpi: Duration,
+    /// After SIGKILL (only a stuck kernel makes this matter).
+    pub kill: Duration,
+}
+
+impl Default for StopTimeouts {
+    fn default() -> Self {
+        Self {
+            guest: Duration::from_secs(30),
+            acpi: Duration::from_secs(15),
+            kill: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serial and app logs rotate at 4 MiB, keeping three old files (upstream's numbers).
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 4 << 20;
+
+/// The state directory when `--state-dir` is not given: `$DSTACK_STATE_DIR`,
+/// else `/var/lib/dstack` for root, else `$HOME/.local/share/dstack`.
+pub fn default_state_dir(
+    env_state_dir: Option<OsString>,
+    is_root: bool,
+    home: Option<OsString>,
+) -> Option<PathBuf> {
+    if let Some(dir) = env_state_dir.filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    if is_root {
+        return Some(PathBuf::from("/var/lib/dstack"));
+    }
+    home.filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".local/share/dstack"))
+}
+
+/// The API socket when `--socket` is not given.
+pub fn default_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("supervisor.sock")
+}
+
+/// The registry aliases used unless the operator gives `--registry-alias`:
+/// the host's loopback registry, as the guest reaches it through user-net.
+pub fn default_registry_aliases() -> Vec<RegistryAlias> {
+    ["127.0.0.1:5000", "localhost:5000"]
+        .into_iter()
+        .map(|from| RegistryAlias {
+            from: from.into(),
+            to: "10.0.2.2:5000".into(),
+        })
+        .collect()
+}
+
+/// Parses `FROM=TO` (both `host[:port]`).
+pub fn parse_registry_alias(text: &str) -> Result<RegistryAlias, String> {
+    let (from, to) = text
+        .split_once('=')
+        .ok_or_else(|| format!("registry alias {text:?} is not FROM=TO"))?;
+    for part in [from, to] {
+        if part.is_empty() || part.contains(['/', ' ', '=']) {
+            return Err(format!(
+                "registry alias {text:?}: {part:?} is not a host[:port]"
+            ));
+        }
+    }
+    Ok(RegistryAlias {
+        from: from.into(),
+        to: to.into(),
+    })
+}
+
+/// Registries guests may reach over plain HTTP: the aliases' targets, once each.
+pub fn insecure_registries(aliases: &[RegistryAlias]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for alias in aliases {
+        if !out.contains(&alias.to) {
+            out.push(alias.to.clone());
+        }
+    }
+    out
+}
+
+/// Longest state-dir path whose deepest socket (`vms/<id>/vsock_10000`)
+/// still fits in `sockaddr_un.sun_path` (108 bytes with the NUL).
+pub const MAX_STATE_DIR_LEN: usize = 107 - "/vms/01234567/vsock_10000".len();
+
+/// Checks a state directory can hold our sockets and be passed to QEMU and
+/// vhost-device-vsock (whose option parsers split on `,` with no escaping).
+pub fn check_state_dir(dir: &Path) -> Result<(), String> {
+    let text = dir
+        .to_str()
+        .ok_or_else(|| format!("state dir {} is not UTF-8", dir.display()))?;
+    if text.contains(',') {
+        return Err(format!("state dir {text:?} must not contain ','"));
+    }
+    if text.len() > MAX_STATE_DIR_LEN {
+        return Err(format!(
+            "state dir {text:?} is longer than {MAX_STATE_DIR_LEN} bytes; VM sockets would not fit in a unix socket address"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_precedence() {
+        let home = Some(OsString::from("/home/u"));
+        assert_eq!(
+            default_state_dir(Some("/x".into()), true, home.clone()),
+            Some(PathBuf::from("/x"))
+        );
+        assert_eq!(
+            default_state_dir(None, true, home.clone()),
+            Some(PathBuf::from("/var/lib/dstack"))
+        );
+        assert_eq!(
+            default_state_dir(Some("".into()), false, home),
+            Some(PathBuf::from("/home/u/.local/share/dstack"))
+        );
+        assert_eq!(default_state_dir(None, false, None), None);
+    }
+
+    #[test]
+    fn registry_aliases() {
+        let alias = parse_registry_alias("reg:5000=10.0.2.2:5001").unwrap();
+        assert_eq!(
+            (alias.from.as_str(), alias.to.as_str()),
+            ("reg:5000", "10.0.2.2:5001")
+        );
+        assert!(parse_registry_alias("nothing").is_err());
+        assert!(parse_registry_alias("=x").is_err());
+        assert!(parse_registry_alias("a=http://b").is_err());
+        assert_eq!(
+            insecure_registries(&default_registry_aliases()),
+            vec!["10.0.2.2:5000".to_string()]
+        );
+    }
+
+    #[test]
+    fn state_dir_checks() {
+        assert!(check_state_dir(Path::new("/var/lib/dstack")).is_ok());
+        assert!(check_state_dir(Path::new("/var/lib/a,b")).is_err());
+        let long = format!("/{}", "a".repeat(MAX_STATE_DIR_LEN));
+        assert!(check_state_dir(Path::new(&long)).is_err());
+        let fits = "/vms/01234567/vsock_10000".len() + MAX_STATE_DIR_LEN;
+        assert_eq!(fits, 107);
+    }
+}

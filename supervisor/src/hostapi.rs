@@ -1,0 +1,260 @@
+//! The host API a guest calls ([`dstack_proto::host`]): config bundle,
+//! notifications, logs. One listener per VM at `<vm>/vsock_10000`, where the
+//! vsock backend delivers the guest's connections to host port 10000.
+//!
+//! The VM is known by the listener a request arrives on — each listener
+//! serves one [`GuestSink`] — and never by anything in the request, so one
+//! guest cannot speak for another.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use dstack_proto::ApiError;
+use dstack_proto::host::{ConfigBundle, LogBatch, Notification};
+use serde::de::DeserializeOwned;
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+
+use crate::vsock::remove_if_exists;
+
+/// What the host API does for one VM; implemented by the VMM's per-VM
+/// state, and by a recording fake in tests.
+pub trait GuestSink: Send + Sync + 'static {
+    /// The config bundle for this VM.
+    fn config(&self) -> Result<ConfigBundle, String>;
+    /// Records a notification. `Err` for a payload that cannot be accepted.
+    fn notify(&self, notification: Notification) -> Result<(), String>;
+    /// Appends log lines to the VM's app log.
+    fn append_logs(&self, batch: LogBatch) -> io::Result<()>;
+}
+
+/// The host API routes for one VM.
+pub fn router<S: GuestSink>(sink: Arc<S>) -> Router {
+    Router::new()
+        .route("/v1/config", get(config::<S>))
+        .route("/v1/notify", post(notify::<S>))
+        .route("/v1/logs", post(logs::<S>))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such host API path".into()) })
+        .with_state(sink)
+}
+
+/// Binds the VM's host API listener, replacing a stale socket file left by
+/// a previous supervisor (nobody can be accepting on it: we own the VM).
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    remove_if_exists(path)?;
+    UnixListener::bind(path)
+}
+
+/// Serves the host API for `sink` on `listener` until the task is aborted.
+pub fn serve<S: GuestSink>(listener: UnixListener, sink: Arc<S>) -> JoinHandle<()> {
+    let app = router(sink);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("host API server stopped: {e}");
+        }
+    })
+}
+
+async fn config<S: GuestSink>(State(sink): State<Arc<S>>) -> Response {
+    match sink.config() {
+        Ok(bundle) => axum::Json(bundle).into_response(),
+        Err(reason) => error(StatusCode::INTERNAL_SERVER_ERROR, reason),
+    }
+}
+
+async fn notify<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Response {
+    let notification: Notification = match parse(&body) {
+        Ok(n) => n,
+        Err(text) => return error(StatusCode::BAD_REQUEST, text),
+    };
+    match sink.notify(notification) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+    }
+}
+
+async fn logs<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Response {
+    let batch: LogBatch = match parse(&body) {
+        Ok(batch) => batch,
+        Err(text) => return error(StatusCode::BAD_REQUEST, text),
+    };
+    match sink.append_logs(batch) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store logs: {e}"),
+        ),
+    }
+}
+
+/// Parses a JSON body; the error text names the bad field (answered with 400).
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = e.into_inner();
+        // "." is the whole body, "?" a place serde could not name (e.g. at EOF).
+        if path == "." || path == "?" {
+            format!("invalid body: {reason}")
+        } else {
+            format!("{path}: {reason}")
+        }
+    })
+}
+
+fn error(status: StatusCode, text: String) -> Response {
+    (status, axum::Json(ApiError::new(text))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use dstack_proto::host::{LogEntry, LogStream, NetworkConfig, SysConfig};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        notes: Mutex<Vec<Notification>>,
+        lines: Mutex<Vec<LogEntry>>,
+    }
+
+    impl GuestSink for Recorder {
+        fn config(&self) -> Result<ConfigBundle, String> {
+            Ok(ConfigBundle {
+                app_compose: "{\"name\":\"x\"}".into(),
+                encrypted_env: vec![1, 2],
+                user_config: String::new(),
+                sys_config: SysConfig {
+                    vm_id: "0a1b2c3d".into(),
+                    vm_name: "web".into(),
+                    network: NetworkConfig::default(),
+                    registry_aliases: vec![],
+                    insecure_registries: vec![],
+                    kms_urls: vec![],
+                    gateway_urls: vec![],
+                    pccs_url: String::new(),
+                    vm_config: String::new(),
+                },
+                instance_info: Default::default(),
+            })
+        }
+
+        fn notify(&self, notification: Notification) -> Result<(), String> {
+            if notification.event == "bad" {
+                return Err("bad payload".into());
+            }
+            self.notes.lock().unwrap().push(notification);
+            Ok(())
+        }
+
+        fn append_logs(&self, batch: LogBatch) -> io::Result<()> {
+            self.lines.lock().unwrap().extend(batch.entries);
+            Ok(())
+        }
+    }
+
+    async fn call(app: &Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn serves_config_notify_and_logs() {
+        let sink = Arc::new(Recorder::default());
+        let app = router(sink.clone());
+        let (status, body) = call(&app, "GET", "/v1/config", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let bundle: ConfigBundle = serde_json::from_str(&body).unwrap();
+        assert_eq!(bundle.app_compose, "{\"name\":\"x\"}");
+        assert!(body.contains("\"encrypted_env\":\"0102\""), "{body}");
+
+        let (status, _) = call(
+            &app,
+            "POST",
+            "/v1/notify",
+            r#"{"event":"boot.progress","payload":"running"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(sink.notes.lock().unwrap()[0].payload, "running");
+
+        let (status, _) = call(
+            &app,
+            "POST",
+            "/v1/logs",
+            r#"{"entries":[{"ts_ms":1,"service":"web","stream":"stderr","line":"hi"}]}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(sink.lines.lock().unwrap()[0].stream, LogStream::Stderr);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_json_errors() {
+        let app = router(Arc::new(Recorder::default()));
+        let (status, body) = call(&app, "POST", "/v1/notify", r#"{"event":"x","extra":1}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let err: ApiError = serde_json::from_str(&body).unwrap();
+        assert!(err.error.contains("extra"), "{}", err.error);
+
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/v1/logs",
+            r#"{"entries":[{"ts_ms":1,"service":"web","stream":"tty","line":"hi"}]}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("entries[0].stream"), "{body}");
+
+        let (status, _) = call(&app, "POST", "/v1/notify", r#"{"event":"bad"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = call(&app, "GET", "/v1/other", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn rebinds_over_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock_10000");
+        drop(bind(&path).unwrap());
+        assert!(path.exists(), "a dropped listener leaves its file");
+        let listener = bind(&path).unwrap();
+        let task = serve(listener, Arc::new(Recorder::default()));
+        let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = Request::get("/v1/config")
+            .header("host", "host")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(
+            sender.send_request(request).await.unwrap().status(),
+            StatusCode::OK
+        );
+        task.abort();
+    }
+}

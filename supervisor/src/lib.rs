@@ -1,0 +1,34 @@
+//! dstack-supervisor: the host daemon that boots and manages dstack CVMs.
+//!
+//! Layers, outermost first (STYLE rule 10):
+//! - [`api`]: the operator REST API (HTTP only). It parses each request into
+//!   an [`api::Command`] and hands it to an [`api::RequestHandler`], so it can
+//!   be tested against a fake.
+//! - [`vmm`]: the [`vmm::Supervisor`], the one `RequestHandler` that really
+//!   runs VMs: deploy, start, stop, remove, auto-restart, re-adoption.
+//! - The OS edges it drives: [`qemu`] (command line, processes, QMP),
+//!   [`vsock`] (the vhost-user backend), [`hostapi`] (what guests ask of the
+//!   host), [`guest_client`] (what the host asks of guests), [`serial`] and
+//!   [`logs`] (rotated logs), [`state`] (files on disk).
+#![warn(missing_docs)]
+
+pub mod accel;
+pub mod api;
+pub mod config;
+mod error;
+pub mod guest_client;
+pub mod hostapi;
+pub mod images;
+pub mod logs;
+pub mod qemu;
+pub mod serial;
+pub mod state;
+mod sys;
+pub mod validate;
+pub mod vmm;
+pub mod vsock;
+
+pub use error::{VmmError, error_chain};
+
+#[cfg(test)]
+mod test_util;

@@ -1,0 +1,304 @@
+//! `dstack-supervisor run`: the host daemon. Thin glue over the library:
+//! flags → [`Config`], then serve the API until SIGTERM/SIGINT. VMs keep
+//! running when the daemon exits (it re-adopts them when it comes back).
+
+use std::fs::{self, File};
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use dstack_proto::host::RegistryAlias;
+use dstack_supervisor::accel::{self, AccelChoice};
+use dstack_supervisor::api::auth::Token;
+use dstack_supervisor::api::{self, server};
+use dstack_supervisor::config::{self, Config, StopTimeouts};
+use dstack_supervisor::vmm::Supervisor;
+use dstack_supervisor::vsock::VsockDevice;
+use rustix::fs::FlockOperation;
+
+/// dstack-supervisor: boots and manages dstack CVMs on this host.
+#[derive(Debug, Parser)]
+#[command(name = "dstack-supervisor", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// State directory [default: $DSTACK_STATE_DIR, /var/lib/dstack as root,
+    /// else ~/.local/share/dstack].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// API unix socket [default: <state-dir>/supervisor.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Also serve the API on this TCP address (needs --token-file).
+    #[arg(long, requires = "token_file")]
+    listen_tcp: Option<SocketAddr>,
+    /// File holding the bearer token TCP clients must send.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Accelerator: tcg, kvm, tdx or auto (the best this host supports).
+    #[arg(long, default_value = "auto")]
+    accel: AccelChoice,
+    /// QEMU binary [default: qemu-system-x86_64 on PATH].
+    #[arg(long)]
+    qemu: Option<PathBuf>,
+    /// vhost-device-vsock binary, used when /dev/vhost-vsock is unusable
+    /// [default: on PATH, or ~/.cargo/bin].
+    #[arg(long)]
+    vhost_vsock: Option<PathBuf>,
+    /// Registry rewrite for guests, FROM=TO (repeatable; replaces the
+    /// defaults 127.0.0.1:5000 and localhost:5000 → 10.0.2.2:5000).
+    #[arg(long = "registry-alias", value_parser = config::parse_registry_alias)]
+    registry_aliases: Vec<RegistryAlias>,
+}
+
+/// Exit codes (STYLE rule 6): scripts and service managers can tell a bad
+/// configuration (don't restart) from a runtime failure (may restart).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy)]
+enum Exit {
+    /// Flags or host setup are wrong; restarting will not help.
+    Config = 2,
+    /// The state directory is unusable or already in use.
+    State = 3,
+    /// Serving failed at run time.
+    Runtime = 4,
+}
+
+/// A failure and the exit code it maps to.
+struct Failure(Exit, anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(err: E) -> Self {
+        Failure(Exit::Runtime, err.into())
+    }
+}
+
+trait ExitWith<T> {
+    fn exit_with(self, exit: Exit) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<anyhow::Error>> ExitWith<T> for Result<T, E> {
+    fn exit_with(self, exit: Exit) -> Result<T, Failure> {
+        self.map_err(|e| Failure(exit, e.into()))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let Command::Run(args) = cli.command;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Runtime as u8);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(exit, err)) => {
+            // `{:#}` prints the whole cause chain once.
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit as u8)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), Failure> {
+    // Everything we create (state files, sockets, disks) is private to the
+    // supervisor's user from the moment it exists (DESIGN §7).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+
+    let state_dir = match args.state_dir {
+        Some(dir) => dir,
+        None => config::default_state_dir(
+            std::env::var_os("DSTACK_STATE_DIR"),
+            rustix::process::geteuid().is_root(),
+            std::env::var_os("HOME"),
+        )
+        .context("no state dir: set --state-dir, DSTACK_STATE_DIR or HOME")
+        .exit_with(Exit::Config)?,
+    };
+    let state_dir = absolute(&state_dir).exit_with(Exit::Config)?;
+    config::check_state_dir(&state_dir)
+        .map_err(anyhow::Error::msg)
+        .exit_with(Exit::Config)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))
+        .exit_with(Exit::State)?;
+    let _lock = lock_state_dir(&state_dir).exit_with(Exit::State)?;
+
+    let token = match (&args.listen_tcp, &args.token_file) {
+        (Some(_), Some(file)) => {
+            let text = fs::read_to_string(file)
+                .with_context(|| format!("cannot read token file {}", file.display()))
+                .exit_with(Exit::Config)?;
+            Some(
+                Token::from_file_content(&text)
+                    .with_context(|| format!("token file {} is empty", file.display()))
+                    .exit_with(Exit::Config)?,
+            )
+        }
+        (Some(_), None) => {
+            return Err(Failure(
+                Exit::Config,
+                anyhow::anyhow!("--listen-tcp needs --token-file"),
+            ));
+        }
+        (None, _) => None,
+    };
+
+    let host = accel::probe_host();
+    let accel = accel::resolve(args.accel, &host).exit_with(Exit::Config)?;
+    if let Err(reason) = &host.kvm {
+        tracing::info!("KVM unusable ({reason})");
+    }
+    let qemu = match args.qemu {
+        Some(path) => path,
+        None => find_program("qemu-system-x86_64")
+            .context("qemu-system-x86_64 is not on PATH (install QEMU or pass --qemu)")
+            .exit_with(Exit::Config)?,
+    };
+    let vsock = match args
+        .vhost_vsock
+        .or_else(|| find_program("vhost-device-vsock"))
+    {
+        Some(binary) => VsockDevice::detect(binary),
+        None => match VsockDevice::detect(PathBuf::new()) {
+            VsockDevice::Kernel => VsockDevice::Kernel,
+            VsockDevice::VhostUser { .. } => {
+                return Err(Failure(
+                    Exit::Config,
+                    anyhow::anyhow!(
+                        "/dev/vhost-vsock is unusable and vhost-device-vsock is not on PATH \
+                         (cargo install vhost-device-vsock, or pass --vhost-vsock)"
+                    ),
+                ));
+            }
+        },
+    };
+    let registry_aliases = if args.registry_aliases.is_empty() {
+        config::default_registry_aliases()
+    } else {
+        args.registry_aliases
+    };
+    let socket = args
+        .socket
+        .unwrap_or_else(|| config::default_socket(&state_dir));
+    let config = Config {
+        state_dir,
+        accel,
+        qemu,
+        vsock,
+        registry_aliases,
+        stop_timeouts: StopTimeouts::default(),
+        log_max_bytes: config::DEFAULT_LOG_MAX_BYTES,
+    };
+    tracing::info!(
+        state_dir = %config.state_dir.display(),
+        accel = %config.accel,
+        vsock = ?config.vsock,
+        "starting"
+    );
+
+    let listener = server::bind_unix(&socket).await.exit_with(Exit::State)?;
+    let tcp = match args.listen_tcp {
+        Some(addr) => Some(server::bind_tcp(addr).await.exit_with(Exit::Config)?),
+        None => None,
+    };
+    let supervisor = Supervisor::open(config).await.exit_with(Exit::State)?;
+    let app = api::router(supervisor.clone());
+    tracing::info!(socket = %socket.display(), "API listening");
+
+    let unix = tokio::spawn(server::serve_unix(listener, app.clone()));
+    let tcp = match (tcp, token) {
+        (Some(listener), Some(token)) => {
+            tracing::info!(addr = %listener.local_addr()?, "API listening on TCP (bearer token required)");
+            Some(tokio::spawn(server::serve_tcp(listener, app, token)))
+        }
+        _ => None,
+    };
+    let result = wait_for_exit(unix, tcp).await;
+    supervisor.detach();
+    let _ = fs::remove_file(&socket);
+    result
+}
+
+/// Runs until SIGTERM or SIGINT (a clean exit), or until a server fails.
+async fn wait_for_exit(
+    unix: tokio::task::JoinHandle<std::io::Result<()>>,
+    tcp: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) -> Result<(), Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let tcp = async {
+        match tcp {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: exiting, VMs keep running"),
+        _ = int.recv() => tracing::info!("SIGINT: exiting, VMs keep running"),
+        result = unix => { result??; bail_runtime("the unix socket server stopped")?; }
+        result = tcp => { result??; bail_runtime("the TCP server stopped")?; }
+    }
+    Ok(())
+}
+
+fn bail_runtime(what: &str) -> Result<(), Failure> {
+    Err(Failure(Exit::Runtime, anyhow::anyhow!("{what}")))
+}
+
+/// Takes an exclusive lock on `<state>/supervisor.lock` for the process's
+/// life: two supervisors on one state dir would fight over every VM.
+fn lock_state_dir(state_dir: &Path) -> anyhow::Result<File> {
+    let path = state_dir.join("supervisor.lock");
+    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        bail!(
+            "another dstack-supervisor is using {} (lock {} is held)",
+            state_dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))
+}
+
+/// The first `name` on PATH, then in ~/.cargo/bin (where `cargo install` puts it).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    std::env::split_paths(&path)
+        .chain(cargo_bin)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}

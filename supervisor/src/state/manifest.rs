@@ -1,0 +1,115 @@
+//! `manifest.json`: what a VM is (the deploy request) and whether it should run.
+
+use std::io;
+use std::path::Path;
+
+use dstack_proto::supervisor::PortMapping;
+use serde::{Deserialize, Serialize};
+
+use super::write_json_atomic;
+
+/// Whether the operator wants a VM running. The supervisor restarts a VM
+/// whose desired state is running when QEMU exits unexpectedly, and boots it
+/// again after its own restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    /// Keep it running.
+    Running,
+    /// Leave it stopped.
+    Stopped,
+}
+
+/// A VM's definition: the fields of the deploy request (app-compose.json is
+/// a separate file, byte for byte) plus what the supervisor assigned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Short random hex id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// OS image name (resolved at deploy: never empty here).
+    pub image: String,
+    /// Virtual CPUs.
+    pub vcpu: u32,
+    /// Memory in MiB.
+    pub memory_mb: u32,
+    /// Data disk in GiB.
+    pub disk_gb: u32,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    /// Encrypted environment, hex.
+    #[serde(default)]
+    pub encrypted_env: String,
+    /// Opaque user configuration.
+    #[serde(default)]
+    pub user_config: String,
+    /// vsock CID.
+    pub cid: u32,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Desired state.
+    pub desired: Desired,
+}
+
+impl Manifest {
+    /// Reads a manifest.
+    pub fn load(path: &Path) -> io::Result<Self> {
+        let bytes = std::fs::read(path)?;
+        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Writes it atomically.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        write_json_atomic(path, self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let mut manifest = Manifest {
+            id: "0a1b2c3d".into(),
+            name: "web".into(),
+            image: "dstack-dev-0.1.0".into(),
+            vcpu: 2,
+            memory_mb: 512,
+            disk_gb: 4,
+            ports: vec![PortMapping {
+                protocol: "tcp".into(),
+                host_address: "127.0.0.1".into(),
+                host_port: 8080,
+                vm_port: 80,
+            }],
+            encrypted_env: String::new(),
+            user_config: "{}".into(),
+            cid: 3,
+            created_at_ms: 1,
+            desired: Desired::Running,
+        };
+        manifest.save(&path).unwrap();
+        assert_eq!(Manifest::load(&path).unwrap(), manifest);
+        manifest.desired = Desired::Stopped;
+        manifest.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"desired\": \"stopped\""), "{text}");
+        assert_eq!(Manifest::load(&path).unwrap(), manifest);
+    }
+
+    #[test]
+    fn garbage_is_invalid_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        std::fs::write(&path, b"{").unwrap();
+        assert_eq!(
+            Manifest::load(&path).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+}

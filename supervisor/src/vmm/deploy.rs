@@ -1,0 +1,197 @@
+//! `POST /v1/vms`: validate everything, then create the VM directory in one
+//! rename, then boot. A refused or failed deploy leaves nothing behind.
+
+use std::fs::{self, File};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use dstack_compose::AppCompose;
+use dstack_proto::supervisor::{DeployRequest, VmInfo};
+use rand::Rng;
+
+use super::Supervisor;
+use super::vm::{Vm, now_ms};
+use crate::error::VmmError;
+use crate::state::{Desired, Manifest, VmDir, write_atomic};
+use crate::validate::{self, overlaps, port_is_free};
+
+/// Prefix of a VM directory being assembled; removed at start-up if found.
+pub(super) const STAGING_PREFIX: &str = ".deploy-";
+
+impl Supervisor {
+    pub(super) async fn deploy(&self, request: DeployRequest) -> Result<VmInfo, VmmError> {
+        validate::check_request(&request)?;
+        AppCompose::parse(&request.app_compose)
+            .map_err(|e| VmmError::invalid("app_compose", e.to_string()))?;
+        let image = self.images.resolve(&request.image)?;
+
+        // Held until the VM is in the map, so two deploys cannot both pass
+        // the name and port checks.
+        let _deploying = self.deploy_lock.lock().await;
+        self.check_free(&request)?;
+        let id = self.new_id();
+        let cid = self.allocate_cid(&id)?;
+        let manifest = Manifest {
+            id: id.clone(),
+            name: request.name.clone(),
+            image: image.name,
+            vcpu: request.vcpu,
+            memory_mb: request.memory_mb,
+            disk_gb: request.disk_gb,
+            ports: request.ports.clone(),
+            encrypted_env: request.encrypted_env.clone(),
+            user_config: request.user_config.clone(),
+            cid,
+            created_at_ms: now_ms(),
+            desired: if request.stopped {
+                Desired::Stopped
+            } else {
+                Desired::Running
+            },
+        };
+        let dir = match self.create_vm_dir(&manifest, &request.app_compose) {
+            Ok(dir) => dir,
+            Err(e) => {
+                self.release_cid(&id);
+                return Err(e);
+            }
+        };
+        let vm = Arc::new(Vm::new(
+            dir,
+            manifest,
+            request.app_compose,
+            self.config.log_max_bytes,
+            self.config.registry_aliases.clone(),
+        ));
+        if let Err(e) = self.attach(&vm) {
+            self.discard(&vm).await;
+            return Err(e);
+        }
+        self.insert(vm.clone());
+        drop(_deploying);
+
+        tracing::info!(vm = %vm.id, name = %request.name, "deployed");
+        if !request.stopped
+            && let Err(e) = self.start(&vm).await
+        {
+            // All or nothing: a VM that cannot boot is not left half-made.
+            self.remove(&vm).await?;
+            return Err(e);
+        }
+        Ok(super::info::info(&vm, false).await)
+    }
+
+    /// Name and ports are not used by another VM, and the ports are free now.
+    fn check_free(&self, request: &DeployRequest) -> Result<(), VmmError> {
+        let others: Vec<Manifest> = self.all().iter().map(|vm| vm.manifest()).collect();
+        if let Some(other) = others.iter().find(|m| m.name == request.name) {
+            return Err(VmmError::conflict(
+                "name",
+                format!("{:?} is already used by VM {}", request.name, other.id),
+            ));
+        }
+        for (i, port) in request.ports.iter().enumerate() {
+            let field = format!("ports[{i}].host_port");
+            let owner = others
+                .iter()
+                .find(|m| m.ports.iter().any(|p| overlaps(p, port)));
+            if let Some(owner) = owner {
+                return Err(VmmError::conflict(
+                    field,
+                    format!(
+                        "{}:{} is published by VM {:?}",
+                        port.host_address, port.host_port, owner.name
+                    ),
+                ));
+            }
+            if !port_is_free(port) {
+                return Err(VmmError::conflict(
+                    field,
+                    format!(
+                        "{}:{}/{} is in use on this host",
+                        port.host_address, port.host_port, port.protocol
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh 8-hex-digit id, unused in memory and on disk.
+    fn new_id(&self) -> String {
+        let vms_dir = self.config.vms_dir();
+        loop {
+            let id = format!("{:08x}", rand::thread_rng().r#gen::<u32>());
+            let taken = self.find(&id).is_ok() || vms_dir.join(&id).exists();
+            if !taken {
+                return id;
+            }
+        }
+    }
+
+    fn allocate_cid(&self, id: &str) -> Result<u32, VmmError> {
+        let mut cids = self.cids.lock().unwrap_or_else(|e| e.into_inner());
+        cids.allocate(id)
+            .map_err(VmmError::io("write", self.config.cids_file()))?
+            .ok_or(VmmError::NoFreeCid)
+    }
+
+    pub(super) fn release_cid(&self, id: &str) {
+        let mut cids = self.cids.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = cids.release(id) {
+            tracing::warn!(vm = %id, "cannot free CID: {e}");
+        }
+    }
+
+    /// Writes the VM's files into a staging directory and renames it into
+    /// place, so the VM directory appears complete or not at all.
+    fn create_vm_dir(&self, manifest: &Manifest, app_compose: &str) -> Result<VmDir, VmmError> {
+        let vms_dir = self.config.vms_dir();
+        let staging = VmDir::at(vms_dir.join(format!("{STAGING_PREFIX}{}", manifest.id)));
+        let result = (|| {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(staging.root())
+                .map_err(VmmError::io("create", staging.root()))?;
+            write_atomic(&staging.app_compose(), app_compose.as_bytes())
+                .map_err(VmmError::io("write", staging.app_compose()))?;
+            create_sparse(&staging.disk(), u64::from(manifest.disk_gb) << 30)?;
+            manifest
+                .save(&staging.manifest())
+                .map_err(VmmError::io("write", staging.manifest()))?;
+            let dir = VmDir::new(&vms_dir, &manifest.id);
+            fs::rename(staging.root(), dir.root()).map_err(VmmError::io("create", dir.root()))?;
+            File::open(&vms_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(VmmError::io("sync", &vms_dir))?;
+            Ok(dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(staging.root());
+        }
+        result
+    }
+
+    /// Undoes a deploy whose directory exists but whose VM never ran.
+    async fn discard(&self, vm: &Arc<Vm>) {
+        vm.removed.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(task) = vm.host_api.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        let _ = fs::remove_dir_all(vm.dir.root());
+        self.release_cid(&vm.id);
+    }
+}
+
+/// The data disk: a sparse file of `bytes`, created once and never
+/// recreated (the guest formats it on first boot and keeps data on it).
+fn create_sparse(path: &Path, bytes: u64) -> Result<(), VmmError> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(VmmError::io("create", path))?;
+    file.set_len(bytes).map_err(VmmError::io("size", path))?;
+    file.sync_all().map_err(VmmError::io("sync", path))
+}

@@ -1,0 +1,276 @@
+//! Starting a VM (vsock backend, then QEMU), watching QEMU, and restarting
+//! it with back-off when it exits unexpectedly.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+
+use super::Supervisor;
+use super::vm::{FIRST_BACKOFF, LastExit, Vm};
+use crate::error::VmmError;
+use crate::hostapi;
+use crate::qemu::argv::{QemuSpec, qemu_argv};
+use crate::qemu::process::{LaunchError, Proc, log_tail, write_pid};
+use crate::state::Desired;
+use crate::vsock::{VsockDevice, remove_if_exists, start_backend, stop_backend};
+
+/// How long QEMU may take to create its QMP socket (it does so before the
+/// guest runs a single instruction).
+const QEMU_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Supervisor {
+    /// Binds the VM's host API listener and serves it. Done when a VM is
+    /// created or loaded, before QEMU ever starts, so the guest's first
+    /// request always finds it.
+    pub(super) fn attach(&self, vm: &Arc<Vm>) -> Result<(), VmmError> {
+        let path = vm.dir.host_api_sock();
+        let listener = hostapi::bind(&path).map_err(VmmError::io("listen on", path))?;
+        let task = hostapi::serve(listener, vm.clone());
+        if let Some(old) = vm
+            .host_api
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/vms/{vm}/start`: boots the VM unless QEMU already runs.
+    pub(super) async fn start(&self, vm: &Arc<Vm>) -> Result<(), VmmError> {
+        let _op = vm.op.lock().await;
+        if vm.is_removed() {
+            return Err(VmmError::NotFound(vm.id.clone()));
+        }
+        if vm.qemu().is_some() {
+            return Ok(());
+        }
+        let previous = vm.manifest().desired;
+        vm.set_desired(Desired::Running)
+            .map_err(VmmError::io("write", vm.dir.manifest()))?;
+        vm.run().backoff = FIRST_BACKOFF;
+        if let Err(e) = self.launch(vm).await {
+            // Not left "should run": a supervisor restart would retry it forever.
+            let _ = vm.set_desired(previous);
+            let mut run = vm.run();
+            run.last_exit = LastExit::Clean;
+            run.launch_error = Some(crate::error::error_chain(&e));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Starts the vsock backend and QEMU, and watches QEMU. The caller
+    /// holds the VM's operation lock.
+    pub(super) async fn launch(&self, vm: &Arc<Vm>) -> Result<(), VmmError> {
+        let manifest = vm.manifest();
+        let failed = |source| VmmError::Launch {
+            vm: manifest.name.clone(),
+            source,
+        };
+        let image = self
+            .images
+            .resolve(&manifest.image)
+            .map_err(|_| failed(LaunchError::Image(manifest.image.clone())))?;
+        for stale in vm.dir.run_files() {
+            remove_if_exists(&stale).map_err(|source| {
+                failed(LaunchError::Io {
+                    path: stale.clone(),
+                    source,
+                })
+            })?;
+        }
+        let vsock = match &self.config.vsock {
+            VsockDevice::VhostUser { binary } => Some(Arc::new(
+                start_backend(binary, manifest.cid, &vm.dir)
+                    .await
+                    .map_err(failed)?,
+            )),
+            VsockDevice::Kernel => None,
+        };
+        let args = qemu_argv(&QemuSpec {
+            manifest: &manifest,
+            dir: &vm.dir,
+            image: &image,
+            accel: self.config.accel,
+            vsock: self.config.vsock.kind(),
+        });
+        tracing::info!(vm = %vm.id, "starting {} {}", self.config.qemu.display(), args.join(" "));
+        let qemu = match spawn_qemu(&self.config.qemu, &args, vm).await {
+            Ok(qemu) => Arc::new(qemu),
+            Err(e) => {
+                if let Some(vsock) = &vsock {
+                    stop_backend(vsock).await;
+                }
+                let _ = remove_if_exists(&vm.dir.vsock_pid());
+                return Err(failed(e));
+            }
+        };
+        vm.update_guest(|guest| guest.new_boot());
+        let serial = tokio::spawn(crate::serial::capture(
+            vm.dir.serial_sock(),
+            vm.serial_log.clone(),
+        ));
+        {
+            let mut run = vm.run();
+            run.qemu = Some(qemu.clone());
+            run.vsock = vsock;
+            if let Some(old) = run.serial.replace(serial) {
+                old.abort();
+            }
+            run.last_exit = LastExit::Clean;
+            run.launch_error = None;
+            run.launched_at = Some(Instant::now());
+        }
+        tracing::info!(vm = %vm.id, pid = qemu.pid(), "QEMU started");
+        self.watch(vm.clone(), qemu);
+        Ok(())
+    }
+
+    /// Waits for QEMU to exit in the background, then cleans up and decides
+    /// whether to restart it.
+    pub(super) fn watch(&self, vm: Arc<Vm>, qemu: Arc<Proc>) {
+        let supervisor = self.arc();
+        tokio::spawn(async move {
+            let status = qemu.wait().await;
+            supervisor.on_qemu_exit(&vm, &qemu, status).await;
+        });
+    }
+
+    async fn on_qemu_exit(
+        &self,
+        vm: &Arc<Vm>,
+        qemu: &Arc<Proc>,
+        status: Option<std::process::ExitStatus>,
+    ) {
+        let status_text = status.map_or_else(|| "unknown status".into(), |s| s.to_string());
+        let expected = vm.run().stopping || vm.manifest().desired == Desired::Stopped;
+        if !vm.cleanup_after_exit(qemu).await || vm.is_removed() || expected {
+            return;
+        }
+        let guest = vm.guest();
+        if guest.powering_off {
+            // The guest shut itself down on purpose (upstream marks such a VM
+            // stopped): not a crash, and not to be booted again on our own.
+            tracing::info!(vm = %vm.id, "guest powered off ({status_text})");
+            if let Err(e) = vm.set_desired(Desired::Stopped) {
+                tracing::warn!(vm = %vm.id, "cannot record the power-off: {e}");
+            }
+        } else if guest.error.is_some() {
+            tracing::warn!(vm = %vm.id, "guest failed to boot and exited ({status_text})");
+            vm.run().last_exit = LastExit::Failed;
+        } else {
+            let tail = log_tail(&vm.dir.qemu_log(), 300);
+            let tail = if tail.is_empty() {
+                String::new()
+            } else {
+                format!("; its log ends: {tail}")
+            };
+            tracing::warn!(vm = %vm.id, "QEMU exited unexpectedly ({status_text}){tail}");
+            vm.run().last_exit = LastExit::Crashed;
+            self.schedule_restart(vm.clone());
+        }
+    }
+
+    /// Boots a crashed VM again after its back-off, if it should still run.
+    pub(super) fn schedule_restart(&self, vm: Arc<Vm>) {
+        let delay = vm.next_backoff();
+        let supervisor = self.arc();
+        tracing::info!(vm = %vm.id, "restarting in {delay:?}");
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let op = vm.op.lock().await;
+            let wanted = !vm.is_removed()
+                && vm.manifest().desired == Desired::Running
+                && vm.qemu().is_none()
+                && vm.run().last_exit == LastExit::Crashed;
+            if !wanted {
+                return;
+            }
+            if let Err(e) = supervisor.launch(&vm).await {
+                let text = crate::error::error_chain(&e);
+                tracing::warn!(vm = %vm.id, "restart failed: {text}");
+                vm.run().launch_error = Some(text);
+                drop(op);
+                supervisor.schedule_restart(vm);
+            }
+        });
+    }
+}
+
+impl Vm {
+    /// After `qemu` exited: stops the vsock backend and the serial reader,
+    /// removes run files. Returns false if another caller already did (or
+    /// `qemu` is not this VM's current QEMU).
+    pub(super) async fn cleanup_after_exit(&self, qemu: &Arc<Proc>) -> bool {
+        let _cleanup = self.cleanup.lock().await;
+        let vsock = {
+            let mut run = self.run();
+            if !run.qemu.as_ref().is_some_and(|q| Arc::ptr_eq(q, qemu)) {
+                return false;
+            }
+            run.qemu = None;
+            run.vsock.take()
+        };
+        if let Some(vsock) = vsock {
+            stop_backend(&vsock).await;
+        }
+        // The serial reader ends at EOF by itself; this covers a reader
+        // still retrying its connect.
+        if let Some(serial) = self.run().serial.take() {
+            serial.abort();
+        }
+        for file in self.dir.run_files() {
+            let _ = remove_if_exists(&file);
+        }
+        true
+    }
+}
+
+/// Spawns QEMU, records its pid, and waits until it is up (its QMP socket
+/// exists). On failure no QEMU is left running.
+async fn spawn_qemu(
+    program: &std::path::Path,
+    args: &[String],
+    vm: &Vm,
+) -> Result<Proc, LaunchError> {
+    let qemu = Proc::spawn(program, args, &vm.dir.qemu_log())?;
+    let pid_file = vm.dir.qemu_pid();
+    let ready = async {
+        write_pid(&pid_file, qemu.pid()).map_err(|source| LaunchError::Io {
+            path: pid_file.clone(),
+            source,
+        })?;
+        let started = Instant::now();
+        while !vm.dir.qmp_sock().exists() {
+            if !qemu.is_running() {
+                let status = qemu.wait().await;
+                return Err(LaunchError::ExitedEarly {
+                    what: "qemu",
+                    status: status.map_or_else(|| "unknown status".into(), |s| s.to_string()),
+                    log_tail: log_tail(&vm.dir.qemu_log(), 600),
+                });
+            }
+            if started.elapsed() > QEMU_READY_TIMEOUT {
+                return Err(LaunchError::NotReady {
+                    what: "qemu",
+                    path: vm.dir.qmp_sock(),
+                    secs: QEMU_READY_TIMEOUT.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    };
+    match ready.await {
+        Ok(()) => Ok(qemu),
+        Err(e) => {
+            let _ = qemu.signal(Signal::KILL);
+            qemu.wait_timeout(Duration::from_secs(5)).await;
+            let _ = remove_if_exists(&pid_file);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The VMM layer: the [`Supervisor`] that owns every VM and executes API
+//! commands.
+//!
+//! Unlike Firecracker's single VMM thread, commands for different VMs run
+//! concurrently: a graceful stop may take 45 s and must not block `ls`.
+//! Each VM has its own operation lock (start/stop/remove/auto-restart run
+//! one at a time per VM), and deploys are serialised so name and port
+//! checks cannot race.
+
+mod adopt;
+mod deploy;
+mod info;
+mod launch;
+mod stop;
+mod vm;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use dstack_proto::supervisor::Version;
+
+use crate::api::{Command, Reply, RequestHandler};
+use crate::config::Config;
+use crate::error::VmmError;
+use crate::images::ImageCatalog;
+use crate::state::CidAllocator;
+use crate::validate::looks_like_id;
+use vm::Vm;
+
+/// The supervisor: every VM on this host, and the machinery to run them.
+#[derive(Debug)]
+pub struct Supervisor {
+    config: Arc<Config>,
+    images: ImageCatalog,
+    vms: RwLock<BTreeMap<String, Arc<Vm>>>,
+    cids: Mutex<CidAllocator>,
+    deploy_lock: tokio::sync::Mutex<()>,
+    /// For tasks that outlive a request (exit watchers, restarts).
+    this: Weak<Supervisor>,
+}
+
+impl Supervisor {
+    /// Loads every VM from the state dir, re-adopts the ones still running
+    /// and restarts those that should run. Must be called inside a tokio runtime.
+    pub async fn open(config: Config) -> Result<Arc<Self>, VmmError> {
+        for dir in [
+            config.state_dir.clone(),
+            config.images_dir(),
+            config.vms_dir(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(VmmError::io("create", dir))?;
+        }
+        let cids_file = config.cids_file();
+        let cids = CidAllocator::load(&cids_file).map_err(VmmError::io("read", cids_file))?;
+        let supervisor = Arc::new_cyclic(|this| Supervisor {
+            images: ImageCatalog::new(config.images_dir()),
+            config: Arc::new(config),
+            vms: RwLock::new(BTreeMap::new()),
+            cids: Mutex::new(cids),
+            deploy_lock: tokio::sync::Mutex::new(()),
+            this: this.clone(),
+        });
+        supervisor.load_all().await?;
+        Ok(supervisor)
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn arc(&self) -> Arc<Self> {
+        // `self` is only ever reached through the Arc made in `open`.
+        self.this
+            .upgrade()
+            .expect("supervisor is alive while in use")
+    }
+
+    fn version(&self) -> Version {
+        Version {
+            version: env!("CARGO_PKG_VERSION").into(),
+            accel: self.config.accel.as_str().into(),
+        }
+    }
+
+    fn all(&self) -> Vec<Arc<Vm>> {
+        self.vms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The VM with this id, else the one with this name.
+    fn find(&self, key: &str) -> Result<Arc<Vm>, VmmError> {
+        let vms = self.vms.read().unwrap_or_else(|e| e.into_inner());
+        if looks_like_id(key)
+            && let Some(vm) = vms.get(key)
+        {
+            return Ok(vm.clone());
+        }
+        vms.values()
+            .find(|vm| vm.manifest().name == key)
+            .cloned()
+            .ok_or_else(|| VmmError::NotFound(key.to_owned()))
+    }
+
+    fn insert(&self, vm: Arc<Vm>) {
+        self.vms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm.id.clone(), vm);
+    }
+
+    fn forget(&self, id: &str) {
+        self.vms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Stops tasks that touch VM files (host API servers, serial readers),
+    /// leaving every VM running; for a clean supervisor exit.
+    pub fn detach(&self) {
+        for vm in self.all() {
+            if let Some(task) = vm.host_api.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl RequestHandler for Supervisor {
+    async fn handle(&self, command: Command) -> Result<Reply, VmmError> {
+        match command {
+            Command::Version => Ok(Reply::Version(self.version())),
+            Command::Deploy(request) => self.deploy(request).await.map(Reply::Created),
+            Command::List => Ok(Reply::Vms(
+                self.all().iter().map(|vm| info::summary(vm)).collect(),
+            )),
+            Command::Get(key) => {
+                let vm = self.find(&key)?;
+                Ok(Reply::Vm(info::info(&vm, true).await))
+            }
+            Command::Start(key) => {
+                let vm = self.find(&key)?;
+                self.start(&vm).await?;
+                Ok(Reply::Vm(info::info(&vm, false).await))
+            }
+            Command::Stop(key) => {
+                let vm = self.find(&key)?;
+                self.stop(&vm).await?;
+                Ok(Reply::Vm(info::info(&vm, false).await))
+            }
+            Command::Remove(key) => {
+                let vm = self.find(&key)?;
+                self.remove(&vm).await.map(|()| Reply::Removed)
+            }
+            Command::Logs { vm, query } => {
+                let vm = self.find(&vm)?;
+                let path = match query.channel {
+                    dstack_proto::supervisor::LogChannel::App => vm.dir.app_log(),
+                    dstack_proto::supervisor::LogChannel::Serial => vm.dir.serial_log(),
+                };
+                Ok(Reply::Logs {
+                    channel: query.channel,
+                    body: crate::logs::open_stream(path, query),
+                })
+            }
+            Command::Images => Ok(Reply::Images(
+                self.images
+                    .list()
+                    .iter()
+                    .map(|image| image.info())
+                    .collect(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

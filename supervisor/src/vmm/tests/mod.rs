@@ -1,0 +1,229 @@
+//! The VMM with stand-ins for QEMU and vhost-device-vsock: shell scripts
+//! that create the sockets the supervisor waits for and then idle. Real
+//! processes, real files; no VM (the real-VM runs are in tests/ and the
+//! supervisor's README).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dstack_proto::supervisor::{DeployRequest, PortMapping, VmInfo, VmState};
+
+use super::*;
+use crate::accel::Accel;
+use crate::config::{StopTimeouts, default_registry_aliases};
+use crate::test_util::{app_compose, write_image};
+use crate::vsock::VsockDevice;
+
+/// A QEMU stand-in: creates the QMP socket path, then idles (as a shell
+/// loop, so its cmdline keeps the `-name` marker).
+const FAKE_QEMU: &str = r#"#!/bin/sh
+for arg; do
+  case "$prev" in -qmp) qmp=${arg#unix:}; qmp=${qmp%%,*};; esac
+  prev=$arg
+done
+: > "$qmp"
+while :; do sleep 1; done
+"#;
+
+/// A QEMU that refuses its command line.
+const BROKEN_QEMU: &str =
+    "#!/bin/sh\necho 'qemu-system-x86_64: -device foo: bad option' >&2\nexit 1\n";
+
+/// A vhost-device-vsock stand-in: creates its vhost-user socket path, then idles.
+const FAKE_BACKEND: &str = r#"#!/bin/sh
+sock=$(echo "$2" | sed 's/.*socket=\([^,]*\),.*/\1/')
+: > "$sock"
+while :; do sleep 1; done
+"#;
+
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        write_image(&dir.path().join("state/images"), "img", "1.0");
+        for (name, text) in [
+            ("qemu", FAKE_QEMU),
+            ("broken-qemu", BROKEN_QEMU),
+            ("backend", FAKE_BACKEND),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Self { dir }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn config(&self, qemu: &str, vhost_user: bool) -> Config {
+        Config {
+            state_dir: self.state(),
+            accel: Accel::Tcg,
+            qemu: self.dir.path().join(qemu),
+            vsock: if vhost_user {
+                VsockDevice::VhostUser {
+                    binary: self.dir.path().join("backend"),
+                }
+            } else {
+                VsockDevice::Kernel
+            },
+            registry_aliases: default_registry_aliases(),
+            stop_timeouts: StopTimeouts {
+                guest: Duration::from_secs(1),
+                acpi: Duration::from_secs(1),
+                kill: Duration::from_secs(5),
+            },
+            log_max_bytes: 1 << 20,
+        }
+    }
+
+    fn vm_dirs(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.state().join("vms"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn request(name: &str) -> DeployRequest {
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "app_compose": app_compose(name),
+        "memory_mb": 256,
+        "disk_gb": 1,
+    }))
+    .unwrap()
+}
+
+async fn deploy(sup: &Supervisor, request: DeployRequest) -> Result<VmInfo, VmmError> {
+    match sup.handle(Command::Deploy(request)).await? {
+        Reply::Created(info) => Ok(info),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn get(sup: &Supervisor, vm: &str) -> Result<VmInfo, VmmError> {
+    match sup.handle(Command::Get(vm.into())).await? {
+        Reply::Vm(info) => Ok(info),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn wait_for(sup: &Supervisor, vm: &str, what: &str, ok: impl Fn(&VmInfo) -> bool) -> VmInfo {
+    let started = Instant::now();
+    loop {
+        let info = get(sup, vm).await.unwrap();
+        if ok(&info) {
+            return info;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn field_of(err: VmmError) -> String {
+    match err {
+        VmmError::Invalid { field, .. } | VmmError::Conflict { field, .. } => field,
+        other => panic!("expected a field error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn refused_deploys_leave_nothing_behind() {
+    let host = Host::new();
+    let sup = Supervisor::open(host.config("qemu", false)).await.unwrap();
+    let mut first = request("first");
+    first.stopped = true;
+    first.ports = vec![PortMapping {
+        protocol: "tcp".into(),
+        host_address: "127.0.0.1".into(),
+        host_port: 1,
+        vm_port: 80,
+    }];
+    let first = deploy(&sup, first).await.unwrap();
+    assert_eq!(first.summary.state, VmState::Stopped);
+    assert_eq!(first.cid, 3);
+    let dirs = host.vm_dirs();
+    assert_eq!(dirs, std::slice::from_ref(&first.summary.id));
+    let cids = std::fs::read_to_string(host.state().join("cids.json")).unwrap();
+
+    let mut bad_compose = request("a");
+    bad_compose.app_compose = "{\"name\":\"a\"}".into();
+    let mut bad_image = request("b");
+    bad_image.image = "missing".into();
+    let taken = request("first");
+    let mut bad_vcpu = request("c");
+    bad_vcpu.vcpu = 0;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let mut port_busy = request("d");
+    port_busy.ports = vec![PortMapping {
+        protocol: "tcp".into(),
+        host_address: "127.0.0.1".into(),
+        host_port: busy_port,
+        vm_port: 80,
+    }];
+    let mut port_of_first = request("e");
+    port_of_first.ports = vec![PortMapping {
+        protocol: "tcp".into(),
+        host_address: "0.0.0.0".into(),
+        host_port: 1,
+        vm_port: 8080,
+    }];
+    let cases = [
+        (bad_compose, "app_compose"),
+        (bad_image, "image"),
+        (taken, "name"),
+        (bad_vcpu, "vcpu"),
+        (port_busy, "ports[0].host_port"),
+        (port_of_first, "ports[0].host_port"),
+    ];
+    for (req, field) in cases {
+        let err = deploy(&sup, req).await.unwrap_err();
+        assert!(err.status_code().is_client_error(), "{err}");
+        assert_eq!(field_of(err), field);
+        assert_eq!(host.vm_dirs(), dirs);
+        assert_eq!(
+            std::fs::read_to_string(host.state().join("cids.json")).unwrap(),
+            cids
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_qemu_that_fails_to_start_undoes_the_deploy() {
+    let host = Host::new();
+    let sup = Supervisor::open(host.config("broken-qemu", true))
+        .await
+        .unwrap();
+    let err = deploy(&sup, request("web")).await.unwrap_err();
+    assert_eq!(
+        err.status_code(),
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let text = err.to_api_error().error;
+    assert!(
+        text.contains("qemu exited during start-up") && text.contains("bad option"),
+        "{text}"
+    );
+    assert!(host.vm_dirs().is_empty());
+    assert!(
+        std::fs::read_to_string(host.state().join("cids.json"))
+            .unwrap()
+            .contains("{}")
+    );
+    assert!(matches!(get(&sup, "web").await, Err(VmmError::NotFound(_))));
+}
+
+mod lifecycle;

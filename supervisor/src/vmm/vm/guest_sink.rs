@@ -1,0 +1,208 @@
+//! The host API as one VM serves it: config bundle, notifications, logs.
+
+use std::io;
+
+use dstack_proto::host::{
+    ConfigBundle, InstanceInfo, LogBatch, LogStream, NetworkConfig, Notification, SysConfig, events,
+};
+use dstack_proto::supervisor::{LogLine, VmEvent};
+
+use super::{Vm, lock, now_ms};
+use crate::hostapi::GuestSink;
+use crate::state::write_json_atomic;
+
+impl GuestSink for Vm {
+    fn config(&self) -> Result<ConfigBundle, String> {
+        let manifest = self.manifest();
+        let encrypted_env = hex::decode(&manifest.encrypted_env)
+            .map_err(|e| format!("stored encrypted_env is not hex: {e}"))?;
+        let instance_info: InstanceInfo = match std::fs::read(self.dir.instance_info()) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("instance-info.json is invalid: {e}"))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => InstanceInfo::default(),
+            Err(e) => return Err(format!("cannot read instance-info.json: {e}")),
+        };
+        let vm_config = serde_json::json!({
+            "cpu_count": manifest.vcpu,
+            "memory_size": u64::from(manifest.memory_mb) << 20,
+            "image": manifest.image,
+        })
+        .to_string();
+        Ok(ConfigBundle {
+            app_compose: self.app_compose.clone(),
+            encrypted_env,
+            user_config: manifest.user_config,
+            sys_config: SysConfig {
+                vm_id: manifest.id,
+                vm_name: manifest.name,
+                network: NetworkConfig::default(),
+                registry_aliases: self.registry_aliases.clone(),
+                insecure_registries: self.insecure_registries.clone(),
+                kms_urls: Vec::new(),
+                gateway_urls: Vec::new(),
+                pccs_url: String::new(),
+                vm_config,
+            },
+            instance_info,
+        })
+    }
+
+    fn notify(&self, notification: Notification) -> Result<(), String> {
+        if notification.event == events::INSTANCE_INFO {
+            let info: InstanceInfo = serde_json::from_str(&notification.payload)
+                .map_err(|e| format!("payload: not InstanceInfo JSON: {e}"))?;
+            write_json_atomic(&self.dir.instance_info(), &info)
+                .map_err(|e| format!("cannot store instance info: {e}"))?;
+        }
+        let Notification { event, payload } = notification;
+        tracing::info!(vm = %self.id, "guest: {event} {payload}");
+        self.update_guest(|guest| {
+            match event.as_str() {
+                events::BOOT_PROGRESS => guest.phase = payload.clone(),
+                events::BOOT_ERROR => guest.error = Some(payload.clone()),
+                events::SHUTDOWN_PROGRESS if payload == "powering off" => guest.powering_off = true,
+                _ => {}
+            }
+            guest.push(VmEvent {
+                ts_ms: now_ms(),
+                event,
+                payload,
+            });
+        });
+        Ok(())
+    }
+
+    fn append_logs(&self, batch: LogBatch) -> io::Result<()> {
+        let mut text = Vec::new();
+        for entry in batch.entries {
+            let line = LogLine {
+                ts_ms: entry.ts_ms,
+                service: entry.service,
+                stream: match entry.stream {
+                    LogStream::Stdout => "stdout",
+                    LogStream::Stderr => "stderr",
+                    LogStream::System => "system",
+                }
+                .into(),
+                line: entry.line,
+            };
+            serde_json::to_writer(&mut text, &line).map_err(io::Error::other)?;
+            text.push(b'\n');
+        }
+        lock(&self.app_log).append(&text)
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use dstack_proto::host::LogEntry;
+
+    use super::*;
+    use dstack_proto::supervisor::VmState;
+
+    use crate::state::{Desired, GuestStatus, Manifest, VmDir};
+
+    pub(in crate::vmm::vm) fn vm(dir: &std::path::Path) -> Vm {
+        let manifest = Manifest {
+            id: "0a1b2c3d".into(),
+            name: "web".into(),
+            image: "img".into(),
+            vcpu: 1,
+            memory_mb: 256,
+            disk_gb: 1,
+            ports: vec![],
+            encrypted_env: "abcd".into(),
+            user_config: "u".into(),
+            cid: 3,
+            created_at_ms: 0,
+            desired: Desired::Running,
+        };
+        manifest.save(&dir.join("manifest.json")).unwrap();
+        Vm::new(
+            VmDir::at(dir.to_owned()),
+            manifest,
+            "{\"a\":1}".into(),
+            1 << 20,
+            crate::config::default_registry_aliases(),
+        )
+    }
+
+    fn note(event: &str, payload: &str) -> Notification {
+        Notification {
+            event: event.into(),
+            payload: payload.into(),
+        }
+    }
+
+    #[test]
+    fn config_bundle_carries_the_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = vm(dir.path());
+        let bundle = vm.config().unwrap();
+        assert_eq!(bundle.app_compose, "{\"a\":1}");
+        assert_eq!(bundle.encrypted_env, vec![0xab, 0xcd]);
+        assert_eq!(bundle.sys_config.vm_id, "0a1b2c3d");
+        assert_eq!(bundle.sys_config.vm_name, "web");
+        assert_eq!(bundle.sys_config.insecure_registries, ["10.0.2.2:5000"]);
+        assert_eq!(bundle.sys_config.registry_aliases.len(), 2);
+        assert!(
+            bundle
+                .sys_config
+                .vm_config
+                .contains("\"memory_size\":268435456")
+        );
+        assert_eq!(bundle.instance_info, InstanceInfo::default());
+    }
+
+    #[test]
+    fn notifications_drive_phase_error_and_instance_info() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = vm(dir.path());
+        vm.notify(note("boot.progress", "pulling")).unwrap();
+        assert_eq!(vm.guest().phase, "pulling");
+        vm.notify(note("boot.progress", "running")).unwrap();
+        assert_eq!(vm.guest().phase, "running");
+
+        let info = r#"{"instance_id_seed":"01","instance_id":"02","app_id":"03"}"#;
+        vm.notify(note("instance.info", info)).unwrap();
+        assert_eq!(vm.config().unwrap().instance_info.instance_id, vec![2]);
+        assert!(vm.notify(note("instance.info", "nope")).is_err());
+
+        vm.notify(note("shutdown.progress", "stopping services"))
+            .unwrap();
+        assert!(!vm.guest().powering_off);
+        vm.notify(note("shutdown.progress", "powering off"))
+            .unwrap();
+        assert!(vm.guest().powering_off);
+        vm.notify(note("boot.error", "pull failed")).unwrap();
+        // Persisted for a restarted supervisor.
+        let saved = GuestStatus::load(&vm.dir.events());
+        assert_eq!(saved.error.as_deref(), Some("pull failed"));
+        assert_eq!(saved.events.len(), 6);
+        assert_eq!(vm.state(), VmState::Stopped, "no QEMU: not running");
+    }
+
+    #[test]
+    fn logs_become_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = vm(dir.path());
+        let entry = |line: &str| LogEntry {
+            ts_ms: 5,
+            service: "web".into(),
+            stream: LogStream::System,
+            line: line.into(),
+        };
+        vm.append_logs(LogBatch {
+            entries: vec![entry("a"), entry("b")],
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(vm.dir.app_log()).unwrap();
+        let lines: Vec<LogLine> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].stream, "system");
+        assert_eq!(lines[1].line, "b");
+    }
+}
