@@ -371,13 +371,12 @@ impl ServiceManager {
                 }
             }
             let task = slot.task.lock().ok().and_then(|mut t| t.take());
-            if let Some(task) = task {
-                if tokio::time::timeout(Duration::from_secs(5), task)
+            if let Some(task) = task
+                && tokio::time::timeout(Duration::from_secs(5), task)
                     .await
                     .is_err()
-                {
-                    inner.system_log(format!("{name}: did not stop in time"));
-                }
+            {
+                inner.system_log(format!("{name}: did not stop in time"));
             }
             let paths = slot.paths.clone();
             let _ = tokio::task::spawn_blocking(move || runner::unmount_rootfs(&paths)).await;
