@@ -143,14 +143,6 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     config::check_state_dir(&state_dir)
         .map_err(anyhow::Error::msg)
         .exit_with(Exit::Config)?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&state_dir)
-        .with_context(|| format!("cannot create {}", state_dir.display()))
-        .exit_with(Exit::State)?;
-    let _lock = lock_state_dir(&state_dir).exit_with(Exit::State)?;
-
     let token = match (&args.listen_tcp, &args.token_file) {
         (Some(_), Some(file)) => {
             let text = fs::read_to_string(file)
@@ -205,6 +197,15 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     } else {
         args.registry_aliases
     };
+    // Created (and locked) only once every flag has been checked, so a bad
+    // command line leaves nothing behind.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))
+        .exit_with(Exit::State)?;
+    let _lock = lock_state_dir(&state_dir).exit_with(Exit::State)?;
     let socket = args
         .socket
         .unwrap_or_else(|| config::default_socket(&state_dir));

@@ -57,8 +57,10 @@ pub(super) async fn info(vm: &Vm, ask_guest: bool) -> VmInfo {
         error: guest.error.or(launch_error),
         summary,
     };
+    // Only once the guest has reported in: before that its control port is
+    // not up, and a connect would just wait out the timeout.
     let up = matches!(out.summary.state, VmState::Booting | VmState::Running);
-    if ask_guest && up {
+    if ask_guest && up && !out.summary.phase.is_empty() {
         let client = GuestClient::new(vm.dir.vsock(), GUEST_INFO_TIMEOUT);
         if let Ok(guest) = client.info().await {
             out.boot_phases = guest.boot_phases;

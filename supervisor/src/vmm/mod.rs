@@ -48,7 +48,11 @@ impl Supervisor {
             config.images_dir(),
             config.vms_dir(),
         ] {
-            std::fs::create_dir_all(&dir).map_err(VmmError::io("create", dir))?;
+            // An existing entry (the images dir is often a symlink to a
+            // shared build output) is used as it is.
+            if dir.symlink_metadata().is_err() {
+                std::fs::create_dir_all(&dir).map_err(VmmError::io("create", dir))?;
+            }
         }
         let cids_file = config.cids_file();
         let cids = CidAllocator::load(&cids_file).map_err(VmmError::io("read", cids_file))?;
