@@ -253,12 +253,20 @@ mod tests {
         let log = dir.path().join("out.log");
         let args = vec![
             "-c".into(),
-            "echo hello-$0; sleep 30".into(),
+            // Not ending in a simple command: dash would exec it and lose
+            // the marker argument from its cmdline.
+            "echo hello-$0; sleep 30; true".into(),
             "marker-xyz".into(),
         ];
         let proc = Proc::spawn(Path::new("/bin/sh"), &args, &log).unwrap();
         assert!(proc.is_running());
-        assert!(is_ours(proc.pid(), "marker-xyz"));
+        // spawn returns once exec has begun, but the kernel sets the new
+        // cmdline a moment later; a real pid file is read much later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !is_ours(proc.pid(), "marker-xyz") {
+            assert!(std::time::Instant::now() < deadline, "never saw the marker");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(!is_ours(proc.pid(), "something-else"));
         // Its own process group: a signal to ours does not reach it.
         let pgid = rustix::process::getpgid(Pid::from_raw(proc.pid() as i32)).unwrap();
@@ -288,7 +296,17 @@ mod tests {
         assert!(status.success());
         let pid = read_pid(&pid_file).unwrap();
         let proc = Proc::adopt(pid).expect("running");
-        assert!(is_ours(pid, "sleep"));
+        // The shell's `$!` may be read before the child has exec'd sleep
+        // (a window in which /proc/<pid>/cmdline can read empty); a real
+        // pid file is written only after exec, when spawn returns.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !is_ours(pid, "sleep") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never saw sleep's cmdline"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         proc.signal(Signal::TERM).unwrap();
         assert!(proc.wait_timeout(Duration::from_secs(5)).await);
         assert!(Proc::adopt(pid).is_none());

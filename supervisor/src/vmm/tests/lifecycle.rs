@@ -1,7 +1,7 @@
 //! Start, stop, remove, crash restarts and re-adoption with the stand-in
 //! processes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dstack_proto::supervisor::{VmInfo, VmState};
 use rustix::process::Signal;
@@ -158,6 +158,14 @@ fn a_restarted_supervisor_readopts_and_cleans_up() {
         Signal::KILL,
     )
     .unwrap();
+
+    // SIGKILL is delivered asynchronously: let it land, as it would have
+    // long before a real supervisor came back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_running(b_pid) {
+        assert!(Instant::now() < deadline, "SIGKILL did not land");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     let second = runtime();
     second.block_on(async {
