@@ -270,3 +270,35 @@ async fn tcp_requires_the_bearer_token() {
     assert_eq!(answer.status, StatusCode::OK);
     assert!(answer.body.contains("\"accel\":\"tcg\""));
 }
+
+#[tokio::test]
+async fn the_checked_in_openapi_matches_the_routes() {
+    let spec: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../../openapi.yaml")).expect("openapi.yaml parses");
+    let paths = spec["paths"].as_mapping().expect("paths");
+    let app = router(Arc::new(Fake::default()));
+    let mut documented = 0;
+    for (path, item) in paths {
+        let path = path.as_str().unwrap().replace("{vm}", "web");
+        for method in ["get", "post", "delete", "put", "patch"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            documented += 1;
+            let body = if path == "/v1/vms" && method == "post" {
+                r#"{"name":"web","app_compose":"{}"}"#
+            } else {
+                ""
+            };
+            let answer = call(&app, &method.to_uppercase(), &path, body).await;
+            assert!(
+                answer.status.is_success(),
+                "{method} {path} is documented but answers {}: {}",
+                answer.status,
+                answer.body
+            );
+        }
+    }
+    // Every route of `router` (and no other) is documented.
+    assert_eq!(documented, 9);
+}

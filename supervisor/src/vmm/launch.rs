@@ -151,16 +151,19 @@ impl Supervisor {
             return;
         }
         let guest = vm.guest();
-        if guest.powering_off {
+        if guest.error.is_some() {
+            // A failed boot ends in a clean power-off (dstack-init lingers,
+            // then powers off): checked first so the VM shows as failed, and
+            // not restarted into the same failure.
+            tracing::warn!(vm = %vm.id, "guest failed to boot and exited ({status_text})");
+            vm.run().last_exit = LastExit::Failed;
+        } else if guest.powering_off {
             // The guest shut itself down on purpose (upstream marks such a VM
             // stopped): not a crash, and not to be booted again on our own.
             tracing::info!(vm = %vm.id, "guest powered off ({status_text})");
             if let Err(e) = vm.set_desired(Desired::Stopped) {
                 tracing::warn!(vm = %vm.id, "cannot record the power-off: {e}");
             }
-        } else if guest.error.is_some() {
-            tracing::warn!(vm = %vm.id, "guest failed to boot and exited ({status_text})");
-            vm.run().last_exit = LastExit::Failed;
         } else {
             let tail = log_tail(&vm.dir.qemu_log(), 300);
             let tail = if tail.is_empty() {

@@ -78,7 +78,7 @@ async fn deploy_stop_start_remove() {
 }
 
 #[tokio::test]
-async fn a_crash_is_restarted_but_a_guest_power_off_is_not() {
+async fn a_crash_is_restarted_but_a_power_off_or_failed_boot_is_not() {
     let host = Host::new();
     let sup = Supervisor::open(host.config("qemu", false)).await.unwrap();
     let info = deploy(&sup, request("web")).await.unwrap();
@@ -125,6 +125,36 @@ async fn a_crash_is_restarted_but_a_guest_power_off_is_not() {
         "not restarted"
     );
     assert_eq!(vm.manifest().desired, Desired::Stopped);
+
+    // A failed boot: error, then power-off, then exit. Shown as failed, not restarted.
+    let Reply::Vm(info) = sup.handle(Command::Start("web".into())).await.unwrap() else {
+        panic!()
+    };
+    let pid = info.pid.unwrap();
+    for (event, payload) in [
+        ("boot.error", "pull failed"),
+        ("shutdown.progress", "powering off"),
+    ] {
+        vm.notify(dstack_proto::host::Notification {
+            event: event.into(),
+            payload: payload.into(),
+        })
+        .unwrap();
+    }
+    assert_eq!(
+        get(&sup, "web").await.unwrap().summary.state,
+        VmState::Failed
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        Signal::KILL,
+    )
+    .unwrap();
+    wait_for(&sup, "web", "exit", |i| i.pid.is_none()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = get(&sup, "web").await.unwrap();
+    assert_eq!((after.summary.state, after.pid), (VmState::Failed, None));
+    assert_eq!(after.error.as_deref(), Some("pull failed"));
     sup.handle(Command::Remove("web".into())).await.unwrap();
 }
 
