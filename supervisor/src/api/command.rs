@@ -21,10 +21,20 @@ pub enum Command {
     Get(String),
     /// `POST /v1/vms/{vm}/start`.
     Start(String),
-    /// `POST /v1/vms/{vm}/stop`.
-    Stop(String),
-    /// `DELETE /v1/vms/{vm}`.
-    Remove(String),
+    /// `POST /v1/vms/{vm}/stop[?force=true]`.
+    Stop {
+        /// The VM.
+        vm: String,
+        /// Kill QEMU at once instead of asking the guest and ACPI first.
+        force: bool,
+    },
+    /// `DELETE /v1/vms/{vm}[?force=true]`.
+    Remove {
+        /// The VM.
+        vm: String,
+        /// Kill QEMU at once instead of stopping it gracefully.
+        force: bool,
+    },
     /// `GET /v1/vms/{vm}/logs`.
     Logs {
         /// The VM.

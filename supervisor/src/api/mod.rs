@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -119,24 +120,39 @@ async fn start<H: RequestHandler>(State(h): State<Arc<H>>, Path(vm): Path<String
     run(&*h, Ok(Command::Start(vm))).await
 }
 
-async fn stop<H: RequestHandler>(State(h): State<Arc<H>>, Path(vm): Path<String>) -> Response {
-    run(&*h, Ok(Command::Stop(vm))).await
+async fn stop<H: RequestHandler>(
+    State(h): State<Arc<H>>,
+    Path(vm): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let force = query_params(query).and_then(|p| request::vms::force(&p));
+    run(&*h, force.map(|force| Command::Stop { vm, force })).await
 }
 
-async fn remove<H: RequestHandler>(State(h): State<Arc<H>>, Path(vm): Path<String>) -> Response {
-    run(&*h, Ok(Command::Remove(vm))).await
+async fn remove<H: RequestHandler>(
+    State(h): State<Arc<H>>,
+    Path(vm): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let force = query_params(query).and_then(|p| request::vms::force(&p));
+    run(&*h, force.map(|force| Command::Remove { vm, force })).await
 }
 
 async fn logs<H: RequestHandler>(
     State(h): State<Arc<H>>,
     Path(vm): Path<String>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    let command = match query {
-        Ok(Query(params)) => request::logs::logs(vm, &params),
-        Err(e) => Err(VmmError::invalid("query", e.body_text())),
-    };
+    let command = query_params(query).and_then(|params| request::logs::logs(vm, &params));
     run(&*h, command).await
+}
+
+fn query_params(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, VmmError> {
+    query
+        .map(|Query(params)| params)
+        .map_err(|e| VmmError::invalid("query", e.body_text()))
 }
 
 async fn images<H: RequestHandler>(State(h): State<Arc<H>>) -> Response {

@@ -69,10 +69,10 @@ impl RequestHandler for Fake {
             }
             Command::Deploy(req) => Ok(Reply::Created(vm_info(&req.name))),
             Command::List => Ok(Reply::Vms(vec![vm_info("web").summary])),
-            Command::Get(vm) | Command::Start(vm) | Command::Stop(vm) => {
+            Command::Get(vm) | Command::Start(vm) | Command::Stop { vm, .. } => {
                 known(&vm).map(|()| Reply::Vm(vm_info(&vm)))
             }
-            Command::Remove(vm) => known(&vm).map(|()| Reply::Removed),
+            Command::Remove { vm, .. } => known(&vm).map(|()| Reply::Removed),
             Command::Logs { vm, query } => {
                 known(&vm)?;
                 let text = format!("{}\n", query.lines);
@@ -138,7 +138,12 @@ async fn every_route_maps_to_its_command_and_status() {
         ("GET", "/v1/vms/web", "", StatusCode::OK),
         ("POST", "/v1/vms/web/start", "", StatusCode::OK),
         ("POST", "/v1/vms/0a1b2c3d/stop", "", StatusCode::OK),
-        ("DELETE", "/v1/vms/web", "", StatusCode::NO_CONTENT),
+        (
+            "DELETE",
+            "/v1/vms/web?force=true",
+            "",
+            StatusCode::NO_CONTENT,
+        ),
         ("GET", "/v1/images", "", StatusCode::OK),
     ];
     for (method, path, body, status) in cases {
@@ -153,8 +158,8 @@ async fn every_route_maps_to_its_command_and_status() {
         seen[1]
     );
     assert_eq!(seen[3], "Get(\"web\")");
-    assert_eq!(seen[5], "Stop(\"0a1b2c3d\")");
-    assert_eq!(seen[6], "Remove(\"web\")");
+    assert_eq!(seen[5], "Stop { vm: \"0a1b2c3d\", force: false }");
+    assert_eq!(seen[6], "Remove { vm: \"web\", force: true }");
 }
 
 #[tokio::test]

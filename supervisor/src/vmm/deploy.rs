@@ -76,7 +76,7 @@ impl Supervisor {
             && let Err(e) = self.start(&vm).await
         {
             // All or nothing: a VM that cannot boot is not left half-made.
-            self.remove(&vm).await?;
+            self.remove(&vm, true).await?;
             return Err(e);
         }
         Ok(super::info::info(&vm, false).await)

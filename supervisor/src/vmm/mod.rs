@@ -152,14 +152,14 @@ impl RequestHandler for Supervisor {
                 self.start(&vm).await?;
                 Ok(Reply::Vm(info::info(&vm, false).await))
             }
-            Command::Stop(key) => {
+            Command::Stop { vm: key, force } => {
                 let vm = self.find(&key)?;
-                self.stop(&vm).await?;
+                self.stop(&vm, force).await?;
                 Ok(Reply::Vm(info::info(&vm, false).await))
             }
-            Command::Remove(key) => {
+            Command::Remove { vm: key, force } => {
                 let vm = self.find(&key)?;
-                self.remove(&vm).await.map(|()| Reply::Removed)
+                self.remove(&vm, force).await.map(|()| Reply::Removed)
             }
             Command::Logs { vm, query } => {
                 let vm = self.find(&vm)?;

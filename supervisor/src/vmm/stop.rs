@@ -20,7 +20,9 @@ const GUEST_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Supervisor {
     /// `POST /v1/vms/{vm}/stop`: the VM is stopped, and stays stopped.
-    pub(super) async fn stop(&self, vm: &Arc<Vm>) -> Result<(), VmmError> {
+    /// With `force`, QEMU is killed at once (the guest gets no chance to
+    /// unmount its disk).
+    pub(super) async fn stop(&self, vm: &Arc<Vm>, force: bool) -> Result<(), VmmError> {
         let _op = vm.op.lock().await;
         // Recorded first: from here on a QEMU exit is expected, and a
         // pending automatic restart finds nothing to do.
@@ -35,7 +37,11 @@ impl Supervisor {
             return Ok(());
         };
         vm.run().stopping = true;
-        self.shut_down(vm, &qemu).await;
+        if force {
+            self.kill(vm, &qemu).await;
+        } else {
+            self.shut_down(vm, &qemu).await;
+        }
         vm.cleanup_after_exit(&qemu).await;
         vm.run().stopping = false;
         Ok(())
@@ -72,15 +78,20 @@ impl Supervisor {
             }
             Err(e) => tracing::warn!(vm = %vm.id, "QMP power-down failed: {e}; killing"),
         }
+        self.kill(vm, qemu).await;
+    }
+
+    async fn kill(&self, vm: &Vm, qemu: &Proc) {
         let _ = qemu.signal(Signal::KILL);
-        if !qemu.wait_timeout(timeouts.kill).await {
+        if !qemu.wait_timeout(self.config.stop_timeouts.kill).await {
             tracing::error!(vm = %vm.id, pid = qemu.pid(), "QEMU survived SIGKILL");
         }
     }
 
-    /// `DELETE /v1/vms/{vm}`: stop, then delete every file and free the CID.
-    pub(super) async fn remove(&self, vm: &Arc<Vm>) -> Result<(), VmmError> {
-        self.stop(vm).await?;
+    /// `DELETE /v1/vms/{vm}`: stop (or with `force`, kill), then delete
+    /// every file and free the CID.
+    pub(super) async fn remove(&self, vm: &Arc<Vm>, force: bool) -> Result<(), VmmError> {
+        self.stop(vm, force).await?;
         let _op = vm.op.lock().await;
         if vm.removed.swap(true, Ordering::SeqCst) {
             return Ok(());

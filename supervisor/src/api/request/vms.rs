@@ -1,5 +1,7 @@
 //! `/v1/vms` and `/v1/vms/{vm}`.
 
+use std::collections::HashMap;
+
 use dstack_proto::supervisor::DeployRequest;
 
 use super::parse_json;
@@ -9,6 +11,25 @@ use crate::error::VmmError;
 /// `POST /v1/vms` with a [`DeployRequest`] body (unknown fields refused).
 pub fn deploy(body: &[u8]) -> Result<Command, VmmError> {
     parse_json::<DeployRequest>(body).map(Command::Deploy)
+}
+
+/// The `force` flag of stop and remove (no other parameter is accepted).
+pub fn force(params: &HashMap<String, String>) -> Result<bool, VmmError> {
+    let mut force = false;
+    for (key, value) in params {
+        match (key.as_str(), value.as_str()) {
+            ("force", "" | "1" | "true" | "yes") => force = true,
+            ("force", "0" | "false" | "no") => force = false,
+            ("force", other) => {
+                return Err(VmmError::invalid(
+                    "force",
+                    format!("{other:?} is not a boolean"),
+                ));
+            }
+            (other, _) => return Err(VmmError::invalid(other, "unknown parameter (force)")),
+        }
+    }
+    Ok(force)
 }
 
 #[cfg(test)]
@@ -33,6 +54,11 @@ mod tests {
         assert!(err.to_string().starts_with("ports[0]"), "{err}");
         let err = deploy(b"nope").unwrap_err();
         assert!(err.to_string().starts_with("body: "), "{err}");
+        let params = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
+        assert!(force(&params("force", "true")).unwrap());
+        assert!(!force(&HashMap::new()).unwrap());
+        assert!(force(&params("force", "maybe")).is_err());
+        assert!(force(&params("graceful", "1")).is_err());
         match deploy(br#"{"name":"a","app_compose":"{}"}"#).unwrap() {
             Command::Deploy(req) => {
                 assert_eq!((req.vcpu, req.memory_mb, req.disk_gb), (1, 1024, 4))

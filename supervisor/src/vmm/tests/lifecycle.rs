@@ -43,7 +43,14 @@ async fn deploy_stop_start_remove() {
         VmState::Running
     );
 
-    let Reply::Vm(stopped) = sup.handle(Command::Stop("web".into())).await.unwrap() else {
+    let Reply::Vm(stopped) = sup
+        .handle(Command::Stop {
+            vm: "web".into(),
+            force: false,
+        })
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     assert_eq!(stopped.summary.state, VmState::Stopped);
@@ -64,7 +71,11 @@ async fn deploy_stop_start_remove() {
     assert_eq!(vm.manifest().desired, Desired::Running);
 
     assert!(matches!(
-        sup.handle(Command::Remove("web".into())).await,
+        sup.handle(Command::Remove {
+            vm: "web".into(),
+            force: false,
+        })
+        .await,
         Ok(Reply::Removed)
     ));
     assert!(!is_running(pid));
@@ -155,7 +166,12 @@ async fn a_crash_is_restarted_but_a_power_off_or_failed_boot_is_not() {
     let after = get(&sup, "web").await.unwrap();
     assert_eq!((after.summary.state, after.pid), (VmState::Failed, None));
     assert_eq!(after.error.as_deref(), Some("pull failed"));
-    sup.handle(Command::Remove("web".into())).await.unwrap();
+    sup.handle(Command::Remove {
+        vm: "web".into(),
+        force: false,
+    })
+    .await
+    .unwrap();
 }
 
 #[test]
@@ -222,7 +238,12 @@ fn a_restarted_supervisor_readopts_and_cleans_up() {
 
         for vm in ["a", "b"] {
             let pid = get(&sup, vm).await.unwrap().pid.unwrap();
-            sup.handle(Command::Remove(vm.into())).await.unwrap();
+            sup.handle(Command::Remove {
+                vm: vm.into(),
+                force: true,
+            })
+            .await
+            .unwrap();
             assert!(!is_running(pid));
         }
         assert!(!is_running(a_backend));
