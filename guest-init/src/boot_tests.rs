@@ -1,0 +1,229 @@
+//! The boot sequence against the recording syscall fake, a unix-socket
+//! host, and a fake app runtime.
+
+use std::fs;
+use std::process::ExitStatus;
+use std::sync::Mutex;
+
+use dstack_proto::guest::ContainerInfo;
+use nix::errno::Errno;
+
+use super::*;
+use crate::app::BoxFuture;
+use crate::reaper::ChildOwner;
+use crate::state::Services;
+use crate::sys::fake::{Call, RecordingSyscall};
+use crate::testutil::{APP_COMPOSE, bundle, serve};
+
+fn config(dir: &Path) -> BootConfig {
+    let cgroup = dir.join("cgroup");
+    fs::create_dir_all(&cgroup).unwrap();
+    fs::write(cgroup.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+    // The fake makes no directories; /var/run's parent must exist.
+    fs::create_dir_all(dir.join("var")).unwrap();
+    BootConfig {
+        console: dir.join("console"),
+        cgroup_root: cgroup,
+        modules_root: dir.join("modules"),
+        host: HostEndpoint::Unix(dir.join("host.sock")),
+        host_patience: Duration::from_secs(2),
+        data_device: dir.join("vda"),
+        data_dir: dir.join("data"),
+        run_dir: dir.join("run/dstack"),
+        guest_socket_dir: dir.join("var/run/dstack"),
+        host_shared_dir: dir.join("dstack/.host-shared"),
+        etc_dir: dir.join("etc"),
+        var_run: dir.join("var/run"),
+        input_class: dir.join("input"),
+        control_port: None,
+    }
+}
+
+#[test]
+fn early_setup_mounts_then_attaches_the_console_then_disables_cad() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(RecordingSyscall::default());
+    let boot = Boot::new(sys.clone(), config(dir.path()));
+    boot.early().unwrap();
+    let calls = sys.calls();
+    let mounts: Vec<usize> = (0..calls.len())
+        .filter(|&i| matches!(calls[i], Call::Mount(_)))
+        .collect();
+    let console = calls
+        .iter()
+        .position(|c| matches!(c, Call::AttachConsole(_)))
+        .unwrap();
+    let cad = calls
+        .iter()
+        .position(|c| *c == Call::Reboot(RebootCmd::CadOff))
+        .unwrap();
+    assert_eq!(mounts.len(), 8);
+    assert!(mounts.iter().all(|&m| m < console) && console < cad);
+    let subtree = fs::read_to_string(dir.path().join("cgroup/cgroup.subtree_control")).unwrap();
+    assert_eq!(subtree, "+cpu +memory +pids");
+    assert_eq!(
+        fs::read_link(dir.path().join("var/run")).unwrap(),
+        Path::new("/run")
+    );
+    assert_eq!(boot.state.phase(), phase::MOUNTS);
+}
+
+#[test]
+fn a_failed_early_mount_still_attaches_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(RecordingSyscall::default());
+    sys.fail("/sys", Errno::ENODEV);
+    let boot = Boot::new(sys.clone(), config(dir.path()));
+    let err = boot.early().unwrap_err();
+    assert_eq!(
+        error_chain(&err),
+        "mounting the early filesystems failed: cannot mount sysfs at /sys: ENODEV: No such device"
+    );
+    assert!(
+        sys.calls()
+            .iter()
+            .any(|c| matches!(c, Call::AttachConsole(_)))
+    );
+}
+
+#[tokio::test]
+async fn loads_modules_in_order_then_mounts_configfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let order = modules::load_order_path(&cfg.modules_root, release.trim());
+    fs::create_dir_all(order.parent().unwrap()).unwrap();
+    fs::write(&order, "kernel/a/vsock.ko\nkernel/b/evdev.ko\n").unwrap();
+    let sys = Arc::new(RecordingSyscall::default());
+    let boot = Boot::new(sys.clone(), cfg);
+    boot.load_modules().await.unwrap();
+    let calls = sys.calls();
+    assert!(matches!(&calls[0], Call::LoadModule(p) if p.ends_with("kernel/a/vsock.ko")));
+    assert!(matches!(&calls[1], Call::LoadModule(p) if p.ends_with("kernel/b/evdev.ko")));
+    assert!(
+        calls[2..]
+            .iter()
+            .any(|c| matches!(c, Call::Mount(m) if m.fstype == "configfs"))
+    );
+}
+
+/// A runtime that records what the boot asked of it.
+#[derive(Default)]
+struct FakeRuntime {
+    steps: Mutex<Vec<String>>,
+    fail_start: bool,
+}
+
+impl Services for FakeRuntime {
+    fn list(&self) -> Vec<ContainerInfo> {
+        Vec::new()
+    }
+    fn stop_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async { self.steps.lock().unwrap().push("stop".into()) })
+    }
+}
+
+impl ChildOwner for FakeRuntime {
+    fn child_exited(&self, _pid: i32, _status: ExitStatus) -> bool {
+        false
+    }
+}
+
+impl AppRuntime for FakeRuntime {
+    fn pull_all<'a>(
+        &'a self,
+        progress: &'a (dyn Fn(String) + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), ContainerError>> {
+        Box::pin(async move {
+            progress("web: pulled busybox".into());
+            self.steps.lock().unwrap().push("pull".into());
+            Ok(())
+        })
+    }
+    fn start_all(&self) -> BoxFuture<'_, Result<(), ContainerError>> {
+        Box::pin(async move {
+            self.steps.lock().unwrap().push("start".into());
+            if self.fail_start {
+                Err(ContainerError::spec("web", "no such user"))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn config_then_app_with_progress_reported_to_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut seen = serve(
+        &dir.path().join("host.sock"),
+        "200 OK",
+        serde_json::to_string(&bundle()).unwrap(),
+    );
+    let sys = Arc::new(RecordingSyscall::default());
+    let mut boot = Boot::new(sys.clone(), cfg.clone());
+    let fetched = boot.fetch_config().await.unwrap();
+    let compose = boot.apply_config(&fetched).unwrap();
+    assert!(sys.calls().contains(&Call::SetHostname("hello".into())));
+    let shared = fs::read(cfg.host_shared_dir.join("app-compose.json")).unwrap();
+    assert_eq!(shared, APP_COMPOSE.as_bytes());
+    let info = boot.state.info();
+    assert_eq!(info.app_id.len(), 40);
+    assert_eq!(info.instance_id.len(), 40);
+
+    let runtime = Arc::new(FakeRuntime::default());
+    let handed = runtime.clone();
+    let factory: RuntimeFactory = Box::new(move |params| {
+        assert_eq!(params.compose.services["web"].image, "busybox");
+        handed
+    });
+    boot.run_app(&fetched, compose, factory).await.unwrap();
+    assert_eq!(*runtime.steps.lock().unwrap(), ["pull", "start"]);
+    assert!(boot.state.services().is_some());
+    boot.notifier.flush(Duration::from_secs(2)).await;
+
+    let mut events = Vec::new();
+    while let Ok(req) = seen.try_recv() {
+        if req.request_line.starts_with("POST /v1/notify") {
+            let n: dstack_proto::host::Notification = serde_json::from_slice(&req.body).unwrap();
+            events.push(format!("{}={}", n.event, n.payload));
+        }
+    }
+    let want = [
+        "boot.progress=applying config",
+        "instance.info=",
+        "boot.progress=pulling images",
+        "boot.progress=web: pulled busybox",
+        "boot.progress=starting containers",
+    ];
+    for (got, want) in events.iter().zip(want) {
+        assert!(got.starts_with(want), "{got} vs {want}: {events:?}");
+    }
+    assert_eq!(events.len(), want.len(), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_bad_compose_and_a_failed_start_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(RecordingSyscall::default());
+    let boot = Boot::new(sys, config(dir.path()));
+    let mut bad = bundle();
+    bad.app_compose = r#"{"manifest_version":2,"name":"a","runner":"bash"}"#.into();
+    let err = boot.apply_config(&bad).unwrap_err();
+    assert_eq!(
+        error_chain(&err),
+        "app-compose.json is invalid: runner \"bash\" is not supported (only \"docker-compose\")"
+    );
+
+    let good = bundle();
+    let compose = boot.apply_config(&good).unwrap();
+    let runtime = Arc::new(FakeRuntime {
+        fail_start: true,
+        ..Default::default()
+    });
+    let factory: RuntimeFactory = Box::new(move |_| runtime);
+    let result = boot.run_app(&good, compose, factory).await;
+    assert!(matches!(result, Err(BootError::Start(_))));
+    assert_eq!(boot.state.phase(), phase::START);
+}

@@ -1,0 +1,129 @@
+//! The config bundle's files, written where upstream's guest keeps them
+//! (`/dstack/.host-shared`, UPSTREAM.md §3.2, §11.3), so tools and apps that
+//! read them there find them. app-compose.json keeps its exact bytes: the
+//! compose-hash is their SHA-256.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use dstack_proto::host::{ConfigBundle, InstanceInfo};
+
+/// Upstream's directory for host-provided files.
+pub const HOST_SHARED_DIR: &str = "/dstack/.host-shared";
+
+/// Writing a host-shared file failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}")]
+pub struct WriteError {
+    /// The file.
+    pub path: PathBuf,
+    /// The cause.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename) with `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+    let fail = |source| WriteError {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file: File = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(fail)?;
+    file.write_all(bytes).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    fs::rename(&tmp, path).map_err(fail)
+}
+
+/// Writes the bundle's files into `dir`; returns their names.
+pub fn write_bundle(
+    dir: &Path,
+    bundle: &ConfigBundle,
+    instance: &InstanceInfo,
+) -> Result<Vec<&'static str>, WriteError> {
+    fs::create_dir_all(dir).map_err(|source| WriteError {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let sys_config = serde_json::to_vec_pretty(&bundle.sys_config).unwrap_or_default();
+    let instance = serde_json::to_vec_pretty(instance).unwrap_or_default();
+    // Secrets (the encrypted env, user config) are readable by root only.
+    let mut files: Vec<(&'static str, &[u8], u32)> = vec![
+        ("app-compose.json", bundle.app_compose.as_bytes(), 0o644),
+        (".sys-config.json", &sys_config, 0o644),
+        (".instance_info", &instance, 0o644),
+    ];
+    if !bundle.encrypted_env.is_empty() {
+        files.push((".encrypted-env", &bundle.encrypted_env, 0o600));
+    }
+    if !bundle.user_config.is_empty() {
+        files.push((".user-config", bundle.user_config.as_bytes(), 0o600));
+    }
+    for (name, bytes, mode) in &files {
+        write_atomic(&dir.join(name), bytes, *mode)?;
+    }
+    Ok(files.into_iter().map(|(name, _, _)| name).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use dstack_proto::host::{NetworkConfig, SysConfig};
+
+    use super::*;
+
+    #[test]
+    fn writes_exact_bytes_and_protects_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("dstack/.host-shared");
+        let bundle = ConfigBundle {
+            app_compose: "{\"name\": \"x\" ,\n \"runner\":\"docker-compose\"}".into(),
+            encrypted_env: vec![0xde, 0xad],
+            user_config: String::new(),
+            sys_config: SysConfig {
+                vm_id: "1".into(),
+                vm_name: "n".into(),
+                network: NetworkConfig::default(),
+                registry_aliases: vec![],
+                insecure_registries: vec![],
+                kms_urls: vec![],
+                gateway_urls: vec![],
+                pccs_url: String::new(),
+                vm_config: String::new(),
+            },
+            instance_info: InstanceInfo::default(),
+        };
+        let names = write_bundle(&shared, &bundle, &InstanceInfo::default()).unwrap();
+        assert_eq!(
+            names,
+            [
+                "app-compose.json",
+                ".sys-config.json",
+                ".instance_info",
+                ".encrypted-env"
+            ]
+        );
+        let compose = fs::read(shared.join("app-compose.json")).unwrap();
+        assert_eq!(compose, bundle.app_compose.as_bytes());
+        assert_eq!(
+            fs::read(shared.join(".encrypted-env")).unwrap(),
+            [0xde, 0xad]
+        );
+        let mode = fs::metadata(shared.join(".encrypted-env"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!shared.join(".user-config").exists());
+        assert!(!shared.join("app-compose.tmp").exists());
+    }
+}
