@@ -91,7 +91,14 @@ pub fn load_all(
     for rel in load_order {
         let name = module_name(rel);
         let path = dir.join(rel);
-        let outcome = match sys.load_module(&path) {
+        let started = std::time::Instant::now();
+        let result = sys.load_module(&path);
+        tracing::debug!(
+            "module {name}: {:?} in {} ms",
+            result,
+            started.elapsed().as_millis()
+        );
+        let outcome = match result {
             Ok(()) => ModuleOutcome::Loaded,
             Err(Errno::EEXIST) => ModuleOutcome::AlreadyLoaded,
             Err(Errno::ENODEV) if !REQUIRED.contains(&name.as_str()) => ModuleOutcome::NoDevice,

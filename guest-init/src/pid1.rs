@@ -74,8 +74,7 @@ pub async fn run(sys: Arc<dyn Syscall>, cfg: BootConfig, factory: RuntimeFactory
 async fn boot_app(boot: &mut Boot, factory: RuntimeFactory) -> Result<ServicesRef, BootError> {
     boot.load_modules().await?;
     let bundle = boot.fetch_config().await?;
-    let compose = boot.apply_config(&bundle)?;
-    boot.network_and_disk(&bundle).await?;
+    let compose = boot.apply_config(&bundle).await?;
     let runtime = boot.run_app(&bundle, compose, factory).await?;
     let services: ServicesRef = runtime;
     Ok(services)

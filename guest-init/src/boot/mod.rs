@@ -2,144 +2,34 @@
 //! guest info with its time), logs what it did, and, once the host is
 //! known, reports the phase to it as `boot.progress`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dstack_compose::{AppCompose, Compose, ComposeError};
-use dstack_proto::guest::GUEST_CONTROL_PORT;
+use dstack_compose::{AppCompose, Compose};
 use dstack_proto::host::{ConfigBundle, LogEntry, events};
 use tokio::sync::mpsc;
 
 use crate::app::{AppParams, AppRuntime, RuntimeFactory};
-use crate::containers::ContainerError;
 use crate::control::Control;
-use crate::disk::{self, DiskError, DiskOutcome};
-use crate::hostapi::{HostApiError, HostClient, HostEndpoint};
-use crate::hostshared::{self, WriteError};
+use crate::disk::{self, DiskOutcome};
+use crate::hostapi::HostClient;
+use crate::hostshared;
 use crate::logship::LogShipper;
-use crate::modules::{self, ModuleError, ModuleOutcome};
-use crate::mounts::{self, MountError};
-use crate::network::{self, NetworkError};
+use crate::modules::{self, ModuleOutcome};
+use crate::mounts;
+use crate::network;
 use crate::notify::Notifier;
 use crate::reaper::Reaper;
 use crate::state::{GuestState, ShutdownSignal};
 use crate::sys::{RebootCmd, Syscall};
 use crate::{console, identity, power};
 
-/// Phase names, in boot order.
-pub mod phase {
-    /// Early pseudo-filesystems.
-    pub const MOUNTS: &str = "mounting filesystems";
-    /// Kernel modules.
-    pub const MODULES: &str = "loading modules";
-    /// Fetching the config bundle.
-    pub const HOST: &str = "connecting to host";
-    /// Hostname, compose, identity, host-shared files.
-    pub const CONFIG: &str = "applying config";
-    /// Network and data disk (concurrently).
-    pub const NETWORK_AND_DISK: &str = "configuring network and data disk";
-    /// Image pulls.
-    pub const PULL: &str = "pulling images";
-    /// Container starts.
-    pub const START: &str = "starting containers";
-    /// Everything runs.
-    pub const RUNNING: &str = dstack_proto::host::events::PHASE_RUNNING;
-    /// The boot failed.
-    pub const FAILED: &str = "failed";
-}
+mod config;
+mod error;
 
-/// A boot step failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BootError {
-    /// Early mounts.
-    #[error("mounting the early filesystems failed")]
-    Mounts(#[from] MountError),
-    /// Kernel modules.
-    #[error("loading kernel modules failed")]
-    Modules(#[from] ModuleError),
-    /// The config bundle.
-    #[error("fetching the config from the host failed")]
-    Config(#[source] HostApiError),
-    /// app-compose.json.
-    #[error("app-compose.json is invalid")]
-    Compose(#[source] ComposeError),
-    /// Identity derivation (no randomness).
-    #[error("deriving the instance id failed")]
-    Identity(#[source] std::io::Error),
-    /// Host-shared files.
-    #[error("writing the config files failed")]
-    HostShared(#[from] WriteError),
-    /// Network.
-    #[error("configuring the network failed")]
-    Network(#[from] NetworkError),
-    /// Data disk.
-    #[error("preparing the data disk failed")]
-    Disk(#[from] DiskError),
-    /// Image pulls.
-    #[error("pulling images failed")]
-    Pull(#[source] ContainerError),
-    /// Container starts.
-    #[error("starting containers failed")]
-    Start(#[source] ContainerError),
-    /// A blocking step's thread died.
-    #[error("a boot step's thread failed")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-/// Paths and endpoints of a boot; [`Default`] is the guest's.
-#[derive(Debug, Clone)]
-pub struct BootConfig {
-    /// The console stdout/stderr go to.
-    pub console: PathBuf,
-    /// cgroup v2 root.
-    pub cgroup_root: PathBuf,
-    /// `/lib/modules`.
-    pub modules_root: PathBuf,
-    /// The host API.
-    pub host: HostEndpoint,
-    /// How long to keep trying to reach the host at boot.
-    pub host_patience: Duration,
-    /// The data disk device.
-    pub data_device: PathBuf,
-    /// Its mount point.
-    pub data_dir: PathBuf,
-    /// Runtime state directory.
-    pub run_dir: PathBuf,
-    /// The guest API socket directory (`/var/run` links to `/run`).
-    pub guest_socket_dir: PathBuf,
-    /// Upstream's host-shared file directory.
-    pub host_shared_dir: PathBuf,
-    /// The guest's `/etc`.
-    pub etc_dir: PathBuf,
-    /// `/var/run`, made a link to `/run`.
-    pub var_run: PathBuf,
-    /// `/sys/class/input`, searched for the ACPI power button.
-    pub input_class: PathBuf,
-    /// The guest control vsock port (`None`: no guest control, for tests).
-    pub control_port: Option<u32>,
-}
-
-impl Default for BootConfig {
-    fn default() -> Self {
-        Self {
-            console: "/dev/console".into(),
-            cgroup_root: "/sys/fs/cgroup".into(),
-            modules_root: "/lib/modules".into(),
-            host: HostEndpoint::default(),
-            host_patience: Duration::from_secs(15),
-            data_device: "/dev/vda".into(),
-            data_dir: "/data".into(),
-            run_dir: "/run/dstack".into(),
-            guest_socket_dir: "/var/run/dstack".into(),
-            host_shared_dir: hostshared::HOST_SHARED_DIR.into(),
-            etc_dir: "/etc".into(),
-            var_run: "/var/run".into(),
-            input_class: "/sys/class/input".into(),
-            control_port: Some(GUEST_CONTROL_PORT),
-        }
-    }
-}
+pub use config::{BootConfig, phase};
+pub use error::{BootError, error_chain};
 
 /// The boot in progress and what it has set up so far.
 #[derive(Debug)]
@@ -296,56 +186,29 @@ impl Boot {
         Ok(bundle)
     }
 
-    /// Hostname, compose, identity and host-shared files.
-    pub fn apply_config(&self, bundle: &ConfigBundle) -> Result<Compose, BootError> {
+    /// Applies the config: hostname and compose first (a bad compose stops
+    /// the boot before any disk is touched), then, at the same time, the
+    /// network, the data disk, and the identity with the host-shared files
+    /// (all three mostly wait on the kernel: netlink, the disk, and the
+    /// entropy pool for a fresh instance-id seed).
+    pub async fn apply_config(&mut self, bundle: &ConfigBundle) -> Result<Compose, BootError> {
         self.phase(phase::CONFIG);
         let hostname = network::sanitize_hostname(&bundle.sys_config.vm_name);
         if let Err(e) = self.sys.set_hostname(&hostname) {
             tracing::warn!("cannot set hostname {hostname}: {e}");
         }
         let (app, compose) = AppCompose::parse(&bundle.app_compose).map_err(BootError::Compose)?;
-        let derived = identity::derive(
-            bundle.app_compose.as_bytes(),
-            &app,
-            &bundle.instance_info,
-            &mut identity::random_seed,
-        )
-        .map_err(BootError::Identity)?;
-        let id = &derived.identity;
-        tracing::info!(
-            "app {:?}: compose-hash {}, app-id {}, instance-id {}",
-            app.name,
-            id.compose_hash,
-            id.app_id,
-            if id.instance_id.is_empty() {
-                "-"
-            } else {
-                &id.instance_id
-            }
-        );
-        self.state.set_identity(derived.identity.clone());
-        let instance = derived
-            .persist
-            .clone()
-            .unwrap_or(bundle.instance_info.clone());
-        if let Some(info) = &derived.persist {
-            let payload = serde_json::to_string(info).unwrap_or_default();
-            self.notifier.send(events::INSTANCE_INFO, payload);
-        }
-        hostshared::write_bundle(&self.cfg.host_shared_dir, bundle, &instance)?;
-        Ok(compose)
-    }
+        tracing::info!("app {:?}: {} services", app.name, compose.services.len());
 
-    /// Network and data disk, at the same time (both mostly wait on the
-    /// kernel, and neither needs the other).
-    pub async fn network_and_disk(&mut self, bundle: &ConfigBundle) -> Result<(), BootError> {
         self.phase(phase::NETWORK_AND_DISK);
         let started = Instant::now();
-        let net_config = bundle.sys_config.network.clone();
-        let hostname = network::sanitize_hostname(&bundle.sys_config.vm_name);
-        let etc = self.cfg.etc_dir.clone();
-        let net =
-            tokio::task::spawn_blocking(move || network::configure(&net_config, &hostname, &etc));
+        let (net_config, etc) = (bundle.sys_config.network.clone(), self.cfg.etc_dir.clone());
+        let configure_network = self.cfg.configure_network;
+        let net = tokio::task::spawn_blocking(move || {
+            configure_network
+                .then(|| network::configure(&net_config, &hostname, &etc))
+                .transpose()
+        });
         let (sys, device, target) = (
             self.sys.clone(),
             self.cfg.data_device.clone(),
@@ -355,30 +218,65 @@ impl Boot {
             disk::wait_for_device(&device, Duration::from_secs(5))?;
             disk::prepare(&*sys, &device, &target, &disk::mke2fs)
         });
-        let (net, disk) = tokio::join!(net, disk);
-        // Record a mount even if the network failed, so shutdown unmounts it.
+        let (owned, shared_dir) = (bundle.clone(), self.cfg.host_shared_dir.clone());
+        let identity = tokio::task::spawn_blocking(move || -> Result<_, BootError> {
+            let derived = identity::derive(
+                owned.app_compose.as_bytes(),
+                &app,
+                &owned.instance_info,
+                &mut identity::random_seed,
+            )
+            .map_err(BootError::Identity)?;
+            let instance = derived
+                .persist
+                .clone()
+                .unwrap_or(owned.instance_info.clone());
+            hostshared::write_bundle(&shared_dir, &owned, &instance)?;
+            Ok(derived)
+        });
+        let (net, disk, identity) = tokio::join!(net, disk, identity);
+        // Note a mount even if another step failed, so shutdown unmounts it.
         let disk = disk?;
         self.data_mounted = disk.is_ok();
-        let outcome = disk?;
-        let summary = net??;
+
+        let derived = identity??;
+        let id = &derived.identity;
+        let instance_id = if id.instance_id.is_empty() {
+            "-"
+        } else {
+            &id.instance_id
+        };
         tracing::info!(
-            "network: {} {}/{} via {}",
-            summary.interface,
-            summary.address,
-            summary.prefix,
-            summary.gateway
+            "compose-hash {}, app-id {}, instance-id {instance_id}",
+            id.compose_hash,
+            id.app_id,
         );
-        let how = match outcome {
+        self.state.set_identity(derived.identity.clone());
+        if let Some(info) = &derived.persist {
+            let payload = serde_json::to_string(info).unwrap_or_default();
+            self.notifier.send(events::INSTANCE_INFO, payload);
+        }
+        match net?? {
+            Some(net) => tracing::info!(
+                "network: {} {}/{} via {}",
+                net.interface,
+                net.address,
+                net.prefix,
+                net.gateway
+            ),
+            None => tracing::info!("network left as it is"),
+        }
+        let how = match disk? {
             DiskOutcome::Formatted => "formatted and mounted",
             DiskOutcome::Mounted => "mounted",
         };
         tracing::info!(
-            "data disk {} {how} at {} ({} ms for network and disk)",
+            "data disk {} {how} at {} ({} ms for network, disk and identity)",
             self.cfg.data_device.display(),
             self.cfg.data_dir.display(),
             ms(started)
         );
-        Ok(())
+        Ok(compose)
     }
 
     /// Pulls and starts the app's services.
@@ -441,18 +339,5 @@ fn log_module_report(report: &[(String, ModuleOutcome)], started: Instant) {
     );
 }
 
-/// An error and its causes on one line: `a: b: c`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
-#[path = "boot_tests.rs"]
 mod tests;

@@ -8,12 +8,25 @@ use std::sync::Mutex;
 use dstack_proto::guest::ContainerInfo;
 use nix::errno::Errno;
 
+use std::path::PathBuf;
+
 use super::*;
 use crate::app::BoxFuture;
+use crate::containers::ContainerError;
+use crate::hostapi::HostEndpoint;
 use crate::reaper::ChildOwner;
 use crate::state::Services;
 use crate::sys::fake::{Call, RecordingSyscall};
 use crate::testutil::{APP_COMPOSE, bundle, serve};
+
+/// A 1 MiB "disk" with an ext4 superblock magic: mounted, never formatted.
+fn ext4_image(dir: &Path) -> PathBuf {
+    let mut disk = vec![0u8; 1 << 20];
+    disk[1080..1082].copy_from_slice(&[0x53, 0xef]);
+    let path = dir.join("vda");
+    fs::write(&path, disk).unwrap();
+    path
+}
 
 fn config(dir: &Path) -> BootConfig {
     let cgroup = dir.join("cgroup");
@@ -27,7 +40,7 @@ fn config(dir: &Path) -> BootConfig {
         modules_root: dir.join("modules"),
         host: HostEndpoint::Unix(dir.join("host.sock")),
         host_patience: Duration::from_secs(2),
-        data_device: dir.join("vda"),
+        data_device: ext4_image(dir),
         data_dir: dir.join("data"),
         run_dir: dir.join("run/dstack"),
         guest_socket_dir: dir.join("var/run/dstack"),
@@ -36,6 +49,7 @@ fn config(dir: &Path) -> BootConfig {
         var_run: dir.join("var/run"),
         input_class: dir.join("input"),
         control_port: None,
+        configure_network: false,
     }
 }
 
@@ -164,8 +178,14 @@ async fn config_then_app_with_progress_reported_to_the_host() {
     let sys = Arc::new(RecordingSyscall::default());
     let mut boot = Boot::new(sys.clone(), cfg.clone());
     let fetched = boot.fetch_config().await.unwrap();
-    let compose = boot.apply_config(&fetched).unwrap();
+    let compose = boot.apply_config(&fetched).await.unwrap();
     assert!(sys.calls().contains(&Call::SetHostname("hello".into())));
+    assert!(boot.data_mounted);
+    let data_mount = sys.calls().into_iter().find_map(|c| match c {
+        Call::Mount(m) if m.fstype == "ext4" => Some(m.target),
+        _ => None,
+    });
+    assert_eq!(data_mount, Some(cfg.data_dir.display().to_string()));
     let shared = fs::read(cfg.host_shared_dir.join("app-compose.json")).unwrap();
     assert_eq!(shared, APP_COMPOSE.as_bytes());
     let info = boot.state.info();
@@ -192,6 +212,7 @@ async fn config_then_app_with_progress_reported_to_the_host() {
     }
     let want = [
         "boot.progress=applying config",
+        "boot.progress=configuring network and data disk",
         "instance.info=",
         "boot.progress=pulling images",
         "boot.progress=web: pulled busybox",
@@ -207,17 +228,17 @@ async fn config_then_app_with_progress_reported_to_the_host() {
 async fn a_bad_compose_and_a_failed_start_are_named_errors() {
     let dir = tempfile::tempdir().unwrap();
     let sys = Arc::new(RecordingSyscall::default());
-    let boot = Boot::new(sys, config(dir.path()));
+    let mut boot = Boot::new(sys, config(dir.path()));
     let mut bad = bundle();
     bad.app_compose = r#"{"manifest_version":2,"name":"a","runner":"bash"}"#.into();
-    let err = boot.apply_config(&bad).unwrap_err();
+    let err = boot.apply_config(&bad).await.unwrap_err();
     assert_eq!(
         error_chain(&err),
         "app-compose.json is invalid: runner \"bash\" is not supported (only \"docker-compose\")"
     );
 
     let good = bundle();
-    let compose = boot.apply_config(&good).unwrap();
+    let compose = boot.apply_config(&good).await.unwrap();
     let runtime = Arc::new(FakeRuntime {
         fail_start: true,
         ..Default::default()

@@ -1,0 +1,61 @@
+//! Why a boot failed.
+
+use dstack_compose::ComposeError;
+
+use crate::containers::ContainerError;
+use crate::disk::DiskError;
+use crate::hostapi::HostApiError;
+use crate::hostshared::WriteError;
+use crate::modules::ModuleError;
+use crate::mounts::MountError;
+use crate::network::NetworkError;
+
+/// A boot step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// Early mounts.
+    #[error("mounting the early filesystems failed")]
+    Mounts(#[from] MountError),
+    /// Kernel modules.
+    #[error("loading kernel modules failed")]
+    Modules(#[from] ModuleError),
+    /// The config bundle.
+    #[error("fetching the config from the host failed")]
+    Config(#[source] HostApiError),
+    /// app-compose.json.
+    #[error("app-compose.json is invalid")]
+    Compose(#[source] ComposeError),
+    /// Identity derivation (no randomness).
+    #[error("deriving the instance id failed")]
+    Identity(#[source] std::io::Error),
+    /// Host-shared files.
+    #[error("writing the config files failed")]
+    HostShared(#[from] WriteError),
+    /// Network.
+    #[error("configuring the network failed")]
+    Network(#[from] NetworkError),
+    /// Data disk.
+    #[error("preparing the data disk failed")]
+    Disk(#[from] DiskError),
+    /// Image pulls.
+    #[error("pulling images failed")]
+    Pull(#[source] ContainerError),
+    /// Container starts.
+    #[error("starting containers failed")]
+    Start(#[source] ContainerError),
+    /// A blocking step's thread died.
+    #[error("a boot step's thread failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// An error and its causes on one line: `a: b: c`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
