@@ -1,31 +1,46 @@
 # dstack-rs: every entry point users and CI run.
-#   make demo   - the main job (today: verify the sample TDX quote, then a
-#                 simulated-TEE quote round trip)
-#   make test   - format, lint, unit/integration tests, fuzz smoke run
+#   make demo   - the main job: build the OS image, start a local registry and
+#                 the supervisor, deploy examples/hello in a CVM, reach it
+#   make test   - format, lint, unit tests, end-to-end VM tests, fuzz smoke run
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/dstack-rs/target
+export DSTACK_IMAGES_DIR ?= $(HOME)/.cache/dstack-rs/images
 FUZZ_TARGET_DIR ?= $(HOME)/.cache/dstack-rs/fuzz-target
 FUZZ_SECONDS ?= 20
+MUSL := x86_64-unknown-linux-musl
 TESTDATA ?= $(shell scripts/find-testdata)
-DSTACK := $(CARGO_TARGET_DIR)/debug/dstack
+BIN := $(CARGO_TARGET_DIR)/debug
+INIT := $(CARGO_TARGET_DIR)/$(MUSL)/release/dstack-init
 
-.PHONY: demo test lint unit fuzz deps build
+.PHONY: demo quote-demo test lint unit e2e fuzz deps build image bench
 
 deps:
 	scripts/install-deps
 
 build:
-	cargo build -p dstack-cli
+	cargo build --locked -p dstack-cli -p dstack-supervisor -p dstack-e2e --bins
+	cargo build --locked -p dstack-init --release --target $(MUSL)
 
-demo: build
-	scripts/demo "$(DSTACK)" "$(TESTDATA)"
+# The OS image, rebuilt when dstack-init changes (same inputs give the same bytes).
+image: build
+	$(BIN)/dstack image build --init $(INIT) --out $(DSTACK_IMAGES_DIR)
+
+demo: deps image
+	scripts/demo "$(BIN)" "$(DSTACK_IMAGES_DIR)"
+
+quote-demo: build
+	scripts/quote-demo "$(BIN)/dstack" "$(TESTDATA)"
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
-	DSTACK_TESTDATA="$(TESTDATA)" cargo nextest run --workspace --locked --no-fail-fast
+	DSTACK_TESTDATA="$(TESTDATA)" cargo nextest run --workspace --exclude dstack-e2e --locked --no-fail-fast
+
+e2e: image
+	scripts/registry start
+	cargo nextest run -p dstack-e2e --locked --no-fail-fast --test-threads 2
 
 fuzz:
 	cd fuzz && for target in quote_parse ccel_parse event_log_json; do \
@@ -33,4 +48,7 @@ fuzz:
 	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
 
-test: lint unit fuzz
+bench: image
+	bench/boot/run
+
+test: deps lint unit e2e fuzz

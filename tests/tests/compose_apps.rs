@@ -44,13 +44,13 @@ fn hello_deploys_serves_logs_survives_supervisor_kill_and_leaves_nothing() {
     let mut logs = String::new();
     for _ in 0..40 {
         logs = sup.dstack_ok(&["vm", "logs", "hello"]);
-        if logs.contains("web |") && logs.contains("GET /") {
+        if logs.contains("web |") && logs.contains("response:200") {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(
-        logs.contains("web |") && logs.contains("GET /"),
+        logs.contains("web |") && logs.contains("response:200"),
         "container log missing:\n{logs}"
     );
 

@@ -1,7 +1,12 @@
 //! `dstack image ...`: list the supervisor's OS images, build new ones.
 
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use dstack_proto::supervisor::ImageInfo;
+use dstack_reproducible::{BuildOptions, BuildProgress, build_image, image_digest};
 use hyper::Method;
 
 use super::Failure;
@@ -12,6 +17,141 @@ use crate::client::Client;
 pub(crate) enum ImageCommand {
     /// List the OS images the supervisor can boot.
     Ls(LsArgs),
+    /// Build the OS image (kernel, initramfs with dstack-init, firmware) from pinned inputs.
+    Build(BuildArgs),
+}
+
+/// Arguments of `dstack image build`.
+#[derive(Debug, Args)]
+pub(crate) struct BuildArgs {
+    /// The static (musl) dstack-init binary (default: next to `dstack`, then the cargo musl build).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Where the image directory is created (default: the supervisor's images directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Image name (default: dstack-<version>, or dstack-dev-<version> with --dev).
+    #[arg(long)]
+    name: Option<String>,
+    /// Build the -dev variant (adds a busybox shell; not for production).
+    #[arg(long)]
+    dev: bool,
+    /// Cache of downloaded packages.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
+fn cache_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".cache/dstack-rs")
+}
+
+/// Find dstack-init: next to this executable, else in the cargo target dir's musl release build.
+fn find_init() -> anyhow::Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        candidates.push(dir.join("dstack-init"));
+        candidates.push(dir.join("../x86_64-unknown-linux-musl/release/dstack-init"));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_home().join("target"));
+    candidates.push(target.join("x86_64-unknown-linux-musl/release/dstack-init"));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("dstack-init not found: build it with `cargo build -p dstack-init --release --target x86_64-unknown-linux-musl` or pass --init")
+}
+
+fn build(args: BuildArgs) -> Result<(), Failure> {
+    let init = match args.init {
+        Some(p) => p,
+        None => find_init()?,
+    };
+    let out = args
+        .out
+        .unwrap_or_else(|| crate::client::default_state_dir().join("images"));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let version = env!("CARGO_PKG_VERSION");
+    let name = args.name.unwrap_or_else(|| {
+        if args.dev {
+            format!("dstack-dev-{version}")
+        } else {
+            format!("dstack-{version}")
+        }
+    });
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let progress_bar = bar.clone();
+    let opts = BuildOptions {
+        out_dir: out.clone(),
+        init_binary: init,
+        name,
+        dev: args.dev,
+        cache_dir: args.cache.unwrap_or_else(|| cache_home().join("debs")),
+        progress: Some(Box::new(move |step| match step {
+            BuildProgress::Downloading {
+                index,
+                total,
+                package,
+                bytes,
+            } => {
+                progress_bar.set_length(total as u64);
+                progress_bar.set_message(format!(
+                    "fetching {package} ({:.1} MiB)",
+                    bytes as f64 / 1048576.0
+                ));
+                progress_bar.set_position(index.saturating_sub(1) as u64);
+            }
+            BuildProgress::Downloaded {
+                index,
+                package,
+                cached,
+                ..
+            } => {
+                progress_bar.set_position(index as u64);
+                progress_bar.set_message(format!(
+                    "{package} verified{}",
+                    if cached { " (cached)" } else { "" }
+                ));
+            }
+            BuildProgress::Extracting { package } => {
+                progress_bar.set_message(format!("extracting {package}"))
+            }
+            BuildProgress::Modules { count } => {
+                progress_bar.set_message(format!("{count} kernel modules"))
+            }
+            BuildProgress::Cpio { entries, .. } => {
+                progress_bar.set_message(format!("initramfs: {entries} entries"))
+            }
+            BuildProgress::Gzip { bytes } => progress_bar.set_message(format!(
+                "initramfs: {:.1} MiB compressed",
+                bytes as f64 / 1048576.0
+            )),
+            _ => {}
+        })),
+    };
+    let start = Instant::now();
+    let manifest = build_image(&opts).map_err(anyhow::Error::from)?;
+    bar.finish_and_clear();
+    let dir = out.join(&manifest.name);
+    let digest = image_digest(&dir).map_err(anyhow::Error::from)?;
+    println!(
+        "built {} in {:.1}s",
+        dir.display(),
+        start.elapsed().as_secs_f64()
+    );
+    println!("kernel {}, os_image_hash {digest}", manifest.kernel_version);
+    Ok(())
 }
 
 /// `--json` only.
@@ -24,6 +164,7 @@ pub(crate) struct LsArgs {
 
 pub(crate) async fn run(cmd: ImageCommand, client: Client) -> Result<(), Failure> {
     match cmd {
+        ImageCommand::Build(args) => build(args),
         ImageCommand::Ls(args) => {
             let images: Vec<ImageInfo> =
                 client.call(Method::GET, "/v1/images", None::<&()>).await?;
