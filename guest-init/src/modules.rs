@@ -22,6 +22,31 @@ pub const REQUIRED: &[&str] = &[
     "virtio_net",
 ];
 
+/// Modules the boot waits for: the required ones and the data disk's
+/// driver. The rest (overlay, device mapper, TDX, power button...) load in
+/// the background while the guest talks to the host.
+pub const EARLY: &[&str] = &[
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+    "failover",
+    "net_failover",
+    "virtio_net",
+    "virtio_blk",
+];
+
+/// Splits a load order after its last [`EARLY`] module. The order lists
+/// dependencies first, so the first part is complete on its own.
+pub fn split_early(order: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let cut = order
+        .iter()
+        .rposition(|p| EARLY.contains(&module_name(p).as_str()))
+        .map_or(0, |i| i + 1);
+    let mut early = order;
+    let late = early.split_off(cut);
+    (early, late)
+}
+
 /// Loading modules failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
@@ -204,6 +229,19 @@ kernel/drivers/input/evdev.ko
                 .starts_with("cannot load required module vsock"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn splits_after_the_last_early_module() {
+        let order = parse_load_order(
+            "kernel/vsock.ko\nkernel/overlay.ko\nkernel/virtio_blk.ko\nkernel/dm-mod.ko\nkernel/button.ko\n",
+        );
+        let (early, late) = split_early(order.clone());
+        assert_eq!(early, order[..3]);
+        assert_eq!(late, order[3..]);
+        let (early, late) = split_early(parse_load_order("kernel/evdev.ko\n"));
+        assert!(early.is_empty());
+        assert_eq!(late.len(), 1);
     }
 
     #[test]

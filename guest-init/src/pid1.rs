@@ -75,6 +75,7 @@ async fn boot_app(boot: &mut Boot, factory: RuntimeFactory) -> Result<ServicesRe
     boot.load_modules().await?;
     let bundle = boot.fetch_config().await?;
     let compose = boot.apply_config(&bundle).await?;
+    boot.finish_background().await?;
     let runtime = boot.run_app(&bundle, compose, factory).await?;
     let services: ServicesRef = runtime;
     Ok(services)

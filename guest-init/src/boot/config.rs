@@ -18,7 +18,7 @@ pub mod phase {
     pub const HOST: &str = "connecting to host";
     /// Hostname and compose.
     pub const CONFIG: &str = "applying config";
-    /// Network, data disk, identity and host-shared files (concurrently).
+    /// Network and data disk (concurrently; identity in the background).
     pub const NETWORK_AND_DISK: &str = "configuring network and data disk";
     /// Image pulls.
     pub const PULL: &str = "pulling images";

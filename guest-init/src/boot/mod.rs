@@ -52,6 +52,8 @@ pub struct Boot {
     pub data_mounted: bool,
     /// Where log lines for the host go, once the host answered.
     pub logs: Option<mpsc::Sender<LogEntry>>,
+    /// Boot work running in the background, awaited before containers.
+    pub background: Vec<tokio::task::JoinHandle<Result<(), BootError>>>,
 }
 
 fn ms(since: Instant) -> u128 {
@@ -71,6 +73,7 @@ impl Boot {
             shipper: None,
             data_mounted: false,
             logs: None,
+            background: Vec::new(),
         }
     }
 
@@ -123,31 +126,27 @@ impl Boot {
         Ok(())
     }
 
-    /// Loads the kernel modules the image lists; then configfs, the power
-    /// button and guest control, which need them.
-    pub async fn load_modules(&self) -> Result<(), BootError> {
+    /// Loads the kernel modules the boot needs now ([`modules::EARLY`] and
+    /// their dependencies), starts guest control, and leaves the rest to a
+    /// background task (see [`Boot::finish_background`]), which then mounts
+    /// configfs and watches the power button.
+    pub async fn load_modules(&mut self) -> Result<(), BootError> {
         self.phase(phase::MODULES);
         let started = Instant::now();
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let path = modules::load_order_path(&self.cfg.modules_root, release.trim());
-        match modules::read_load_order(&path)? {
-            None => tracing::warn!("no {}: loading no modules", path.display()),
-            Some(order) => {
-                let dir = path.parent().map(Path::to_owned).unwrap_or_default();
-                let sys = self.sys.clone();
-                let report =
-                    tokio::task::spawn_blocking(move || modules::load_all(&*sys, &dir, &order))
-                        .await??;
-                log_module_report(&report, started);
-            }
-        }
-        if let Err(e) = mounts::mount_all(&*self.sys, &[mounts::configfs_mount()]) {
-            tracing::warn!("{}", error_chain(&e));
-        }
-        let buttons = power::watch_power_buttons(&self.cfg.input_class, &self.shutdown);
-        if buttons.is_empty() {
-            tracing::warn!("no ACPI power button found: power-off requests will not be graceful");
-        }
+        let order = modules::read_load_order(&path)?.unwrap_or_else(|| {
+            tracing::warn!("no {}: loading no modules", path.display());
+            Vec::new()
+        });
+        let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        let (early, late) = modules::split_early(order);
+        let (sys, early_dir) = (self.sys.clone(), dir.clone());
+        let report =
+            tokio::task::spawn_blocking(move || modules::load_all(&*sys, &early_dir, &early))
+                .await??;
+        log_module_report(&report, started);
+
         let control = Control {
             state: self.state.clone(),
             shutdown: self.shutdown.clone(),
@@ -157,6 +156,36 @@ impl Boot {
                 Ok(_) => tracing::info!("guest control listening on vsock port {port}"),
                 Err(e) => tracing::warn!("guest control is unavailable: {e}"),
             }
+        }
+
+        let (sys, shutdown, input) = (
+            self.sys.clone(),
+            self.shutdown.clone(),
+            self.cfg.input_class.clone(),
+        );
+        let task = tokio::task::spawn_blocking(move || -> Result<(), BootError> {
+            let started = Instant::now();
+            let report = modules::load_all(&*sys, &dir, &late)?;
+            log_module_report(&report, started);
+            if let Err(e) = mounts::mount_all(&*sys, &[mounts::configfs_mount()]) {
+                tracing::warn!("{}", error_chain(&e));
+            }
+            if power::watch_power_buttons(&input, &shutdown).is_empty() {
+                tracing::warn!(
+                    "no ACPI power button found: power-off requests will not be graceful"
+                );
+            }
+            Ok(())
+        });
+        self.background.push(task);
+        Ok(())
+    }
+
+    /// Waits for the boot's background work (the late modules, the
+    /// identity): containers need overlay, and "running" means all is done.
+    pub async fn finish_background(&mut self) -> Result<(), BootError> {
+        for task in std::mem::take(&mut self.background) {
+            task.await??;
         }
         Ok(())
     }
@@ -187,10 +216,9 @@ impl Boot {
     }
 
     /// Applies the config: hostname and compose first (a bad compose stops
-    /// the boot before any disk is touched), then, at the same time, the
-    /// network, the data disk, and the identity with the host-shared files
-    /// (all three mostly wait on the kernel: netlink, the disk, and the
-    /// entropy pool for a fresh instance-id seed).
+    /// the boot before any disk is touched), then the network and the data
+    /// disk at the same time (both mostly wait on the kernel), with the
+    /// identity in the background.
     pub async fn apply_config(&mut self, bundle: &ConfigBundle) -> Result<Compose, BootError> {
         self.phase(phase::CONFIG);
         let hostname = network::sanitize_hostname(&bundle.sys_config.vm_name);
@@ -218,44 +246,11 @@ impl Boot {
             disk::wait_for_device(&device, Duration::from_secs(5))?;
             disk::prepare(&*sys, &device, &target, &disk::mke2fs)
         });
-        let (owned, shared_dir) = (bundle.clone(), self.cfg.host_shared_dir.clone());
-        let identity = tokio::task::spawn_blocking(move || -> Result<_, BootError> {
-            let derived = identity::derive(
-                owned.app_compose.as_bytes(),
-                &app,
-                &owned.instance_info,
-                &mut identity::random_seed,
-            )
-            .map_err(BootError::Identity)?;
-            let instance = derived
-                .persist
-                .clone()
-                .unwrap_or(owned.instance_info.clone());
-            hostshared::write_bundle(&shared_dir, &owned, &instance)?;
-            Ok(derived)
-        });
-        let (net, disk, identity) = tokio::join!(net, disk, identity);
-        // Note a mount even if another step failed, so shutdown unmounts it.
+        self.spawn_identity(bundle, app);
+        let (net, disk) = tokio::join!(net, disk);
+        // Note a mount even if the network failed, so shutdown unmounts it.
         let disk = disk?;
         self.data_mounted = disk.is_ok();
-
-        let derived = identity??;
-        let id = &derived.identity;
-        let instance_id = if id.instance_id.is_empty() {
-            "-"
-        } else {
-            &id.instance_id
-        };
-        tracing::info!(
-            "compose-hash {}, app-id {}, instance-id {instance_id}",
-            id.compose_hash,
-            id.app_id,
-        );
-        self.state.set_identity(derived.identity.clone());
-        if let Some(info) = &derived.persist {
-            let payload = serde_json::to_string(info).unwrap_or_default();
-            self.notifier.send(events::INSTANCE_INFO, payload);
-        }
         match net?? {
             Some(net) => tracing::info!(
                 "network: {} {}/{} via {}",
@@ -271,12 +266,53 @@ impl Boot {
             DiskOutcome::Mounted => "mounted",
         };
         tracing::info!(
-            "data disk {} {how} at {} ({} ms for network, disk and identity)",
+            "data disk {} {how} at {} ({} ms for network and disk)",
             self.cfg.data_device.display(),
             self.cfg.data_dir.display(),
             ms(started)
         );
         Ok(compose)
+    }
+
+    /// Derives the identity and writes the host-shared files in the
+    /// background: a fresh instance-id seed may wait for the kernel's
+    /// entropy pool (a second under TCG without RDRAND), and nothing before
+    /// the containers needs it.
+    fn spawn_identity(&mut self, bundle: &ConfigBundle, app: AppCompose) {
+        let (bundle, shared_dir) = (bundle.clone(), self.cfg.host_shared_dir.clone());
+        let (state, notifier) = (self.state.clone(), self.notifier.clone());
+        let task = tokio::task::spawn_blocking(move || -> Result<(), BootError> {
+            let derived = identity::derive(
+                bundle.app_compose.as_bytes(),
+                &app,
+                &bundle.instance_info,
+                &mut identity::random_seed,
+            )
+            .map_err(BootError::Identity)?;
+            let instance = derived
+                .persist
+                .clone()
+                .unwrap_or(bundle.instance_info.clone());
+            hostshared::write_bundle(&shared_dir, &bundle, &instance)?;
+            let id = &derived.identity;
+            let instance_id = if id.instance_id.is_empty() {
+                "-"
+            } else {
+                &id.instance_id
+            };
+            tracing::info!(
+                "compose-hash {}, app-id {}, instance-id {instance_id}",
+                id.compose_hash,
+                id.app_id,
+            );
+            state.set_identity(derived.identity.clone());
+            if let Some(info) = &derived.persist {
+                let payload = serde_json::to_string(info).unwrap_or_default();
+                notifier.send(events::INSTANCE_INFO, payload);
+            }
+            Ok(())
+        });
+        self.background.push(task);
     }
 
     /// Pulls and starts the app's services.

@@ -109,8 +109,9 @@ async fn loads_modules_in_order_then_mounts_configfs() {
     fs::create_dir_all(order.parent().unwrap()).unwrap();
     fs::write(&order, "kernel/a/vsock.ko\nkernel/b/evdev.ko\n").unwrap();
     let sys = Arc::new(RecordingSyscall::default());
-    let boot = Boot::new(sys.clone(), cfg);
+    let mut boot = Boot::new(sys.clone(), cfg);
     boot.load_modules().await.unwrap();
+    boot.finish_background().await.unwrap();
     let calls = sys.calls();
     assert!(matches!(&calls[0], Call::LoadModule(p) if p.ends_with("kernel/a/vsock.ko")));
     assert!(matches!(&calls[1], Call::LoadModule(p) if p.ends_with("kernel/b/evdev.ko")));
@@ -179,6 +180,7 @@ async fn config_then_app_with_progress_reported_to_the_host() {
     let mut boot = Boot::new(sys.clone(), cfg.clone());
     let fetched = boot.fetch_config().await.unwrap();
     let compose = boot.apply_config(&fetched).await.unwrap();
+    boot.finish_background().await.unwrap();
     assert!(sys.calls().contains(&Call::SetHostname("hello".into())));
     assert!(boot.data_mounted);
     let data_mount = sys.calls().into_iter().find_map(|c| match c {
@@ -239,6 +241,7 @@ async fn a_bad_compose_and_a_failed_start_are_named_errors() {
 
     let good = bundle();
     let compose = boot.apply_config(&good).await.unwrap();
+    boot.finish_background().await.unwrap();
     let runtime = Arc::new(FakeRuntime {
         fail_start: true,
         ..Default::default()
