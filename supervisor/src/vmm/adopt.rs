@@ -99,6 +99,17 @@ impl Supervisor {
                 run.launched_at = Some(std::time::Instant::now());
             }
             self.watch(vm.clone(), qemu);
+            if vm.manifest().desired == Desired::Stopped {
+                // A stop was under way when the previous supervisor went away.
+                tracing::info!(vm = %vm.id, "finishing an interrupted stop");
+                let supervisor = self.arc();
+                let vm = vm.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = supervisor.stop(&vm, false).await {
+                        tracing::warn!(vm = %vm.id, "cannot finish the stop: {e}");
+                    }
+                });
+            }
             return;
         }
         if let Some(vsock) = vsock {

@@ -181,13 +181,21 @@ fn a_restarted_supervisor_readopts_and_cleans_up() {
 
     // First life: deploy two VMs, then "crash" (drop every task).
     let first = runtime();
-    let (a, b) = first.block_on(async {
+    let (a, b, c) = first.block_on(async {
         let sup = Supervisor::open(host.config("qemu", true)).await.unwrap();
         let a = deploy(&sup, request("a")).await.unwrap();
         let b = deploy(&sup, request("b")).await.unwrap();
-        (a, b)
+        let c = deploy(&sup, request("c")).await.unwrap();
+        (a, b, c)
     });
     drop(first);
+    // VM c was being stopped when the supervisor died: desired is stopped,
+    // QEMU still runs.
+    let c_manifest = VmDir::new(&host.state().join("vms"), &c.summary.id).manifest();
+    let mut manifest = crate::state::Manifest::load(&c_manifest).unwrap();
+    manifest.desired = Desired::Stopped;
+    manifest.save(&c_manifest).unwrap();
+    let c_pid = c.pid.unwrap();
     let vms = host.state().join("vms");
     let backend_of =
         |info: &VmInfo| read_pid(&VmDir::new(&vms, &info.summary.id).vsock_pid()).unwrap();
@@ -235,6 +243,19 @@ fn a_restarted_supervisor_readopts_and_cleans_up() {
             i.pid.is_some_and(|p| p != a_pid)
         })
         .await;
+
+        // The interrupted stop of c is finished.
+        wait_for(&sup, "c", "c stopped", |i| {
+            i.summary.state == VmState::Stopped
+        })
+        .await;
+        assert!(!is_running(c_pid));
+        sup.handle(Command::Remove {
+            vm: "c".into(),
+            force: false,
+        })
+        .await
+        .unwrap();
 
         for vm in ["a", "b"] {
             let pid = get(&sup, vm).await.unwrap().pid.unwrap();
