@@ -22,9 +22,8 @@ pub const REQUIRED: &[&str] = &[
     "virtio_net",
 ];
 
-/// Modules the boot waits for: the required ones and the data disk's
-/// driver. The rest (overlay, device mapper, TDX, power button...) load in
-/// the background while the guest talks to the host.
+/// Modules the boot waits for before talking to the host: the required
+/// ones and the data disk's driver. The rest load in the background.
 pub const EARLY: &[&str] = &[
     "vsock",
     "vmw_vsock_virtio_transport_common",
@@ -35,16 +34,19 @@ pub const EARLY: &[&str] = &[
     "virtio_blk",
 ];
 
-/// Splits a load order after its last [`EARLY`] module. The order lists
-/// dependencies first, so the first part is complete on its own.
-pub fn split_early(order: Vec<String>) -> (Vec<String>, Vec<String>) {
+/// Modules the containers need (their root filesystems are overlays).
+pub const FOR_APP: &[&str] = &["overlay"];
+
+/// Splits a load order after its last module named in `names`. The order
+/// lists dependencies first, so the first part is complete on its own.
+pub fn split_after(order: Vec<String>, names: &[&str]) -> (Vec<String>, Vec<String>) {
     let cut = order
         .iter()
-        .rposition(|p| EARLY.contains(&module_name(p).as_str()))
+        .rposition(|p| names.contains(&module_name(p).as_str()))
         .map_or(0, |i| i + 1);
-    let mut early = order;
-    let late = early.split_off(cut);
-    (early, late)
+    let mut first = order;
+    let rest = first.split_off(cut);
+    (first, rest)
 }
 
 /// Loading modules failed.
@@ -236,10 +238,13 @@ kernel/drivers/input/evdev.ko
         let order = parse_load_order(
             "kernel/vsock.ko\nkernel/overlay.ko\nkernel/virtio_blk.ko\nkernel/dm-mod.ko\nkernel/button.ko\n",
         );
-        let (early, late) = split_early(order.clone());
+        let (early, late) = split_after(order.clone(), EARLY);
         assert_eq!(early, order[..3]);
         assert_eq!(late, order[3..]);
-        let (early, late) = split_early(parse_load_order("kernel/evdev.ko\n"));
+        let (for_app, rest) = split_after(late, FOR_APP);
+        assert!(for_app.is_empty(), "overlay came early already");
+        assert_eq!(rest, order[3..]);
+        let (early, late) = split_after(parse_load_order("kernel/evdev.ko\n"), EARLY);
         assert!(early.is_empty());
         assert_eq!(late.len(), 1);
     }

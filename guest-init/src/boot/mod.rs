@@ -127,9 +127,10 @@ impl Boot {
     }
 
     /// Loads the kernel modules the boot needs now ([`modules::EARLY`] and
-    /// their dependencies), starts guest control, and leaves the rest to a
-    /// background task (see [`Boot::finish_background`]), which then mounts
-    /// configfs and watches the power button.
+    /// their dependencies) and starts guest control. The rest load on a
+    /// background thread: first [`modules::FOR_APP`] (awaited by
+    /// [`Boot::finish_background`] before the containers), then everything
+    /// else, after which configfs is mounted and the power button watched.
     pub async fn load_modules(&mut self) -> Result<(), BootError> {
         self.phase(phase::MODULES);
         let started = Instant::now();
@@ -140,7 +141,8 @@ impl Boot {
             Vec::new()
         });
         let dir = path.parent().map(Path::to_owned).unwrap_or_default();
-        let (early, late) = modules::split_early(order);
+        let (early, late) = modules::split_after(order, modules::EARLY);
+        let (for_app, later) = modules::split_after(late, modules::FOR_APP);
         let (sys, early_dir) = (self.sys.clone(), dir.clone());
         let report =
             tokio::task::spawn_blocking(move || modules::load_all(&*sys, &early_dir, &early))
@@ -158,15 +160,30 @@ impl Boot {
             }
         }
 
+        // The app's modules, then the rest; only the first part is awaited
+        // (before the containers start).
+        let (app_ready, app_modules) = tokio::sync::oneshot::channel();
         let (sys, shutdown, input) = (
             self.sys.clone(),
             self.shutdown.clone(),
             self.cfg.input_class.clone(),
         );
-        let task = tokio::task::spawn_blocking(move || -> Result<(), BootError> {
+        tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let report = modules::load_all(&*sys, &dir, &late)?;
-            log_module_report(&report, started);
+            let result = modules::load_all(&*sys, &dir, &for_app);
+            let failed = result.is_err();
+            if let Ok(report) = &result {
+                log_module_report(report, started);
+            }
+            let _ = app_ready.send(result.map(|_| ()).map_err(BootError::from));
+            if failed {
+                return;
+            }
+            let started = Instant::now();
+            match modules::load_all(&*sys, &dir, &later) {
+                Ok(report) => log_module_report(&report, started),
+                Err(e) => tracing::error!("{}", error_chain(&e)),
+            }
             if let Err(e) = mounts::mount_all(&*sys, &[mounts::configfs_mount()]) {
                 tracing::warn!("{}", error_chain(&e));
             }
@@ -175,9 +192,10 @@ impl Boot {
                     "no ACPI power button found: power-off requests will not be graceful"
                 );
             }
-            Ok(())
         });
-        self.background.push(task);
+        self.background.push(tokio::spawn(
+            async move { app_modules.await.unwrap_or(Ok(())) },
+        ));
         Ok(())
     }
 
