@@ -391,6 +391,15 @@ fn age(created_ms: u64) -> String {
     }
 }
 
+/// A host timestamp as UTC wall-clock time.
+fn clock(ts_ms: u64) -> String {
+    i64::try_from(ts_ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%H:%M:%S%.3f").to_string())
+        .unwrap_or_else(|| ts_ms.to_string())
+}
+
 fn ports(ports: &[PortMapping]) -> String {
     ports
         .iter()
@@ -476,7 +485,7 @@ async fn info(args: VmArgs, client: &Client) -> Result<(), Failure> {
     if !vm.events.is_empty() {
         println!("events:");
         for e in &vm.events {
-            println!("  {}  {} {}", e.ts_ms, e.event, e.payload);
+            println!("  {}  {} {}", clock(e.ts_ms), e.event, e.payload);
         }
     }
     Ok(())
