@@ -27,6 +27,32 @@ impl NotifySink for HostClient {
     }
 }
 
+/// Attempts per notification: a host restarting or busy for a moment
+/// should not lose a phase change.
+const ATTEMPTS: u32 = 3;
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+async fn deliver<S: NotifySink>(sink: &S, n: Notification) {
+    for attempt in 1..=ATTEMPTS {
+        match sink.notify(n.clone()).await {
+            Ok(()) => return,
+            // The host answered: trying again would get the same answer.
+            Err(e @ HostApiError::Status { .. }) => {
+                tracing::warn!(target: CONSOLE_ONLY_TARGET, "the host refused {}: {e}", n.event);
+                return;
+            }
+            Err(e) if attempt == ATTEMPTS => {
+                tracing::warn!(
+                    target: CONSOLE_ONLY_TARGET,
+                    "notifying the host of {} failed: {e}",
+                    n.event
+                );
+            }
+            Err(_) => tokio::time::sleep(RETRY_AFTER).await,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Cmd {
     Send(Notification),
@@ -51,15 +77,7 @@ impl Notifier {
         tokio::spawn(async move {
             while let Some(cmd) = rx.recv().await {
                 match cmd {
-                    Cmd::Send(n) => {
-                        if let Err(e) = sink.notify(n.clone()).await {
-                            tracing::warn!(
-                                target: CONSOLE_ONLY_TARGET,
-                                "notifying the host of {} failed: {e}",
-                                n.event
-                            );
-                        }
-                    }
+                    Cmd::Send(n) => deliver(&sink, n).await,
                     Cmd::Flush(done) => {
                         let _ = done.send(());
                     }
@@ -128,6 +146,33 @@ mod tests {
             *sink.0.lock().unwrap(),
             ["boot.progress=pulling images", "boot.progress=running"]
         );
+    }
+
+    #[derive(Clone, Default)]
+    struct Flaky(Arc<Mutex<u32>>);
+
+    impl NotifySink for Flaky {
+        async fn notify(&self, _n: Notification) -> Result<(), HostApiError> {
+            let mut calls = self.0.lock().unwrap();
+            *calls += 1;
+            if *calls < ATTEMPTS {
+                Err(HostApiError::Timeout {
+                    path: "/v1/notify".into(),
+                    secs: 1,
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_notification_is_retried() {
+        let sink = Flaky::default();
+        let notifier = Notifier::start(sink.clone());
+        notifier.send("boot.progress", "running");
+        notifier.flush(Duration::from_secs(5)).await;
+        assert_eq!(*sink.0.lock().unwrap(), ATTEMPTS);
     }
 
     #[tokio::test]
