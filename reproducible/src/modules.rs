@@ -42,6 +42,10 @@ pub(crate) const WANTED: &[(&str, &str)] = &[
     ("xts", "aes-xts-plain64 for dm_crypt"),
     ("tsm", "configfs-tsm quote interface"),
     ("tdx_guest", "TDX quotes and RTMR extension"),
+    // The ACPI power button reaches PID1 as an input event: QEMU's
+    // system_powerdown (the supervisor's fallback stop) needs both.
+    ("button", "ACPI power button"),
+    ("evdev", "input events for the power button"),
 ];
 
 /// A module of the image: where it goes and its decompressed bytes.

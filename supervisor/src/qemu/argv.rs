@@ -63,7 +63,17 @@ pub fn qemu_argv(spec: &QemuSpec<'_>) -> Vec<String> {
         &format!("memory-backend-memfd,id=mem,size={memory}M,share=on"),
     ]);
     match accel {
-        Accel::Tcg => push(&["-accel", "tcg", "-machine", "q35,memory-backend=mem"]),
+        // TCG's default CPU has no RDRAND: the guest's entropy pool then
+        // takes seconds to fill and everything that needs randomness at
+        // boot (mke2fs, key generation) waits. `max` slows the kernel boot.
+        Accel::Tcg => push(&[
+            "-accel",
+            "tcg",
+            "-cpu",
+            "qemu64,+rdrand",
+            "-machine",
+            "q35,memory-backend=mem",
+        ]),
         Accel::Kvm => push(&[
             "-accel",
             "kvm",
@@ -252,7 +262,8 @@ mod tests {
         assert_eq!(value(&args, "-kernel"), "/i/bzImage");
         assert_eq!(value(&args, "-initrd"), "/i/initramfs.cpio.gz");
         assert_eq!(value(&args, "-append"), "console=ttyS0 panic=1");
-        assert!(!args.iter().any(|a| a == "-bios" || a == "-cpu"));
+        assert!(!args.iter().any(|a| a == "-bios"));
+        assert_eq!(value(&args, "-cpu"), "qemu64,+rdrand");
         for flag in ["-nographic", "-nodefaults", "-no-reboot"] {
             assert!(args.iter().any(|a| a == flag), "{flag}");
         }
