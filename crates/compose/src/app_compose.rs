@@ -172,7 +172,10 @@ mod tests {
         let b = app_compose_from_yaml("hello", YAML).unwrap();
         assert_eq!(a, b);
         assert!(a.starts_with("{\"docker_compose_file\":"), "{a}");
-        assert!(a.contains("\"kms_enabled\":false,\"manifest_version\":2,\"name\":\"hello\""), "compact, sorted: {a}");
+        assert!(
+            a.contains("\"kms_enabled\":false,\"manifest_version\":2,\"name\":\"hello\""),
+            "compact, sorted: {a}"
+        );
         let (app, compose) = AppCompose::parse(&a).unwrap();
         assert_eq!(app.name, "hello");
         assert_eq!(compose.services["web"].image, "nginx");
