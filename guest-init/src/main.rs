@@ -1,9 +1,13 @@
 //! `dstack-init`: PID1 of the CVM. All logic lives in the library; this
-//! only refuses to run anywhere but as PID1.
+//! only refuses to run anywhere but as PID1 — except as the container
+//! helper PID1 re-executes (`dstack-init __container <op>`), which must be
+//! dispatched before any thread or runtime exists.
 
 use std::process::ExitCode;
 
-/// Exit codes, for the one case where this binary exits at all.
+use dstack_init::containers::{HELPER_COMMAND, helper_main};
+
+/// Exit codes of PID1 refusing to run (the container helper has its own).
 #[repr(u8)]
 enum Exit {
     /// Started as an ordinary process, not as the guest's init.
@@ -11,6 +15,10 @@ enum Exit {
 }
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|arg| arg == HELPER_COMMAND) {
+        return helper_main(args);
+    }
     let pid = std::process::id();
     if pid != 1 {
         eprintln!(

@@ -98,9 +98,9 @@ pub enum ContainerError {
         service: String,
         /// `create`, `start`, `exec`, `kill` or `delete`.
         action: &'static str,
-        /// libcontainer's error.
+        /// libcontainer's error, or the container helper's.
         #[source]
-        source: Box<libcontainer::error::LibcontainerError>,
+        source: Box<RuntimeError>,
     },
     /// A published port could not be listened on.
     #[error("service {service}: cannot listen on published port {port}")]
@@ -155,12 +155,49 @@ impl ContainerError {
     pub(crate) fn runtime(
         service: &str,
         action: &'static str,
-        source: libcontainer::error::LibcontainerError,
+        source: impl Into<RuntimeError>,
     ) -> Self {
         ContainerError::Runtime {
             service: service.to_string(),
             action,
-            source: Box::new(source),
+            source: Box::new(source.into()),
         }
     }
+}
+
+/// Why a libcontainer operation failed: in PID1 (kill), or in the
+/// container helper process that creates and execs (see `helper.rs`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// libcontainer's error, in PID1.
+    #[error(transparent)]
+    Libcontainer(#[from] libcontainer::error::LibcontainerError),
+    /// libcontainer failed in the helper: the helper's error chain.
+    #[error("{0}")]
+    Helper(String),
+    /// The helper could not be started.
+    #[error("cannot run the container helper {}", helper.display())]
+    Spawn {
+        /// The helper executable.
+        helper: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request or reply could not be passed.
+    #[error("container helper channel")]
+    Channel(#[source] std::io::Error),
+    /// The helper exited without answering.
+    #[error("the container helper exited ({status}) without a reply")]
+    NoReply {
+        /// How it exited.
+        status: std::process::ExitStatus,
+    },
+    /// The helper did not answer in time and was killed.
+    #[error("the container helper did not answer within {after:?}")]
+    TimedOut {
+        /// The time limit.
+        after: std::time::Duration,
+    },
 }

@@ -40,16 +40,24 @@ impl HealthTracker {
 }
 
 /// Runs one check; false on a non-zero exit, a timeout or a failed exec.
+/// `timeout` covers the whole check: the helper that execs it included.
 async fn check_once(inner: &Arc<Inner>, name: &str, test: &[String], timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
     let guard = inner.reaping.spawn_guard().await;
-    let (root, id, args) = (inner.state_root.clone(), name.to_string(), test.to_vec());
-    let pid = match tokio::task::spawn_blocking(move || runner::exec(&root, &id, &args)).await {
+    let (helper, root, id, args) = (
+        inner.helper.clone(),
+        inner.state_root.clone(),
+        name.to_string(),
+        test.to_vec(),
+    );
+    let exec = move || runner::exec(&helper, &root, &id, &args, timeout);
+    let pid = match tokio::task::spawn_blocking(exec).await {
         Ok(Ok(pid)) => pid,
         _ => return false,
     };
     let mut exit = inner.reaping.register(pid);
     drop(guard);
-    match tokio::time::timeout(timeout, &mut exit).await {
+    match tokio::time::timeout_at(deadline, &mut exit).await {
         Ok(Ok(status)) => status.success(),
         Ok(Err(_)) => false,
         Err(_) => {

@@ -236,14 +236,16 @@ async fn spawn(
     name: &str,
 ) -> Result<(i32, oneshot::Receiver<std::process::ExitStatus>), ContainerError> {
     let guard = inner.reaping.spawn_guard().await;
-    let (root, id, paths) = (
+    let (helper, root, id, paths) = (
+        inner.helper.clone(),
         inner.state_root.clone(),
         name.to_string(),
         inner.slots[name].paths.clone(),
     );
-    let started = tokio::task::spawn_blocking(move || runner::create_and_start(&root, &id, &paths))
-        .await
-        .map_err(|e| ContainerError::spec(name, format!("create panicked: {e}")))??;
+    let started =
+        tokio::task::spawn_blocking(move || runner::create_and_start(&helper, &root, &id, &paths))
+            .await
+            .map_err(|e| ContainerError::spec(name, format!("create panicked: {e}")))??;
     let exit = inner.reaping.register(started.pid);
     drop(guard);
     let slot = &inner.slots[name];

@@ -9,6 +9,7 @@
 
 mod error;
 mod health;
+mod helper;
 mod lifecycle;
 mod logs;
 mod proxy;
@@ -27,7 +28,8 @@ use std::time::Duration;
 use dstack_compose::{Compose, ComposeError};
 use dstack_proto::guest::{ContainerInfo, ContainerState};
 use dstack_proto::host::{LogEntry, LogStream, RegistryAlias};
-pub use error::ContainerError;
+pub use error::{ContainerError, RuntimeError};
+pub use helper::{HELPER_COMMAND, helper_main};
 use nix::sys::signal::Signal;
 use oci_spec::image::ImageConfiguration;
 pub use reap::ReapGuard;
@@ -81,6 +83,7 @@ pub(crate) struct Inner {
     images: Mutex<HashMap<String, ImageRoot>>,
     slots: BTreeMap<String, Slot>,
     state_root: PathBuf,
+    helper: helper::Helper,
     proxies: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -125,8 +128,12 @@ impl Inner {
 /// # Rules for PID1
 /// - Call everything from inside a tokio runtime; `start_all` spawns tasks.
 /// - **Reaping.** Container inits and health-check processes are children of
-///   PID1, and libcontainer `waitpid`s its own intermediate process while a
-///   container is being created. So PID1's reaper must
+///   PID1, and so is the short-lived container helper that creates them
+///   (see `helper.rs`: libcontainer never clones inside PID1). The helper
+///   is waited for by pid, with its own `waitpid`, while the spawn side of
+///   the lock below is held — from before the helper starts until the pid
+///   it reports is registered — so the reaper never sees the helper, and
+///   never an init or check before its waiter exists. So PID1's reaper must
 ///   1. take `let guard = manager.lock_for_reaping().await;`,
 ///   2. loop `waitpid(-1, WNOHANG)` until it returns no child, calling
 ///      [`child_exited`](Self::child_exited) for *every* reaped pid (it
@@ -145,8 +152,20 @@ pub struct ServiceManager {
 
 impl ServiceManager {
     /// A manager for `compose`; container output goes to `logs` (lines are
-    /// dropped, never waited for, when the channel is full).
+    /// dropped, never waited for, when the channel is full). Containers are
+    /// created by re-executing this binary (`/proc/self/exe`) as the helper.
     pub fn new(env: ContainerEnv, compose: Compose, logs: mpsc::Sender<LogEntry>) -> Self {
+        Self::with_helper(env, compose, logs, helper::default_helper())
+    }
+
+    /// [`new`](Self::new) with another container helper: an executable that
+    /// behaves like `dstack-init` when run as `<helper> __container <op>`.
+    pub fn with_helper(
+        env: ContainerEnv,
+        compose: Compose,
+        logs: mpsc::Sender<LogEntry>,
+        helper: PathBuf,
+    ) -> Self {
         let images_dir = env.data_dir.join("images");
         let puller = pull::Puller::new(
             &images_dir,
@@ -180,6 +199,7 @@ impl ServiceManager {
         let inner = Inner {
             order: compose.start_order(),
             state_root: env.run_dir.join("youki"),
+            helper: helper::Helper::new(helper),
             env,
             compose,
             logs,

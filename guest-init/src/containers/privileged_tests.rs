@@ -1,13 +1,17 @@
-//! Runs real containers on this host with libcontainer. Needs root, so it is
-//! ignored unless asked for:
-//! `DSTACK_PRIVILEGED_TESTS=1 cargo test -p dstack-init -- --ignored privileged`.
-//! It re-executes itself in a private mount namespace (`unshare -m`), so the
-//! cgroup2 mount it may need, the overlays and the container mounts never
-//! touch the host's mount table.
+//! Runs real containers on this host with libcontainer. Needs root and the
+//! built `dstack-init` binary (the container helper), so it is ignored unless
+//! asked for:
+//! `cargo build -p dstack-init && DSTACK_PRIVILEGED_TESTS=1 cargo test -p dstack-init -- --ignored privileged`.
+//! The helper is `dstack-init` next to the test binary's `deps/` directory,
+//! or `$DSTACK_INIT_BIN`.
+//! Each test re-executes itself in a private mount namespace (`unshare -m`),
+//! so the cgroup2 mount it may need, the overlays and the container mounts
+//! never touch the host's mount table.
 
 use std::os::unix::fs::symlink;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dstack_compose::Compose;
@@ -17,8 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
-const TEST_NAME: &str =
-    "containers::privileged_tests::privileged_busybox_services_run_restart_and_stop";
+const TESTS: &str = "containers::privileged_tests::";
 const BUSYBOX: &str = "/bin/busybox";
 
 const COMPOSE: &str = r#"
@@ -53,7 +56,7 @@ fn busybox_root(root: &Path) {
     }
     std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "echo", "head", "id", "httpd", "wget", "cat", "sleep", "hostname",
+        "sh", "echo", "head", "id", "httpd", "wget", "cat", "sleep", "hostname", "true",
     ] {
         symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -78,11 +81,13 @@ fn ensure_cgroup2() {
     }
 }
 
-/// PID1's reaper, as documented on [`ServiceManager`].
-fn spawn_reaper(manager: ServiceManager) {
+/// PID1's reaper, as documented on [`ServiceManager`], for whichever manager
+/// `current` holds (one reaper per process: a second would steal exits).
+fn spawn_reaper(current: Arc<Mutex<Option<ServiceManager>>>) {
     tokio::spawn(async move {
         loop {
-            {
+            let manager = current.lock().unwrap().clone();
+            if let Some(manager) = manager {
                 let _guard = manager.lock_for_reaping().await;
                 loop {
                     match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -108,6 +113,89 @@ fn spawn_reaper(manager: ServiceManager) {
     });
 }
 
+/// The built `dstack-init`, which the tests run as the container helper.
+fn helper_binary() -> PathBuf {
+    let path = std::env::var_os("DSTACK_INIT_BIN").map_or_else(
+        || {
+            let exe = std::env::current_exe().unwrap();
+            // <target>/debug/deps/dstack_init-<hash> -> <target>/debug/dstack-init
+            exe.parent().unwrap().parent().unwrap().join("dstack-init")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p dstack-init` first, or set DSTACK_INIT_BIN",
+        path.display()
+    );
+    path
+}
+
+/// Whether to run `test` here: false when privileged tests are off, or
+/// after running it again in a private mount namespace (which must pass).
+fn in_private_namespace(test: &str) -> bool {
+    if std::env::var("DSTACK_PRIVILEGED_TESTS").as_deref() != Ok("1") {
+        return false;
+    }
+    if std::env::var("DSTACK_PRIVATE_MOUNT_NS").is_ok() {
+        ensure_cgroup2();
+        return true;
+    }
+    let status = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            &format!("{TESTS}{test}"),
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("DSTACK_PRIVATE_MOUNT_NS", "1")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{test} failed in its mount namespace");
+    false
+}
+
+fn test_env(root: &Path) -> ContainerEnv {
+    ContainerEnv {
+        data_dir: root.join("data"),
+        run_dir: root.join("run"),
+        registry_aliases: Vec::new(),
+        insecure_registries: Vec::new(),
+        dns: vec!["10.0.2.3".into()],
+        guest_socket_dir: root.join("sockets"),
+    }
+}
+
+/// A manager whose busybox image is already unpacked (standing in for `pull_all`).
+fn busybox_manager(
+    env: &ContainerEnv,
+    compose: &str,
+    logs: mpsc::Sender<LogEntry>,
+) -> ServiceManager {
+    let image_root = env.data_dir.join("images/rootfs/0000");
+    if !image_root.exists() {
+        busybox_root(&image_root);
+    }
+    let compose = Compose::parse(compose).unwrap();
+    let manager = ServiceManager::with_helper(env.clone(), compose, logs, helper_binary());
+    let config = serde_json::from_value(serde_json::json!({
+        "architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}
+    }))
+    .unwrap();
+    manager.inner.images.lock().unwrap().insert(
+        "local/busybox:1".into(),
+        ImageRoot {
+            digest: "sha256:test".into(),
+            config,
+            rootfs: image_root,
+        },
+    );
+    manager
+}
+
 async fn wait_until(manager: &ServiceManager, what: &str, test: impl Fn(&[ContainerInfo]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !test(&manager.list()) {
@@ -127,62 +215,50 @@ fn state(list: &[ContainerInfo], service: &str) -> ContainerInfo {
 #[test]
 #[ignore = "runs real containers: needs root and DSTACK_PRIVILEGED_TESTS=1"]
 fn privileged_busybox_services_run_restart_and_stop() {
-    if std::env::var("DSTACK_PRIVILEGED_TESTS").as_deref() != Ok("1") {
+    if !in_private_namespace("privileged_busybox_services_run_restart_and_stop") {
         return;
     }
-    if std::env::var("DSTACK_PRIVATE_MOUNT_NS").is_err() {
-        let status = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--"])
-            .arg(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                TEST_NAME,
-                "--include-ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("DSTACK_PRIVATE_MOUNT_NS", "1")
-            .status()
-            .unwrap();
-        assert!(status.success(), "the test failed in its mount namespace");
-        return;
-    }
-    ensure_cgroup2();
     let tmp = tempfile::tempdir().unwrap();
-    let env = ContainerEnv {
-        data_dir: tmp.path().join("data"),
-        run_dir: tmp.path().join("run"),
-        registry_aliases: Vec::new(),
-        insecure_registries: Vec::new(),
-        dns: vec!["10.0.2.3".into()],
-        guest_socket_dir: tmp.path().join("sockets"),
-    };
-    let image_root = env.data_dir.join("images/rootfs/0000");
-    busybox_root(&image_root);
+    let env = test_env(tmp.path());
     let (logs_tx, _logs_rx) = mpsc::channel(1024);
-    let compose = Compose::parse(COMPOSE).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
-        let manager = ServiceManager::new(env.clone(), compose, logs_tx);
-        // Stand in for pull_all: the image is already unpacked.
-        manager.inner.images.lock().unwrap().insert(
-            "local/busybox:1".into(),
-            ImageRoot { digest: "sha256:test".into(), config: serde_json::from_value(serde_json::json!({
-                "architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}
-            })).unwrap(), rootfs: image_root },
-        );
-        spawn_reaper(manager.clone());
+        let manager = busybox_manager(&env, COMPOSE, logs_tx);
+        spawn_reaper(Arc::new(Mutex::new(Some(manager.clone()))));
         manager.start_all().await.expect("start_all");
 
-        wait_until(&manager, "hello to exit", |l| state(l, "hello").state == ContainerState::Exited).await;
+        wait_until(&manager, "hello to exit", |l| {
+            state(l, "hello").state == ContainerState::Exited
+        })
+        .await;
         assert_eq!(state(&manager.list(), "hello").exit_code, Some(0));
-        let lines: Vec<String> = manager.recent_logs("hello").into_iter().map(|e| e.line).collect();
-        assert_eq!(lines.iter().filter(|l| l.as_str() != "oops").cloned().collect::<Vec<_>>(),
-            ["hello from hello", "127.0.0.1\tlocalhost flaky hello web", "0"], "{lines:?}");
+        let lines: Vec<String> = manager
+            .recent_logs("hello")
+            .into_iter()
+            .map(|e| e.line)
+            .collect();
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.as_str() != "oops")
+                .cloned()
+                .collect::<Vec<_>>(),
+            [
+                "hello from hello",
+                "127.0.0.1\tlocalhost flaky hello web",
+                "0"
+            ],
+            "{lines:?}"
+        );
         assert!(lines.contains(&"oops".to_string()));
 
-        wait_until(&manager, "web to be healthy", |l| state(l, "web").state == ContainerState::Healthy).await;
-        let mut conn = tokio::net::TcpStream::connect("127.0.0.1:18081").await.unwrap();
+        wait_until(&manager, "web to be healthy", |l| {
+            state(l, "web").state == ContainerState::Healthy
+        })
+        .await;
+        let mut conn = tokio::net::TcpStream::connect("127.0.0.1:18081")
+            .await
+            .unwrap();
         conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
         let mut reply = String::new();
         conn.read_to_string(&mut reply).await.unwrap();
@@ -199,10 +275,108 @@ fn privileged_busybox_services_run_restart_and_stop() {
         let stopping = Instant::now();
         manager.stop_all().await;
         let list = manager.list();
-        assert!(list.iter().all(|i| i.state == ContainerState::Exited && i.pid.is_none()), "{list:#?}");
+        assert!(
+            list.iter()
+                .all(|i| i.state == ContainerState::Exited && i.pid.is_none()),
+            "{list:#?}"
+        );
         // busybox httpd as a namespace's init ignores SIGTERM: SIGKILL after the grace period.
         assert!(stopping.elapsed() < Duration::from_secs(20));
         assert!(!env.run_dir.join("youki/web").exists());
-        assert!(tokio::net::TcpStream::connect("127.0.0.1:18081").await.is_err());
+        assert!(
+            tokio::net::TcpStream::connect("127.0.0.1:18081")
+                .await
+                .is_err()
+        );
+    });
+}
+
+const STRESS_COMPOSE: &str = r#"
+services:
+  spin:
+    image: local/busybox:1
+    command: ["sleep", "1000"]
+    stop_grace_period: 0s
+    healthcheck:
+      test: ["CMD", "true"]
+      interval: 100ms
+      timeout: 10s
+      retries: 3
+"#;
+
+/// Allocates and frees blocks of many sizes until `stop`, yielding between
+/// rounds: keeps the allocator's locks busy on every runtime worker.
+async fn allocate(stop: Arc<AtomicBool>, blocks: Arc<AtomicU64>) {
+    while !stop.load(Ordering::Relaxed) {
+        let round: Vec<Vec<u8>> = (1..=256usize)
+            .map(|i| vec![0u8; (i * 37) % 8192 + 1])
+            .collect();
+        blocks.fetch_add(round.len() as u64, Ordering::Relaxed);
+        drop(round);
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The hang this guards against: libcontainer's raw `clone3` in a
+/// multi-threaded process while another thread holds the malloc lock. With
+/// the helper, no clone happens in this process.
+#[test]
+#[ignore = "runs real containers: needs root and DSTACK_PRIVILEGED_TESTS=1"]
+fn privileged_stress_start_and_stop_while_other_tasks_allocate() {
+    const ROUNDS: usize = 20;
+    if !in_private_namespace("privileged_stress_start_and_stop_while_other_tasks_allocate") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let env = test_env(tmp.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let current = Arc::new(Mutex::new(None));
+        spawn_reaper(current.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let blocks = Arc::new(AtomicU64::new(0));
+        let churn: Vec<_> = (0..6)
+            .map(|_| tokio::spawn(allocate(stop.clone(), blocks.clone())))
+            .collect();
+        let mut starts = Vec::new();
+        for round in 0..ROUNDS {
+            let (logs_tx, _logs_rx) = mpsc::channel(1024);
+            let manager = busybox_manager(&env, STRESS_COMPOSE, logs_tx);
+            *current.lock().unwrap() = Some(manager.clone());
+            let started = Instant::now();
+            tokio::time::timeout(Duration::from_secs(60), manager.start_all())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: start_all hung"))
+                .expect("start_all");
+            starts.push(started.elapsed());
+            wait_until(&manager, "spin to be healthy", |l| {
+                state(l, "spin").state == ContainerState::Healthy
+            })
+            .await;
+            tokio::time::timeout(Duration::from_secs(60), manager.stop_all())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: stop_all hung"));
+            let spin = state(&manager.list(), "spin");
+            assert!(
+                spin.state == ContainerState::Exited && spin.pid.is_none(),
+                "round {round}: {spin:#?}"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        for task in churn {
+            task.await.unwrap();
+        }
+        assert!(blocks.load(Ordering::Relaxed) > 0);
+        starts.sort();
+        eprintln!(
+            "{ROUNDS} container starts under allocation load: min {:?}, median {:?}, max {:?}",
+            starts[0],
+            starts[ROUNDS / 2],
+            starts[ROUNDS - 1]
+        );
     });
 }

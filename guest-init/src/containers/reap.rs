@@ -1,11 +1,11 @@
 //! Who waits for which process. PID1's reaper reaps every child; container
-//! inits and exec'd health checks are children of PID1 (libcontainer clones
-//! them with CLONE_PARENT), so their exit statuses reach us only through
-//! [`Reaping::exited`]. A pid is registered while the spawn still holds the
-//! read side of the reap lock, and the reaper calls `waitpid(-1)` only while
-//! holding the write side, so no exit can be reaped before its waiter exists
-//! (and libcontainer's own `waitpid` on its intermediate process, which runs
-//! inside the same window, never finds it already reaped).
+//! inits and exec'd health checks are children of PID1 (the container
+//! helper runs libcontainer as a sibling: CLONE_PARENT), so their exit
+//! statuses reach us only through [`Reaping::exited`]. A pid is registered
+//! while the spawn still holds the read side of the reap lock, and the
+//! reaper calls `waitpid(-1)` only while holding the write side, so no exit
+//! can be reaped before its waiter exists (and PID1's own `waitpid` on the
+//! helper, which runs inside the same window, never finds it already reaped).
 
 use std::collections::HashMap;
 use std::process::ExitStatus;

@@ -2,10 +2,13 @@
 //! image), its bundle, and create/start, exec, signal and delete. Everything
 //! here blocks; callers run it on `spawn_blocking` while holding a
 //! [`SpawnGuard`](super::reap::SpawnGuard) when a process is created.
+//! Create and exec run in the container helper (`helper.rs`): PID1 calls
+//! [`create_and_start`] and [`exec`], the helper the `libcontainer_*` pair.
 
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
@@ -15,7 +18,8 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
 
-use crate::containers::ContainerError;
+use super::helper::{Action, Helper, Request};
+use crate::containers::{ContainerError, error_chain};
 
 /// Where one service's files live.
 #[derive(Debug, Clone)]
@@ -122,17 +126,23 @@ pub(crate) fn write_bundle(paths: &ServicePaths, spec: &Spec) -> Result<(), Cont
     fs::write(&path, json).map_err(io_err("writing", &path))
 }
 
-fn dev_null() -> Result<OwnedFd, ContainerError> {
-    let file = fs::File::open("/dev/null").map_err(io_err("opening", Path::new("/dev/null")))?;
-    Ok(file.into())
+fn dev_null() -> std::io::Result<OwnedFd> {
+    Ok(fs::File::open("/dev/null")?.into())
+}
+
+fn null_error(e: std::io::Error) -> ContainerError {
+    ContainerError::io("opening", "/dev/null", e)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
-    // CLOEXEC on our ends; libcontainer dup2()s the write end onto the
-    // container's stdout/stderr, which clears the flag there.
+    // CLOEXEC on our ends; the helper gets the write end as its stdout or
+    // stderr, and libcontainer dup2()s that onto the container's.
     nix::unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| ContainerError::io("creating pipe", Path::new("pipe"), e.into()))
 }
+
+/// How long the helper may take to create and start a container.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A started container: its init pid and the read ends of its output pipes.
 #[derive(Debug)]
@@ -140,6 +150,55 @@ pub(crate) struct Started {
     pub(crate) pid: i32,
     pub(crate) stdout: OwnedFd,
     pub(crate) stderr: OwnedFd,
+}
+
+/// Creates and starts container `id` from the bundle, in the container
+/// helper. Its init is PID1's child: call with the reap lock's spawn side
+/// held until its pid is registered.
+pub(crate) fn create_and_start(
+    helper: &Helper,
+    state_root: &Path,
+    id: &str,
+    paths: &ServicePaths,
+) -> Result<Started, ContainerError> {
+    // A container left over from an earlier run of this service is removed first.
+    delete(state_root, id);
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let request = Request::Create {
+        state_root: state_root.to_path_buf(),
+        id: id.to_string(),
+        bundle: paths.bundle.clone(),
+    };
+    let pid = helper
+        .run(&request, Some((stdout_w, stderr_w)), CREATE_TIMEOUT)
+        .map_err(|(action, e)| ContainerError::runtime(id, action.as_str(), e))?;
+    Ok(Started {
+        pid,
+        stdout: stdout_r,
+        stderr: stderr_r,
+    })
+}
+
+/// Runs `args` inside the running container `id` (its namespaces, cgroup,
+/// user and capabilities) with output discarded, in the container helper;
+/// returns its pid (a child of PID1, like a container init). Fails when
+/// the helper has not answered within `timeout`.
+pub(crate) fn exec(
+    helper: &Helper,
+    state_root: &Path,
+    id: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Result<i32, ContainerError> {
+    let request = Request::Exec {
+        state_root: state_root.to_path_buf(),
+        id: id.to_string(),
+        args: args.to_vec(),
+    };
+    helper
+        .run(&request, None, timeout)
+        .map_err(|(action, e)| ContainerError::runtime(id, action.as_str(), e))
 }
 
 fn base_builder(
@@ -151,48 +210,48 @@ fn base_builder(
         .validate_id()
 }
 
-/// Creates and starts container `id` from the bundle (DESIGN §6: systemd
-/// off, no pivot_root — the guest root is an initramfs — and the init a
-/// child of PID1).
-pub(crate) fn create_and_start(
+/// In the helper: creates and starts container `id` (DESIGN §6: systemd
+/// off, no pivot_root — the guest root is an initramfs). As a sibling: the
+/// init is a child of the helper's parent, PID1.
+pub(crate) fn libcontainer_create(
     state_root: &Path,
     id: &str,
-    paths: &ServicePaths,
-) -> Result<Started, ContainerError> {
-    // A container left over from an earlier run of this service is removed first.
-    delete(state_root, id);
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
-    let fail = |action| move |e| ContainerError::runtime(id, action, e);
+    bundle: &Path,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<i32, (Action, String)> {
+    let stdin = dev_null().map_err(|e| failed(Action::Create, &null_error(e)))?;
     let mut container = base_builder(state_root, id)
-        .map_err(fail("create"))?
-        .with_stdin(dev_null()?)
-        .with_stdout(stdout_w)
-        .with_stderr(stderr_w)
-        .as_init(&paths.bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .with_no_pivot(true)
-        .build()
-        .map_err(fail("create"))?;
-    // The builder has dropped our copies of the write ends, so the pipes
-    // reach EOF when the container's processes exit.
-    container.start().map_err(fail("start"))?;
-    let pid = container
+        .and_then(|builder| {
+            builder
+                .with_stdin(stdin)
+                .with_stdout(stdout)
+                .with_stderr(stderr)
+                .as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .with_no_pivot(true)
+                .as_sibling(true)
+                .build()
+        })
+        .map_err(|e| failed(Action::Create, &e))?;
+    container.start().map_err(|e| failed(Action::Start, &e))?;
+    container
         .pid()
-        .ok_or_else(|| ContainerError::spec(id, "libcontainer reported no init pid"))?;
-    Ok(Started {
-        pid: pid.as_raw(),
-        stdout: stdout_r,
-        stderr: stderr_r,
-    })
+        .map(|pid| pid.as_raw())
+        .ok_or_else(|| (Action::Start, "libcontainer reported no init pid".into()))
 }
 
-/// Runs `args` inside the running container `id` (its namespaces, cgroup,
-/// user and capabilities) with output discarded; returns its pid.
-pub(crate) fn exec(state_root: &Path, id: &str, args: &[String]) -> Result<i32, ContainerError> {
-    let (stdin, stdout, stderr) = (dev_null()?, dev_null()?, dev_null()?);
-    let pid = base_builder(state_root, id)
+/// In the helper: starts `args` in container `id`, as a sibling (a child
+/// of PID1), with output discarded.
+pub(crate) fn libcontainer_exec(
+    state_root: &Path,
+    id: &str,
+    args: &[String],
+) -> Result<i32, (Action, String)> {
+    let null = || dev_null().map_err(|e| failed(Action::Exec, &null_error(e)));
+    let (stdin, stdout, stderr) = (null()?, null()?, null()?);
+    base_builder(state_root, id)
         .and_then(|builder| {
             builder
                 .with_stdin(stdin)
@@ -201,10 +260,16 @@ pub(crate) fn exec(state_root: &Path, id: &str, args: &[String]) -> Result<i32, 
                 .as_tenant()
                 .with_container_args(args.to_vec())
                 .with_detach(true)
+                .as_sibling(true)
                 .build()
         })
-        .map_err(|e| ContainerError::runtime(id, "exec", e))?;
-    Ok(pid.as_raw())
+        .map(|pid| pid.as_raw())
+        .map_err(|e| failed(Action::Exec, &e))
+}
+
+/// A failure as the helper reports it: the step and the whole error chain.
+fn failed(action: Action, error: &dyn std::error::Error) -> (Action, String) {
+    (action, error_chain(error))
 }
 
 /// Sends `signal` to the container's init (or, with `all`, every process in its cgroup).
