@@ -77,7 +77,7 @@ pub fn write_bundle(
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use dstack_proto::host::{NetworkConfig, SysConfig};
+    use dstack_proto::host::SysConfig;
 
     use super::*;
 
@@ -89,17 +89,7 @@ mod tests {
             app_compose: "{\"name\": \"x\" ,\n \"runner\":\"docker-compose\"}".into(),
             encrypted_env: vec![0xde, 0xad],
             user_config: String::new(),
-            sys_config: SysConfig {
-                vm_id: "1".into(),
-                vm_name: "n".into(),
-                network: NetworkConfig::default(),
-                registry_aliases: vec![],
-                insecure_registries: vec![],
-                kms_urls: vec![],
-                gateway_urls: vec![],
-                pccs_url: String::new(),
-                vm_config: String::new(),
-            },
+            sys_config: SysConfig::new("1", "n"),
             instance_info: InstanceInfo::default(),
         };
         let names = write_bundle(&shared, &bundle, &InstanceInfo::default()).unwrap();

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use dstack_proto::host::{ConfigBundle, NetworkConfig, SysConfig};
+use dstack_proto::host::{ConfigBundle, SysConfig};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -79,17 +79,7 @@ pub(crate) fn bundle() -> ConfigBundle {
         app_compose: APP_COMPOSE.into(),
         encrypted_env: vec![1, 2],
         user_config: String::new(),
-        sys_config: SysConfig {
-            vm_id: "vm1".into(),
-            vm_name: "hello".into(),
-            network: NetworkConfig::default(),
-            registry_aliases: vec![],
-            insecure_registries: vec![],
-            kms_urls: vec![],
-            gateway_urls: vec![],
-            pccs_url: String::new(),
-            vm_config: String::new(),
-        },
+        sys_config: SysConfig::new("vm1", "hello"),
         instance_info: Default::default(),
     }
 }

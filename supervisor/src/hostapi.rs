@@ -119,7 +119,7 @@ mod tests {
 
     use axum::body::Body;
     use axum::http::Request;
-    use dstack_proto::host::{LogEntry, LogStream, NetworkConfig, SysConfig};
+    use dstack_proto::host::{LogEntry, LogStream, SysConfig};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
@@ -137,17 +137,7 @@ mod tests {
                 app_compose: "{\"name\":\"x\"}".into(),
                 encrypted_env: vec![1, 2],
                 user_config: String::new(),
-                sys_config: SysConfig {
-                    vm_id: "0a1b2c3d".into(),
-                    vm_name: "web".into(),
-                    network: NetworkConfig::default(),
-                    registry_aliases: vec![],
-                    insecure_registries: vec![],
-                    kms_urls: vec![],
-                    gateway_urls: vec![],
-                    pccs_url: String::new(),
-                    vm_config: String::new(),
-                },
+                sys_config: SysConfig::new("0a1b2c3d", "web"),
                 instance_info: Default::default(),
             })
         }

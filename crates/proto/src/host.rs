@@ -63,6 +63,24 @@ pub struct SysConfig {
     pub vm_config: String,
 }
 
+impl SysConfig {
+    /// A VM's config with QEMU user networking and no registry aliases, KMS,
+    /// gateway or PCCS; callers fill in what they use.
+    pub fn new(vm_id: impl Into<String>, vm_name: impl Into<String>) -> Self {
+        Self {
+            vm_id: vm_id.into(),
+            vm_name: vm_name.into(),
+            network: NetworkConfig::default(),
+            registry_aliases: Vec::new(),
+            insecure_registries: Vec::new(),
+            kms_urls: Vec::new(),
+            gateway_urls: Vec::new(),
+            pccs_url: String::new(),
+            vm_config: String::new(),
+        }
+    }
+}
+
 /// A registry host the guest must reach under another address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryAlias {

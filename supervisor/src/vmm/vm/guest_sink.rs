@@ -3,7 +3,7 @@
 use std::io;
 
 use dstack_proto::host::{
-    ConfigBundle, InstanceInfo, LogBatch, LogStream, NetworkConfig, Notification, SysConfig, events,
+    ConfigBundle, InstanceInfo, LogBatch, LogStream, Notification, SysConfig, events,
 };
 use dstack_proto::supervisor::{LogLine, VmEvent};
 
@@ -33,15 +33,10 @@ impl GuestSink for Vm {
             encrypted_env,
             user_config: manifest.user_config,
             sys_config: SysConfig {
-                vm_id: manifest.id,
-                vm_name: manifest.name,
-                network: NetworkConfig::default(),
                 registry_aliases: self.registry_aliases.clone(),
                 insecure_registries: self.insecure_registries.clone(),
-                kms_urls: Vec::new(),
-                gateway_urls: Vec::new(),
-                pccs_url: String::new(),
                 vm_config,
+                ..SysConfig::new(manifest.id, manifest.name)
             },
             instance_info,
         })
