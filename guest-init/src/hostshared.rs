@@ -3,9 +3,8 @@
 //! read them there find them. app-compose.json keeps its exact bytes: the
 //! compose-hash is their SHA-256.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use dstack_proto::host::{ConfigBundle, InstanceInfo};
@@ -26,21 +25,10 @@ pub struct WriteError {
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename) with `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
-    let fail = |source| WriteError {
+    dstack_fsutil::write_atomic(path, bytes, mode).map_err(|source| WriteError {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file: File = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(fail)?;
-    file.write_all(bytes).map_err(fail)?;
-    file.sync_all().map_err(fail)?;
-    fs::rename(&tmp, path).map_err(fail)
+    })
 }
 
 /// Writes the bundle's files into `dir`; returns their names.

@@ -6,7 +6,6 @@
 
 pub mod collateral;
 pub mod eventlog;
-mod fsutil;
 pub mod platform;
 pub mod quote;
 pub mod rtmr;

@@ -311,7 +311,7 @@ impl SimAuthority {
     pub fn save(&self, path: &Path) -> Result<(), SimError> {
         let json = serde_json::to_vec_pretty(&self.state)
             .map_err(|e| SimError::StateFormat(e.to_string()))?;
-        crate::fsutil::write_atomic(path, &json, 0o600).map_err(|source| SimError::State {
+        dstack_fsutil::write_atomic(path, &json, 0o600).map_err(|source| SimError::State {
             path: path.display().to_string(),
             source,
         })
