@@ -20,7 +20,7 @@ mod spec;
 mod unpack;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,6 +53,9 @@ pub struct ContainerEnv {
     /// Directory of `dstack.sock`/`tappd.sock` (`/var/run/dstack`).
     pub guest_socket_dir: PathBuf,
 }
+
+/// Where cgroup2 is mounted (libcgroups' default root).
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// An unpacked image.
 #[derive(Debug, Clone)]
@@ -306,6 +309,11 @@ impl ServiceManager {
     /// [`pull_all`](Self::pull_all) first.
     pub async fn start_all(&self) -> Result<(), ContainerError> {
         let order = self.inner.order.clone()?;
+        // libcgroups creates each level of a cgroup path with "exists? else
+        // mkdir", so helpers creating the first containers at once race on
+        // the shared parent (EEXIST). Create it first; if this fails,
+        // libcontainer reports why.
+        let _ = std::fs::create_dir(Path::new(CGROUP_ROOT).join(spec::CGROUP_PARENT));
         let mut waiting = Vec::new();
         for name in order {
             let (tx, rx) = oneshot::channel();

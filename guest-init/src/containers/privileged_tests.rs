@@ -291,9 +291,12 @@ fn privileged_busybox_services_run_restart_and_stop() {
     });
 }
 
-const STRESS_COMPOSE: &str = r#"
-services:
-  spin:
+/// Three copies of one service, started at once each round.
+fn stress_compose() -> String {
+    let mut compose = String::from("services:\n");
+    for name in ["spin1", "spin2", "spin3"] {
+        compose.push_str(&format!(
+            r#"  {name}:
     image: local/busybox:1
     command: ["sleep", "1000"]
     stop_grace_period: 0s
@@ -302,7 +305,11 @@ services:
       interval: 100ms
       timeout: 10s
       retries: 3
-"#;
+"#
+        ));
+    }
+    compose
+}
 
 /// Allocates and frees blocks of many sizes until `stop`, yielding between
 /// rounds: keeps the allocator's locks busy on every runtime worker.
@@ -345,25 +352,28 @@ fn privileged_stress_start_and_stop_while_other_tasks_allocate() {
         let mut starts = Vec::new();
         for round in 0..ROUNDS {
             let (logs_tx, _logs_rx) = mpsc::channel(1024);
-            let manager = busybox_manager(&env, STRESS_COMPOSE, logs_tx);
+            let manager = busybox_manager(&env, &stress_compose(), logs_tx);
             *current.lock().unwrap() = Some(manager.clone());
+            // A fresh parent cgroup each round: concurrent creates race on it.
+            let _ = std::fs::remove_dir(Path::new(CGROUP_ROOT).join(spec::CGROUP_PARENT));
             let started = Instant::now();
             tokio::time::timeout(Duration::from_secs(60), manager.start_all())
                 .await
                 .unwrap_or_else(|_| panic!("round {round}: start_all hung"))
                 .expect("start_all");
             starts.push(started.elapsed());
-            wait_until(&manager, "spin to be healthy", |l| {
-                state(l, "spin").state == ContainerState::Healthy
+            wait_until(&manager, "every spin to be healthy", |l| {
+                l.iter().all(|i| i.state == ContainerState::Healthy)
             })
             .await;
             tokio::time::timeout(Duration::from_secs(60), manager.stop_all())
                 .await
                 .unwrap_or_else(|_| panic!("round {round}: stop_all hung"));
-            let spin = state(&manager.list(), "spin");
+            let list = manager.list();
             assert!(
-                spin.state == ContainerState::Exited && spin.pid.is_none(),
-                "round {round}: {spin:#?}"
+                list.iter()
+                    .all(|i| i.state == ContainerState::Exited && i.pid.is_none()),
+                "round {round}: {list:#?}"
             );
         }
         stop.store(true, Ordering::Relaxed);
@@ -373,7 +383,7 @@ fn privileged_stress_start_and_stop_while_other_tasks_allocate() {
         assert!(blocks.load(Ordering::Relaxed) > 0);
         starts.sort();
         eprintln!(
-            "{ROUNDS} container starts under allocation load: min {:?}, median {:?}, max {:?}",
+            "{ROUNDS} starts of 3 containers under allocation load: min {:?}, median {:?}, max {:?}",
             starts[0],
             starts[ROUNDS / 2],
             starts[ROUNDS - 1]

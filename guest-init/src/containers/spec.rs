@@ -34,6 +34,9 @@ pub(crate) const DEFAULT_CAPABILITIES: [&str; 14] = [
     "CAP_AUDIT_WRITE",
 ];
 
+/// The cgroup (under the cgroup2 root) holding every service's cgroup.
+pub(crate) const CGROUP_PARENT: &str = "dstack";
+
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A bind mount into the container.
@@ -288,7 +291,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         "mounts": mounts,
         "linux": {
             // Absolute, so libcontainer uses it as is (not `:youki:<id>`).
-            "cgroupsPath": format!("/dstack/{}", input.name),
+            "cgroupsPath": format!("/{CGROUP_PARENT}/{}", input.name),
             // No network namespace: services share the guest's (DESIGN §2).
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
             "maskedPaths": oci_spec::runtime::get_default_maskedpaths(),
