@@ -85,6 +85,19 @@ pub(crate) enum ApiFailure {
     Status { status: StatusCode, message: String },
 }
 
+/// One HTTP/1.1 exchange on a fresh connection.
+async fn send_over<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+) -> anyhow::Result<Response<Incoming>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender.send_request(request).await?)
+}
+
 impl Client {
     pub(crate) fn new(endpoint: Endpoint) -> Self {
         Self { endpoint }
@@ -121,19 +134,13 @@ impl Client {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
                     .with_context(not_running)?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(conn);
-                sender.send_request(request).await?
+                send_over(stream, request).await?
             }
             Endpoint::Tcp { addr, .. } => {
                 let stream = tokio::net::TcpStream::connect(addr)
                     .await
                     .with_context(not_running)?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(conn);
-                sender.send_request(request).await?
+                send_over(stream, request).await?
             }
         };
         if response.status().is_success() {
