@@ -90,17 +90,8 @@ pub(crate) struct Inner {
     proxies: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// `error: cause: cause` — the whole chain, for [`ContainerInfo::error`].
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+// The whole chain (`error: cause: cause`), for `ContainerInfo::error`.
+pub(crate) use crate::boot::error_chain;
 
 impl Inner {
     fn system_log(&self, line: String) {
