@@ -1,0 +1,1 @@
+//! The guest API on `dstack.sock` and `tappd.sock` (UPSTREAM.md §1).

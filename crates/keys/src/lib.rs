@@ -1,0 +1,1 @@
+//! Key derivation as dstack derives keys (UPSTREAM.md §4).
