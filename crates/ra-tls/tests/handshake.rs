@@ -31,7 +31,7 @@ fn platform(authority: &Arc<SimAuthority>, mr_td: u8) -> SimPlatform {
 }
 
 fn issue(p: &SimPlatform, subject: &str) -> RaTlsCert {
-    RaTlsCert::issue(p, &CertRequest::new(subject), Some(p.collateral().unwrap())).unwrap()
+    RaTlsCert::issue(p, &CertRequest::new(subject), p.collateral().unwrap()).unwrap()
 }
 
 fn verifier(root: &[u8]) -> Arc<RaTlsCertVerifier> {
@@ -128,7 +128,7 @@ async fn handshake_fails_when_the_quote_binds_another_key() {
     let evidence = Evidence {
         quote,
         event_log: td.event_log().unwrap(),
-        collateral: Some(td.collateral().unwrap()),
+        collateral: td.collateral().unwrap(),
     };
     let forged =
         RaTlsCert::with_evidence(cert_key, &CertRequest::new("forged"), &evidence).unwrap();
@@ -188,7 +188,7 @@ fn tampered_event_log_in_certificate_is_rejected() {
     let evidence = Evidence {
         quote,
         event_log,
-        collateral: Some(td.collateral().unwrap()),
+        collateral: td.collateral().unwrap(),
     };
     let cert = RaTlsCert::with_evidence(key, &CertRequest::new("server"), &evidence).unwrap();
     let check = RaTlsVerifier::new(QuoteVerifier::new(authority.root_der().to_vec()));

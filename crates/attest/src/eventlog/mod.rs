@@ -13,6 +13,8 @@ mod runtime;
 
 use serde::{Deserialize, Serialize};
 
+pub mod names;
+
 pub use ccel::{
     EV_EFI_ACTION, EV_EFI_BOOT_SERVICES_APPLICATION, EV_EFI_HANDOFF_TABLES2,
     EV_EFI_PLATFORM_FIRMWARE_BLOB2, EV_EFI_VARIABLE_AUTHORITY, EV_EFI_VARIABLE_BOOT,

@@ -4,6 +4,7 @@
 
 pub mod tdx;
 
+use crate::collateral::Collateral;
 use crate::eventlog::{Event, EventLogError, RuntimeEvent};
 use crate::sim::SimError;
 
@@ -79,4 +80,10 @@ pub trait Platform: Send + Sync {
 
     /// The event log: boot events (RTMR0-2) followed by runtime events (RTMR3).
     fn event_log(&self) -> Result<Vec<Event>, PlatformError>;
+
+    /// Collateral for this platform's quotes when the platform can supply
+    /// it (the sim TEE always can); `None` leaves fetching it to verifiers.
+    fn collateral(&self) -> Result<Option<Collateral>, PlatformError> {
+        Ok(None)
+    }
 }

@@ -60,11 +60,6 @@ impl SimPlatform {
             .clone()
     }
 
-    /// Collateral for this platform's quotes, valid now.
-    pub fn collateral(&self) -> Result<Collateral, PlatformError> {
-        Ok(self.authority.collateral(Utc::now())?)
-    }
-
     /// The authority that signs this TD's quotes.
     pub fn authority(&self) -> &Arc<SimAuthority> {
         &self.authority
@@ -87,6 +82,10 @@ impl Platform for SimPlatform {
         crate::rtmr::extend(&mut td.identity.rtmr[3], &digest);
         td.events.push(event.to_event());
         Ok(())
+    }
+
+    fn collateral(&self) -> Result<Option<Collateral>, PlatformError> {
+        Ok(Some(self.authority.collateral(Utc::now())?))
     }
 
     fn event_log(&self) -> Result<Vec<Event>, PlatformError> {
@@ -147,7 +146,7 @@ mod tests {
             .unwrap();
         let report_data = [0x5a; 64];
         let quote = platform.quote(&report_data).unwrap();
-        let collateral = platform.collateral().unwrap();
+        let collateral = platform.collateral().unwrap().unwrap();
         let verified = QuoteVerifier::new(platform.authority().root_der().to_vec())
             .verify(&quote, &collateral)
             .unwrap();
@@ -165,7 +164,7 @@ mod tests {
     fn sim_quote_fails_without_the_sim_root() {
         let platform = td(authority());
         let quote = platform.quote(&[0; 64]).unwrap();
-        let collateral = platform.collateral().unwrap();
+        let collateral = platform.collateral().unwrap().unwrap();
         let err = QuoteVerifier::intel()
             .verify(&quote, &collateral)
             .unwrap_err();
@@ -183,7 +182,7 @@ mod tests {
         let mut quote = platform.quote(&[0; 64]).unwrap();
         quote[48 + 136] ^= 0xff; // a byte of MRTD
         let err = QuoteVerifier::new(platform.authority().root_der().to_vec())
-            .verify(&quote, &platform.collateral().unwrap())
+            .verify(&quote, &platform.collateral().unwrap().unwrap())
             .unwrap_err();
         assert_eq!(err, VerifyError::QuoteSignatureInvalid);
     }
@@ -198,7 +197,7 @@ mod tests {
         let platform = SimPlatform::new(authority.clone(), identity, vec![]).unwrap();
         let quote = platform.quote(&[0; 64]).unwrap();
         let err = QuoteVerifier::new(authority.root_der().to_vec())
-            .verify(&quote, &platform.collateral().unwrap())
+            .verify(&quote, &platform.collateral().unwrap().unwrap())
             .unwrap_err();
         assert_eq!(err, VerifyError::DebugRefused);
     }
@@ -207,7 +206,7 @@ mod tests {
     fn collateral_expires() {
         let platform = td(authority());
         let quote = platform.quote(&[0; 64]).unwrap();
-        let collateral = platform.collateral().unwrap();
+        let collateral = platform.collateral().unwrap().unwrap();
         let later = SystemTime::now() + std::time::Duration::from_secs(31 * 86400);
         let err = QuoteVerifier::new(platform.authority().root_der().to_vec())
             .verify_at(&quote, &collateral, later)
@@ -229,7 +228,7 @@ mod tests {
         let platform = SimPlatform::new(Arc::new(again), SimTdIdentity::default(), vec![]).unwrap();
         let quote = platform.quote(&[3; 64]).unwrap();
         QuoteVerifier::new(first.root_der().to_vec())
-            .verify(&quote, &platform.collateral().unwrap())
+            .verify(&quote, &platform.collateral().unwrap().unwrap())
             .unwrap();
         assert!(SimAuthority::from_json("{}").is_err());
     }
