@@ -4,11 +4,13 @@
 //!
 //! - [`host`]: guest → host, vsock CID 2 port [`host::HOST_API_PORT`].
 //! - [`guest`]: host → guest control, vsock guest CID port [`guest::GUEST_CONTROL_PORT`].
+//! - [`guest_api`]: app → guest, upstream dstack's `dstack.sock` / `tappd.sock` API.
 //! - [`supervisor`]: operator (CLI, UI) → supervisor REST API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod guest;
+pub mod guest_api;
 pub mod host;
 pub mod supervisor;
 

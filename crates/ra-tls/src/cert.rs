@@ -4,8 +4,9 @@
 
 use dstack_attest::{Collateral, Event, Platform};
 use rcgen::{
-    CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    PublicKeyData,
 };
 use sha2::{Digest, Sha512};
 
@@ -41,6 +42,15 @@ pub struct CertRequest {
     pub not_before: Option<i64>,
     /// Validity end (Unix seconds); default a year from now.
     pub not_after: Option<i64>,
+    /// Organization name in the subject, if any.
+    pub org_name: Option<String>,
+    /// Make a CA certificate with this path length constraint (adds
+    /// keyCertSign and cRLSign to the key usages).
+    pub ca_path_len: Option<u8>,
+    /// dstack's versioned attestation (OID .8), already encoded.
+    pub attestation: Option<Vec<u8>>,
+    /// dstack's app info (OID .9), already encoded.
+    pub app_info: Option<Vec<u8>>,
 }
 
 impl CertRequest {
@@ -55,8 +65,55 @@ impl CertRequest {
             client_auth: true,
             not_before: None,
             not_after: None,
+            org_name: None,
+            ca_path_len: None,
+            attestation: None,
+            app_info: None,
         }
     }
+}
+
+/// dstack's versioned attestation extension (`VersionedAttestation` bytes).
+const ATTESTATION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 62397, 1, 8];
+/// dstack's app info extension.
+const APP_INFO_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 62397, 1, 9];
+
+/// A CA that signs certificates: its certificate and private key.
+pub struct CertIssuer {
+    cert_der: Vec<u8>,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for CertIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertIssuer")
+            .field("cert_len", &self.cert_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertIssuer {
+    /// An issuer from its certificate (DER) and PKCS#8 private key (DER).
+    pub fn new(cert_der: Vec<u8>, key_der: &[u8]) -> Result<Self, RaTlsError> {
+        let key = key_pair_from_pkcs8(key_der)?;
+        // Parse once now so signing never meets a malformed issuer.
+        Issuer::from_ca_cert_der(&cert_der.as_slice().into(), &key)?;
+        Ok(Self { cert_der, key })
+    }
+
+    /// The issuer's certificate (DER).
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+}
+
+/// An rcgen P-256 key pair from PKCS#8 DER.
+pub fn key_pair_from_pkcs8(key_der: &[u8]) -> Result<KeyPair, RaTlsError> {
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key_der);
+    Ok(KeyPair::from_pkcs8_der_and_sign_algo(
+        &der,
+        &PKCS_ECDSA_P256_SHA256,
+    )?)
 }
 
 /// The evidence a certificate carries.
@@ -111,8 +168,22 @@ impl RaTlsCert {
         request: &CertRequest,
         evidence: &Evidence,
     ) -> Result<Self, RaTlsError> {
+        Self::build(&key, request, Some(evidence), None)
+    }
+
+    /// Issue a certificate for `key`: with `evidence` (quote, event log,
+    /// collateral extensions) or without, self-signed or signed by `issuer`.
+    pub fn build(
+        key: &KeyPair,
+        request: &CertRequest,
+        evidence: Option<&Evidence>,
+        issuer: Option<&CertIssuer>,
+    ) -> Result<Self, RaTlsError> {
         let mut params = CertificateParams::new(request.alt_names.clone())?;
         let mut dn = DistinguishedName::new();
+        if let Some(org) = &request.org_name {
+            dn.push(DnType::OrganizationName, org.clone());
+        }
         dn.push(DnType::CommonName, request.subject.clone());
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -138,16 +209,29 @@ impl RaTlsCert {
         if params.not_before >= params.not_after {
             return Err(RaTlsError::InvalidValidity);
         }
-        let event_log = serde_json::to_vec(&evidence.event_log)
-            .map_err(|e| RaTlsError::Encode(e.to_string()))?;
-        push_ext(&mut params, oids::TDX_QUOTE, &evidence.quote);
-        push_ext(&mut params, oids::EVENT_LOG, &event_log);
-        if let Some(collateral) = &evidence.collateral {
-            push_ext(
-                &mut params,
-                oids::COLLATERAL,
-                collateral.to_json().as_bytes(),
-            );
+        if let Some(path_len) = request.ca_path_len {
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+            params.key_usages.push(KeyUsagePurpose::KeyCertSign);
+            params.key_usages.push(KeyUsagePurpose::CrlSign);
+        }
+        if let Some(evidence) = evidence {
+            let event_log = serde_json::to_vec(&evidence.event_log)
+                .map_err(|e| RaTlsError::Encode(e.to_string()))?;
+            push_ext(&mut params, oids::TDX_QUOTE, &evidence.quote);
+            push_ext(&mut params, oids::EVENT_LOG, &event_log);
+            if let Some(collateral) = &evidence.collateral {
+                push_ext(
+                    &mut params,
+                    oids::COLLATERAL,
+                    collateral.to_json().as_bytes(),
+                );
+            }
+        }
+        if let Some(attestation) = &request.attestation {
+            push_ext(&mut params, ATTESTATION_OID, attestation);
+        }
+        if let Some(app_info) = &request.app_info {
+            push_ext(&mut params, APP_INFO_OID, app_info);
         }
         if let Some(usage) = &request.usage {
             push_ext(&mut params, oids::CERT_USAGE, usage.as_bytes());
@@ -155,7 +239,14 @@ impl RaTlsCert {
         if let Some(app_id) = &request.app_id {
             push_ext(&mut params, oids::APP_ID, app_id);
         }
-        let cert = params.self_signed(&key)?;
+        let cert = match issuer {
+            Some(issuer) => {
+                let signer =
+                    Issuer::from_ca_cert_der(&issuer.cert_der.as_slice().into(), &issuer.key)?;
+                params.signed_by(key, &signer)?
+            }
+            None => params.self_signed(key)?,
+        };
         Ok(Self {
             cert_der: cert.der().to_vec(),
             key_der: key.serialize_der(),
@@ -173,4 +264,54 @@ fn push_ext(params: &mut CertificateParams, oid: &[u64], content: &[u8]) {
     params
         .custom_extensions
         .push(CustomExtension::from_oid_content(oid, wrapped));
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    use super::*;
+
+    fn ca() -> (CertIssuer, Vec<u8>) {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut request = CertRequest::new("App Root Cert");
+        request.ca_path_len = Some(1);
+        request.org_name = Some("Dstack".into());
+        request.attestation = Some(vec![0, 1, 2]);
+        let cert = RaTlsCert::build(&key, &request, None, None).unwrap();
+        let issuer = CertIssuer::new(cert.cert_der.clone(), &cert.key_der).unwrap();
+        (issuer, cert.cert_der)
+    }
+
+    #[test]
+    fn leaf_signed_by_issuer_verifies_under_it() {
+        let (issuer, ca_der) = ca();
+        let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
+        assert!(ca_cert.is_ca());
+        assert!(
+            ca_cert
+                .get_extension_unique(
+                    &x509_parser::oid_registry::Oid::from(&[1, 3, 6, 1, 4, 1, 62397, 1, 8])
+                        .unwrap()
+                )
+                .unwrap()
+                .is_some()
+        );
+
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut request = CertRequest::new("leaf");
+        request.alt_names = vec!["app.example".into()];
+        request.client_auth = false;
+        request.usage = Some("app:custom".into());
+        let leaf = RaTlsCert::build(&key, &request, None, Some(&issuer)).unwrap();
+        let (_, leaf_cert) = X509Certificate::from_der(&leaf.cert_der).unwrap();
+        assert!(!leaf_cert.is_ca());
+        assert_eq!(leaf_cert.issuer(), ca_cert.subject());
+        leaf_cert
+            .verify_signature(Some(ca_cert.public_key()))
+            .unwrap();
+        // Not self-signed: its own key does not verify it.
+        assert!(leaf_cert.verify_signature(None).is_err());
+        assert!(CertIssuer::new(vec![1, 2, 3], &leaf.key_der).is_err());
+    }
 }

@@ -12,7 +12,9 @@ mod config;
 pub mod oids;
 mod verify;
 
-pub use cert::{CertRequest, Evidence, RaTlsCert, report_data_for_spki};
+pub use cert::{
+    CertIssuer, CertRequest, Evidence, RaTlsCert, key_pair_from_pkcs8, report_data_for_spki,
+};
 pub use config::{client_config, server_config};
 pub use verify::{PeerPolicy, RaTlsCertVerifier, RaTlsVerifier, VerifiedPeer};
 
