@@ -238,7 +238,11 @@ fn sim_quote_verifies_only_with_the_sim_root_and_replays() {
     let quote_path = dir.path().join("quote.json");
     std::fs::write(&quote_path, response.to_string()).unwrap();
     let collateral_path = dir.path().join("collateral.json");
-    std::fs::write(&collateral_path, td.collateral().unwrap().to_json()).unwrap();
+    std::fs::write(
+        &collateral_path,
+        td.collateral().unwrap().unwrap().to_json(),
+    )
+    .unwrap();
     let root_path = dir.path().join("root.pem");
     std::fs::write(&root_path, authority.root_pem()).unwrap();
 

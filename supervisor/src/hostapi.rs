@@ -1,5 +1,6 @@
 //! The host API a guest calls ([`dstack_proto::host`]): config bundle,
-//! notifications, logs. One listener per VM at `<vm>/vsock_10000`, where the
+//! notifications, logs, and on sim TEE hosts the VM's simulated TDX module
+//! (`/v1/tee/*`). One listener per VM at `<vm>/vsock_10000`, where the
 //! vsock backend delivers the guest's connections to host port 10000.
 //!
 //! The VM is known by the listener a request arrives on — each listener
@@ -17,11 +18,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dstack_proto::ApiError;
-use dstack_proto::host::{ConfigBundle, LogBatch, Notification};
+use dstack_proto::host::{
+    ConfigBundle, LogBatch, Notification, QuoteRequest, QuoteResponse, RtmrExtend,
+};
 use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
+use crate::sim_tee::{SimTd, SimTeeError};
 use crate::vsock::remove_if_exists;
 
 /// What the host API does for one VM; implemented by the VMM's per-VM
@@ -33,6 +37,10 @@ pub trait GuestSink: Send + Sync + 'static {
     fn notify(&self, notification: Notification) -> Result<(), String>;
     /// Appends log lines to the VM's app log.
     fn append_logs(&self, batch: LogBatch) -> io::Result<()>;
+    /// The VM's simulated TDX module, if the host plays one for it.
+    fn sim_td(&self) -> Option<Arc<SimTd>> {
+        None
+    }
 }
 
 /// The host API routes for one VM.
@@ -41,6 +49,10 @@ pub fn router<S: GuestSink>(sink: Arc<S>) -> Router {
         .route("/v1/config", get(config::<S>))
         .route("/v1/notify", post(notify::<S>))
         .route("/v1/logs", post(logs::<S>))
+        .route("/v1/tee", get(tee_info::<S>))
+        .route("/v1/tee/extend", post(tee_extend::<S>))
+        .route("/v1/tee/quote", post(tee_quote::<S>))
+        .route("/v1/tee/collateral", get(tee_collateral::<S>))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such host API path".into()) })
         .with_state(sink)
 }
@@ -91,6 +103,75 @@ async fn logs<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Response
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot store logs: {e}"),
         ),
+    }
+}
+
+fn sim_td<S: GuestSink>(sink: &S) -> Result<Arc<SimTd>, Response> {
+    sink.sim_td().ok_or_else(|| tee_error(&SimTeeError::Absent))
+}
+
+fn tee_error(e: &SimTeeError) -> Response {
+    let status = match e {
+        SimTeeError::Absent => StatusCode::NOT_FOUND,
+        SimTeeError::Register(_) | SimTeeError::Length { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, crate::error::error_chain(e))
+}
+
+async fn tee_info<S: GuestSink>(State(sink): State<Arc<S>>) -> Response {
+    match sim_td(&*sink) {
+        Ok(td) => axum::Json(td.info()).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn tee_extend<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Response {
+    let request: RtmrExtend = match parse(&body) {
+        Ok(request) => request,
+        Err(text) => return error(StatusCode::BAD_REQUEST, text),
+    };
+    let td = match sim_td(&*sink) {
+        Ok(td) => td,
+        Err(response) => return response,
+    };
+    // Persisted before it is acknowledged: a file write.
+    match tokio::task::spawn_blocking(move || td.extend(request.index, &request.digest)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => tee_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn tee_quote<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Response {
+    let request: QuoteRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(text) => return error(StatusCode::BAD_REQUEST, text),
+    };
+    let td = match sim_td(&*sink) {
+        Ok(td) => td,
+        Err(response) => return response,
+    };
+    match tokio::task::spawn_blocking(move || td.quote(&request.report_data)).await {
+        Ok(Ok(quote)) => axum::Json(QuoteResponse { quote }).into_response(),
+        Ok(Err(e)) => tee_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn tee_collateral<S: GuestSink>(State(sink): State<Arc<S>>) -> Response {
+    let td = match sim_td(&*sink) {
+        Ok(td) => td,
+        Err(response) => return response,
+    };
+    match tokio::task::spawn_blocking(move || td.collateral_json()).await {
+        Ok(Ok(json)) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response(),
+        Ok(Err(e)) => tee_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

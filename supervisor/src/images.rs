@@ -40,6 +40,22 @@ pub struct Image {
 }
 
 impl Image {
+    /// An image of files in `dir` (`ovmf.fd`, `bzImage`, `initrd`).
+    #[cfg(test)]
+    pub(crate) fn for_tests(dir: &Path, cmdline: &str) -> Self {
+        Self {
+            name: "test".into(),
+            version: "0".into(),
+            kernel: dir.join("bzImage"),
+            initrd: dir.join("initrd"),
+            bios: dir.join("ovmf.fd"),
+            cmdline: cmdline.into(),
+            is_dev: false,
+            digest: String::new(),
+            modified: None,
+        }
+    }
+
     /// The API view of it.
     pub fn info(&self) -> ImageInfo {
         ImageInfo {
@@ -146,7 +162,9 @@ fn load(dir: &Path, name: String) -> Result<Image, String> {
         .map_err(|e| format!("{} is invalid: {e}", path.display()))?;
     let kernel = dir.join(&meta.kernel);
     let initrd = dir.join(&meta.initrd);
-    for file in [&kernel, &initrd] {
+    let bios = dir.join(&meta.bios);
+    // The firmware boots TDs and is what the sim TEE's MRTD measures.
+    for file in [&kernel, &initrd, &bios] {
         if !file.is_file() {
             return Err(format!("{} is missing", file.display()));
         }
@@ -159,7 +177,7 @@ fn load(dir: &Path, name: String) -> Result<Image, String> {
         version: meta.version,
         kernel,
         initrd,
-        bios: dir.join(&meta.bios),
+        bios,
         cmdline: meta.cmdline,
         is_dev: meta.is_dev,
         digest,

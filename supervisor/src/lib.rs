@@ -8,7 +8,8 @@
 //!   runs VMs: deploy, start, stop, remove, auto-restart, re-adoption.
 //! - The OS edges it drives: [`qemu`] (command line, processes, QMP),
 //!   [`vsock`] (the vhost-user backend), [`hostapi`] (what guests ask of the
-//!   host), [`guest_client`] (what the host asks of guests), [`serial`] and
+//!   host), [`sim_tee`] (the TDX module it plays on hosts without TDX),
+//!   [`guest_client`] (what the host asks of guests), [`serial`] and
 //!   [`logs`] (rotated logs), [`state`] (files on disk).
 #![warn(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod images;
 pub mod logs;
 pub mod qemu;
 pub mod serial;
+pub mod sim_tee;
 pub mod state;
 mod sys;
 pub mod validate;

@@ -31,6 +31,21 @@ struct Cli {
 enum Command {
     /// Run the daemon.
     Run(RunArgs),
+    /// Print the simulated TEE's root CA certificate (PEM): verifiers must
+    /// be given it explicitly (`dstack quote verify --root`) to accept
+    /// quotes from this host's simulated TDs.
+    SimRoot(StateArgs),
+    /// Print collateral (dcap-qvl JSON, valid for 30 days from now) for
+    /// quotes from this host's simulated TDs (`dstack quote verify --collateral`).
+    SimCollateral(StateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    /// State directory [default: $DSTACK_STATE_DIR, /var/lib/dstack as root,
+    /// else ~/.local/share/dstack].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,7 +121,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::SimRoot(args) => return finish(sim_tee(args, false)),
+        Command::SimCollateral(args) => return finish(sim_tee(args, true)),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -114,7 +133,11 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Runtime as u8);
         }
     };
-    match runtime.block_on(run(args)) {
+    finish(runtime.block_on(run(args)))
+}
+
+fn finish(result: Result<(), Failure>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(exit, err)) => {
             // `{:#}` prints the whole cause chain once.
@@ -124,12 +147,33 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs) -> Result<(), Failure> {
-    // Everything we create (state files, sockets, disks) is private to the
-    // supervisor's user from the moment it exists (DESIGN §7).
+/// `sim-root` / `sim-collateral`: the simulated TEE's public material, made
+/// (with its keys) on first use so a verifier can be set up before any VM.
+fn sim_tee(args: StateArgs, collateral: bool) -> Result<(), Failure> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let state_dir = resolve_state_dir(args.state_dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))
+        .exit_with(Exit::State)?;
+    let authority = dstack_supervisor::sim_tee::load_authority(&state_dir)
+        .context("cannot load the simulated TEE")
+        .exit_with(Exit::State)?;
+    if collateral {
+        let collateral = authority
+            .collateral(chrono::Utc::now())
+            .context("cannot issue collateral")?;
+        println!("{}", collateral.to_json());
+    } else {
+        print!("{}", authority.root_pem());
+    }
+    Ok(())
+}
 
-    let state_dir = match args.state_dir {
+fn resolve_state_dir(flag: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    let state_dir = match flag {
         Some(dir) => dir,
         None => config::default_state_dir(
             std::env::var_os("DSTACK_STATE_DIR"),
@@ -143,6 +187,14 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     config::check_state_dir(&state_dir)
         .map_err(anyhow::Error::msg)
         .exit_with(Exit::Config)?;
+    Ok(state_dir)
+}
+
+async fn run(args: RunArgs) -> Result<(), Failure> {
+    // Everything we create (state files, sockets, disks) is private to the
+    // supervisor's user from the moment it exists (DESIGN §7).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let state_dir = resolve_state_dir(args.state_dir)?;
     let token = match (&args.listen_tcp, &args.token_file) {
         (Some(_), Some(file)) => {
             let text = fs::read_to_string(file)

@@ -10,6 +10,7 @@ pub(crate) fn write_image(images: &Path, name: &str, version: &str) {
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("bzImage"), b"k").unwrap();
     fs::write(dir.join("initramfs.cpio.gz"), b"i").unwrap();
+    fs::write(dir.join("ovmf.fd"), b"f").unwrap();
     let meta = serde_json::json!({
         "name": name, "version": version, "kernel": "bzImage",
         "initrd": "initramfs.cpio.gz", "bios": "ovmf.fd",

@@ -6,10 +6,12 @@
 
 mod app_compose;
 mod duration;
+mod mr_config;
 mod service;
 
 pub use app_compose::{AppCompose, KeyProviderKind, app_compose_from_yaml, app_id, compose_hash};
 pub use duration::parse_duration;
+pub use mr_config::{MR_CONFIG_ID_LEN, mr_config_id_matches, mr_config_id_v1, mr_config_id_v2};
 pub use service::{
     Compose, DSTACK_SOCKETS, Dependency, DependencyCondition, Healthcheck, PortSpec, RestartPolicy,
     Service, VolumeMount, VolumeSource,

@@ -5,6 +5,13 @@
 //! - `POST /v1/notify`  ← [`Notification`] → 204
 //! - `POST /v1/logs`    ← [`LogBatch`] → 204
 //!
+//! On hosts that simulate the TEE (DESIGN §5) the host also plays the TDX
+//! module for each VM; a TDX host answers these with 404:
+//! - `GET  /v1/tee`            → [`TeeInfo`]
+//! - `POST /v1/tee/extend`     ← [`RtmrExtend`] → 204
+//! - `POST /v1/tee/quote`      ← [`QuoteRequest`] → [`QuoteResponse`]
+//! - `GET  /v1/tee/collateral` → the quote collateral (dcap-qvl JSON)
+//!
 //! The host identifies the calling VM by the vsock connection it arrived on,
 //! never by anything in the request.
 
@@ -184,4 +191,44 @@ pub struct LogEntry {
 pub struct LogBatch {
     /// The lines, oldest first.
     pub entries: Vec<LogEntry>,
+}
+
+/// The simulated TEE a host plays for one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeeInfo {
+    /// The TEE kind (`sim`).
+    pub kind: String,
+    /// The boot-time (RTMR0-2) event log as a JSON array of dstack event
+    /// objects (`imr`, `event_type`, `digest`, `event`, `event_payload`).
+    pub boot_event_log: String,
+}
+
+/// Extend an RTMR with a digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtmrExtend {
+    /// Register index; guests may extend only RTMR3.
+    pub index: u32,
+    /// The 48-byte SHA-384 digest, hex.
+    #[serde(with = "hex::serde")]
+    pub digest: Vec<u8>,
+}
+
+/// Ask for a quote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteRequest {
+    /// The 64 bytes of report data, hex.
+    #[serde(with = "hex::serde")]
+    pub report_data: Vec<u8>,
+}
+
+/// A quote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteResponse {
+    /// The quote bytes, hex.
+    #[serde(with = "hex::serde")]
+    pub quote: Vec<u8>,
 }

@@ -4,6 +4,7 @@
 use crate::accel::Accel;
 use crate::images::Image;
 use crate::state::{Manifest, VmDir};
+use base64::Engine as _;
 
 /// How the guest gets its vsock device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub struct QemuSpec<'a> {
     pub accel: Accel,
     /// The vsock device.
     pub vsock: VsockKind,
+    /// `mr_config_id` binding the app into the TD's quotes (TDX only).
+    pub mr_config_id: [u8; 48],
 }
 
 /// The process name QEMU runs under (`comm`, at most 15 bytes for 8-hex ids).
@@ -49,6 +52,7 @@ pub fn qemu_argv(spec: &QemuSpec<'_>) -> Vec<String> {
         image,
         accel,
         vsock,
+        mr_config_id,
     } = *spec;
     let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
     let memory = manifest.memory_mb;
@@ -88,7 +92,10 @@ pub fn qemu_argv(spec: &QemuSpec<'_>) -> Vec<String> {
             "-cpu",
             "host",
             "-object",
-            "tdx-guest,id=tdx",
+            &format!(
+                "tdx-guest,id=tdx,mrconfigid={}",
+                base64::engine::general_purpose::STANDARD.encode(mr_config_id)
+            ),
             "-machine",
             "q35,confidential-guest-support=tdx,kernel-irqchip=split,memory-backend=mem",
             // A TD always starts in TDVF, which measures the kernel, initrd
@@ -225,6 +232,7 @@ mod tests {
             image: &image,
             accel,
             vsock,
+            mr_config_id: [0; 48],
         })
     }
 
@@ -314,7 +322,8 @@ mod tests {
             values(&args, "-object"),
             [
                 "memory-backend-memfd,id=mem,size=512M,share=on",
-                "tdx-guest,id=tdx"
+                // 48 zero bytes, base64.
+                &format!("tdx-guest,id=tdx,mrconfigid={}", "A".repeat(64))
             ]
         );
         assert_eq!(

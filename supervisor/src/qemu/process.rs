@@ -54,6 +54,9 @@ pub enum LaunchError {
         /// How long we waited.
         secs: u64,
     },
+    /// The simulated TEE could not measure the VM.
+    #[error("cannot measure the VM for the simulated TEE")]
+    SimTee(#[source] crate::sim_tee::SimTeeError),
     /// The VM's image is gone or broken.
     #[error("image {0:?} is not available")]
     Image(String),

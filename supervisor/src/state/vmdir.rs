@@ -44,6 +44,11 @@ impl VmDir {
         self.root.join("instance-info.json")
     }
 
+    /// The simulated TD's measurements (sim TEE hosts only).
+    pub fn sim_td(&self) -> PathBuf {
+        self.root.join("sim-td.json")
+    }
+
     /// The data disk (sparse raw).
     pub fn disk(&self) -> PathBuf {
         self.root.join("disk.img")

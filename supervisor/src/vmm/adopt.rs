@@ -40,6 +40,14 @@ impl Supervisor {
                         self.config.log_max_bytes,
                         self.config.registry_aliases.clone(),
                     ));
+                    if let Some(authority) = &self.sim {
+                        match crate::sim_tee::SimTd::resume(authority.clone(), vm.dir.sim_td()) {
+                            Ok(td) => vm.set_sim_td(td.map(Arc::new)),
+                            Err(e) => {
+                                tracing::warn!(vm = %vm.id, "{}", crate::error::error_chain(&e))
+                            }
+                        }
+                    }
                     self.attach(&vm)?;
                     self.insert(vm);
                 }

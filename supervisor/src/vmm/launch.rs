@@ -10,10 +10,13 @@ use super::Supervisor;
 use super::vm::{FIRST_BACKOFF, LastExit, Vm};
 use crate::error::VmmError;
 use crate::hostapi;
+use crate::images::Image;
 use crate::qemu::argv::{QemuSpec, qemu_argv};
 use crate::qemu::process::{LaunchError, Proc, log_tail, write_pid};
+use crate::sim_tee::{SimTd, SimTeeError, TdLaunch};
 use crate::state::Desired;
 use crate::vsock::{VsockDevice, remove_if_exists, start_backend, stop_backend};
+use dstack_compose::{compose_hash, mr_config_id_v1};
 
 /// How long QEMU may take to create its QMP socket (it does so before the
 /// guest runs a single instruction).
@@ -82,6 +85,7 @@ impl Supervisor {
                 })
             })?;
         }
+        self.measure_sim_td(vm, &image).await.map_err(failed)?;
         let vsock = match &self.config.vsock {
             VsockDevice::VhostUser { binary } => Some(Arc::new(
                 start_backend(binary, manifest.cid, &vm.dir)
@@ -96,6 +100,7 @@ impl Supervisor {
             image: &image,
             accel: self.config.accel,
             vsock: self.config.vsock.kind(),
+            mr_config_id: mr_config_id_v1(&compose_hash(vm.app_compose.as_bytes())),
         });
         tracing::info!(vm = %vm.id, "starting {} {}", self.config.qemu.display(), args.join(" "));
         let qemu = match spawn_qemu(&self.config.qemu, &args, vm).await {
@@ -126,6 +131,38 @@ impl Supervisor {
         }
         tracing::info!(vm = %vm.id, pid = qemu.pid(), "QEMU started");
         self.watch(vm.clone(), qemu);
+        Ok(())
+    }
+
+    /// On a sim TEE host, measures this boot of `vm` and installs its fresh
+    /// simulated TDX module (RTMR3 at zero) before the guest can ask for it.
+    async fn measure_sim_td(&self, vm: &Arc<Vm>, image: &Image) -> Result<(), LaunchError> {
+        let Some(authority) = self.sim.clone() else {
+            vm.set_sim_td(None);
+            return Ok(());
+        };
+        let manifest = vm.manifest();
+        let mr_config_id = mr_config_id_v1(&compose_hash(vm.app_compose.as_bytes()));
+        let (image, path) = (image.clone(), vm.dir.sim_td());
+        let td = tokio::task::spawn_blocking(move || {
+            let launch = TdLaunch {
+                image: &image,
+                vcpus: manifest.vcpu,
+                memory_mb: manifest.memory_mb,
+                mr_config_id,
+            };
+            SimTd::boot(authority, &launch, path)
+        })
+        .await
+        .map_err(|e| {
+            LaunchError::SimTee(SimTeeError::Io {
+                operation: "measure",
+                path: vm.dir.sim_td(),
+                source: std::io::Error::other(e),
+            })
+        })?
+        .map_err(LaunchError::SimTee)?;
+        vm.set_sim_td(Some(Arc::new(td)));
         Ok(())
     }
 

@@ -17,6 +17,7 @@ mod vm;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
+use dstack_attest::SimAuthority;
 use dstack_proto::supervisor::Version;
 
 use crate::api::{Command, Reply, RequestHandler};
@@ -35,6 +36,8 @@ pub struct Supervisor {
     vms: RwLock<BTreeMap<String, Arc<Vm>>>,
     cids: Mutex<CidAllocator>,
     deploy_lock: tokio::sync::Mutex<()>,
+    /// The simulated TEE's authority; `None` on TDX hosts.
+    sim: Option<Arc<SimAuthority>>,
     /// For tasks that outlive a request (exit watchers, restarts).
     this: Weak<Supervisor>,
 }
@@ -56,7 +59,19 @@ impl Supervisor {
         }
         let cids_file = config.cids_file();
         let cids = CidAllocator::load(&cids_file).map_err(VmmError::io("read", cids_file))?;
+        let sim = match config.accel {
+            crate::accel::Accel::Tdx => None,
+            _ => Some(
+                crate::sim_tee::load_authority(&config.state_dir).map_err(|e| {
+                    VmmError::io(
+                        "load the simulated TEE from",
+                        config.state_dir.join(crate::sim_tee::AUTHORITY_FILE),
+                    )(std::io::Error::other(e))
+                })?,
+            ),
+        };
         let supervisor = Arc::new_cyclic(|this| Supervisor {
+            sim,
             images: ImageCatalog::new(config.images_dir()),
             config: Arc::new(config),
             vms: RwLock::new(BTreeMap::new()),

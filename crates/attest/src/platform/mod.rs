@@ -2,7 +2,10 @@
 //! log. `tdx` talks to the kernel's TDX guest interfaces; `sim` is the
 //! simulated TEE used on hosts without TDX.
 
+mod guest;
 pub mod tdx;
+
+pub use guest::{GuestPlatform, RUNTIME_LOG, TeeDevice};
 
 use crate::collateral::Collateral;
 use crate::eventlog::{Event, EventLogError, RuntimeEvent};

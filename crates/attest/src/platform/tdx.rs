@@ -10,8 +10,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Platform, PlatformError, PlatformKind};
-use crate::eventlog::{Event, RuntimeEvent, parse_ccel, parse_runtime_log};
+use super::guest::{GuestPlatform, RUNTIME_LOG, TeeDevice};
+use super::{PlatformError, PlatformKind};
+use crate::eventlog::{Event, parse_ccel};
+use crate::rtmr::Measurement;
 
 /// Kernel and file locations the TDX backend uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,35 +34,43 @@ impl Default for TdxPaths {
             tsm_report: "/sys/kernel/config/tsm/report".into(),
             rtmr_sysfs: "/sys/class/misc/tdx_guest/measurements".into(),
             ccel: "/sys/firmware/acpi/tables/data/CCEL".into(),
-            runtime_log: "/run/log/dstack/runtime_events.log".into(),
+            runtime_log: RUNTIME_LOG.into(),
         }
     }
 }
 
-/// A TD on Intel TDX hardware.
+/// Intel TDX as the kernel exposes it: the device under [`TdxPlatform`].
 #[derive(Debug)]
-pub struct TdxPlatform {
+pub struct TdxDevice {
     paths: TdxPaths,
     next_entry: AtomicU64,
 }
 
+/// A TD on Intel TDX hardware.
+pub type TdxPlatform = GuestPlatform<TdxDevice>;
+
 impl TdxPlatform {
     /// A TDX platform using the standard kernel paths.
-    pub fn new() -> Self {
+    pub fn tdx() -> Self {
         Self::with_paths(TdxPaths::default())
     }
 
     /// A TDX platform using other paths (tests, unusual mounts).
     pub fn with_paths(paths: TdxPaths) -> Self {
-        Self {
+        let runtime_log = paths.runtime_log.clone();
+        let device = TdxDevice {
             paths,
             next_entry: AtomicU64::new(0),
-        }
+        };
+        GuestPlatform::new(device, runtime_log)
     }
+}
 
-    /// Whether this machine looks like a TD (configfs-tsm with a TDX provider).
+impl TdxDevice {
+    /// Whether this machine is a TD: the firmware left a CCEL ACPI table
+    /// (only TDX firmware does), or the TDX guest device exists.
     pub fn is_available() -> bool {
-        Path::new("/sys/kernel/config/tsm/report").is_dir() && Path::new("/dev/tdx_guest").exists()
+        Path::new("/sys/firmware/acpi/tables/CCEL").exists() || Path::new("/dev/tdx_guest").exists()
     }
 
     fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PlatformError {
@@ -73,19 +83,13 @@ impl TdxPlatform {
     }
 }
 
-impl Default for TdxPlatform {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 fn read_trimmed(path: &Path) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(path)?.trim().to_string())
 }
 
 fn read_generation(entry: &Path) -> Result<u64, PlatformError> {
     let path = entry.join("generation");
-    let text = read_trimmed(&path).map_err(TdxPlatform::io("read generation", &path))?;
+    let text = read_trimmed(&path).map_err(TdxDevice::io("read generation", &path))?;
     text.parse().map_err(|_| PlatformError::Io {
         operation: "parse generation",
         path: path.display().to_string(),
@@ -93,7 +97,7 @@ fn read_generation(entry: &Path) -> Result<u64, PlatformError> {
     })
 }
 
-impl Platform for TdxPlatform {
+impl TeeDevice for TdxDevice {
     fn kind(&self) -> PlatformKind {
         PlatformKind::Tdx
     }
@@ -142,56 +146,24 @@ impl Platform for TdxPlatform {
         result
     }
 
-    fn emit_event(&self, event: &RuntimeEvent) -> Result<(), PlatformError> {
+    fn extend_rtmr3(&self, digest: &Measurement) -> Result<(), PlatformError> {
         let register = self.paths.rtmr_sysfs.join("rtmr3:sha384");
         if !register.exists() {
             return Err(PlatformError::RtmrExtendUnsupported {
                 sysfs: register.display().to_string(),
             });
         }
-        let log_path = &self.paths.runtime_log;
-        if let Some(dir) = log_path.parent() {
-            std::fs::create_dir_all(dir).map_err(Self::io("create log directory", dir))?;
-        }
-        let mut log = {
-            use std::os::unix::fs::OpenOptionsExt;
-            OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(log_path)
-                .map_err(Self::io("open runtime event log", log_path))?
-        };
-        // Serialise extend+append across processes so log order equals extend order.
-        log.lock()
-            .map_err(Self::io("lock runtime event log", log_path))?;
         OpenOptions::new()
             .write(true)
             .open(&register)
-            .and_then(|mut f| f.write_all(&event.digest()))
-            .map_err(Self::io("extend RTMR3", &register))?;
-        let mut line = event.to_log_line();
-        line.push('\n');
-        log.write_all(line.as_bytes())
-            .and_then(|()| log.sync_data())
-            .map_err(Self::io("append runtime event log", log_path))?;
-        Ok(())
+            .and_then(|mut f| f.write_all(digest))
+            .map_err(Self::io("extend RTMR3", &register))
     }
 
-    fn event_log(&self) -> Result<Vec<Event>, PlatformError> {
+    fn boot_events(&self) -> Result<Vec<Event>, PlatformError> {
         let ccel =
             std::fs::read(&self.paths.ccel).map_err(Self::io("read CCEL", &self.paths.ccel))?;
-        let mut events = parse_ccel(&ccel)?;
-        match std::fs::read_to_string(&self.paths.runtime_log) {
-            Ok(text) => events.extend(parse_runtime_log(&text)?.iter().map(RuntimeEvent::to_event)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Self::io("read runtime event log", &self.paths.runtime_log)(
-                    e,
-                ));
-            }
-        }
-        Ok(events)
+        Ok(parse_ccel(&ccel)?)
     }
 }
 
@@ -201,6 +173,8 @@ mod tests {
     use std::thread;
 
     use super::*;
+    use crate::Platform;
+    use crate::eventlog::RuntimeEvent;
     use crate::rtmr::Rtmrs;
     use crate::testdata::read_testdata;
 
@@ -311,7 +285,7 @@ mod tests {
         // Without the measurement sysfs the extension is refused and nothing is logged.
         let err = platform.emit_event(&event).unwrap_err();
         assert!(matches!(err, PlatformError::RtmrExtendUnsupported { .. }));
-        assert!(!p.runtime_log.exists());
+        assert_eq!(std::fs::read_to_string(&p.runtime_log).unwrap(), "");
 
         std::fs::create_dir_all(&p.rtmr_sysfs).unwrap();
         std::fs::write(p.rtmr_sysfs.join("rtmr3:sha384"), b"").unwrap();

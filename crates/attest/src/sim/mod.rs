@@ -7,6 +7,7 @@
 //! verifier accepts them only when handed the simulated root explicitly.
 
 mod authority;
+mod measure;
 mod quote_builder;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chrono::Utc;
 
 pub use authority::{SimAuthority, SimError};
+pub use measure::{BootInputs, BootMeasurements, measure_boot};
 pub use quote_builder::{SimTdIdentity, TD_ATTRIBUTES_PRODUCTION, XFAM_DEFAULT};
 
 use crate::collateral::Collateral;

@@ -274,5 +274,9 @@ fn a_restarted_supervisor_readopts_and_cleans_up() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(leftovers.len(), 3, "images, vms, cids.json: {leftovers:?}");
+    assert_eq!(
+        leftovers.len(),
+        4,
+        "images, vms, cids.json, sim-tee.json: {leftovers:?}"
+    );
 }

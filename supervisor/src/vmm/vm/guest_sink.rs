@@ -86,6 +86,10 @@ impl GuestSink for Vm {
         }
         lock(&self.app_log).append(&text)
     }
+
+    fn sim_td(&self) -> Option<std::sync::Arc<crate::sim_tee::SimTd>> {
+        Vm::sim_td(self)
+    }
 }
 
 #[cfg(test)]

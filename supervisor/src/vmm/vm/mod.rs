@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::logs::RotatingLog;
 use crate::qemu::process::Proc;
+use crate::sim_tee::SimTd;
 use crate::state::{Desired, GuestStatus, Manifest, VmDir};
 
 /// Back-off before the first automatic restart.
@@ -67,6 +68,8 @@ pub(crate) struct Vm {
     pub(crate) serial_log: Arc<Mutex<RotatingLog>>,
     pub(crate) host_api: Mutex<Option<JoinHandle<()>>>,
     pub(crate) removed: AtomicBool,
+    /// The simulated TDX module of the current boot (sim TEE hosts only).
+    sim_td: Mutex<Option<Arc<SimTd>>>,
     registry_aliases: Vec<RegistryAlias>,
     insecure_registries: Vec<String>,
 }
@@ -120,7 +123,18 @@ impl Vm {
             cleanup: tokio::sync::Mutex::new(()),
             host_api: Mutex::new(None),
             removed: AtomicBool::new(false),
+            sim_td: Mutex::new(None),
         }
+    }
+
+    /// The simulated TDX module of the current boot, if the host plays one.
+    pub(crate) fn sim_td(&self) -> Option<Arc<SimTd>> {
+        lock(&self.sim_td).clone()
+    }
+
+    /// Installs (or clears) the simulated TDX module for a boot.
+    pub(crate) fn set_sim_td(&self, td: Option<Arc<SimTd>>) {
+        *lock(&self.sim_td) = td;
     }
 
     /// A copy of the manifest.
