@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod simulator;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,9 @@ enum Command {
     /// Build and list OS images.
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
+    /// Serve dstack's guest API (dstack.sock, tappd.sock) on this host with
+    /// a simulated TEE, for running apps and the dstack SDKs without a CVM.
+    Simulator(simulator::SimulatorArgs),
 }
 
 /// Exit codes scripts can rely on.
@@ -70,6 +74,7 @@ fn run(cli: Cli) -> Result<(), commands::Failure> {
         Command::Quote(cmd) => commands::quote::run(cmd),
         Command::Vm(cmd) => runtime()?.block_on(commands::vm::run(cmd, api)),
         Command::Image(cmd) => runtime()?.block_on(commands::image::run(cmd, api)),
+        Command::Simulator(args) => Ok(runtime()?.block_on(simulator::run(args))?),
     }
 }
 

@@ -1,0 +1,335 @@
+//! dstack's `VersionedAttestation` in its legacy V0 form: SCALE-encoded,
+//! first byte `0x00` (`dstack-attest/src/attestation.rs` upstream). Every
+//! upstream verifier reads V0 (V1 is msgpack and only newer ones read it),
+//! so V0 is what `/Attest` and certificates' `.8` extension carry.
+//!
+//! Layout (SCALE: little-endian integers, compact-length-prefixed vectors):
+//! `0x00` (V0) · `0x00` (DstackTdx) · quote: `Vec<u8>` · event_log:
+//! `Vec<{imr: u32, event_type: u32, digest: Vec<u8>, event: String,
+//! event_payload: Vec<u8>}>` · runtime_events: `Vec<{event: String,
+//! payload: Vec<u8>}>` · report_data: `[u8; 64]` · config: `String`.
+
+use dstack_attest::{Event, RuntimeEvent};
+
+/// A V0 attestation: a TDX quote with its event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationV0 {
+    /// The TDX quote.
+    pub quote: Vec<u8>,
+    /// The full event log (boot and runtime events).
+    pub event_log: Vec<Event>,
+    /// The runtime (RTMR3) events, by name and payload.
+    pub runtime_events: Vec<RuntimeEvent>,
+    /// The report_data the quote binds.
+    pub report_data: [u8; 64],
+    /// The VM config JSON string.
+    pub config: String,
+}
+
+/// Why attestation bytes could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttestationDecodeError {
+    /// The bytes end early.
+    #[error("attestation truncated at byte {0}")]
+    Truncated(usize),
+    /// Not a V0 DstackTdx attestation.
+    #[error("not a V0 TDX attestation (version byte {version:#04x}, quote kind {kind:#04x})")]
+    UnsupportedKind {
+        /// The first byte.
+        version: u8,
+        /// The second byte.
+        kind: u8,
+    },
+    /// A string field is not UTF-8.
+    #[error("attestation string at byte {0} is not UTF-8")]
+    Utf8(usize),
+    /// Bytes are left after the last field.
+    #[error("{0} trailing bytes after the attestation")]
+    Trailing(usize),
+}
+
+impl AttestationV0 {
+    /// An attestation of `quote` with its full `event_log`; the runtime
+    /// events are taken from the log.
+    pub fn new(
+        quote: Vec<u8>,
+        event_log: Vec<Event>,
+        report_data: [u8; 64],
+        config: String,
+    ) -> Self {
+        let runtime_events = event_log
+            .iter()
+            .filter(|e| e.is_runtime())
+            .map(|e| RuntimeEvent {
+                name: e.event.clone(),
+                payload: e.event_payload.clone(),
+            })
+            .collect();
+        Self {
+            quote,
+            event_log,
+            runtime_events,
+            report_data,
+            config,
+        }
+    }
+
+    /// The SCALE bytes, as upstream's `VersionedAttestation::to_bytes`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.quote.len() + 4096);
+        out.push(0); // VersionedAttestation::V0
+        out.push(0); // AttestationQuote::DstackTdx
+        put_bytes(&mut out, &self.quote);
+        put_compact(&mut out, self.event_log.len());
+        for event in &self.event_log {
+            out.extend_from_slice(&event.imr.to_le_bytes());
+            out.extend_from_slice(&event.event_type.to_le_bytes());
+            put_bytes(&mut out, &event.digest);
+            put_bytes(&mut out, event.event.as_bytes());
+            put_bytes(&mut out, &event.event_payload);
+        }
+        put_compact(&mut out, self.runtime_events.len());
+        for event in &self.runtime_events {
+            put_bytes(&mut out, event.name.as_bytes());
+            put_bytes(&mut out, &event.payload);
+        }
+        out.extend_from_slice(&self.report_data);
+        put_bytes(&mut out, self.config.as_bytes());
+        out
+    }
+
+    /// The form certificates carry (upstream's `into_stripped`): only RTMR3
+    /// events, with their digests blanked (verifiers recompute them).
+    pub fn stripped(&self) -> Self {
+        Self {
+            event_log: self
+                .event_log
+                .iter()
+                .filter(|e| e.imr == 3)
+                .map(|e| Event {
+                    digest: Vec::new(),
+                    ..e.clone()
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    /// Decodes [`AttestationV0::to_bytes`] output.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AttestationDecodeError> {
+        let mut r = Reader { bytes, pos: 0 };
+        let version = r.u8()?;
+        let kind = r.u8()?;
+        if version != 0 || kind != 0 {
+            return Err(AttestationDecodeError::UnsupportedKind { version, kind });
+        }
+        let quote = r.bytes()?.to_vec();
+        let n = r.compact()?;
+        let mut event_log = Vec::new();
+        for _ in 0..n {
+            event_log.push(Event {
+                imr: r.u32()?,
+                event_type: r.u32()?,
+                digest: r.bytes()?.to_vec(),
+                event: r.string()?,
+                event_payload: r.bytes()?.to_vec(),
+            });
+        }
+        let n = r.compact()?;
+        let mut runtime_events = Vec::new();
+        for _ in 0..n {
+            runtime_events.push(RuntimeEvent {
+                name: r.string()?,
+                payload: r.bytes()?.to_vec(),
+            });
+        }
+        let mut report_data = [0u8; 64];
+        report_data.copy_from_slice(r.take(64)?);
+        let config = r.string()?;
+        if r.pos != bytes.len() {
+            return Err(AttestationDecodeError::Trailing(bytes.len() - r.pos));
+        }
+        Ok(Self {
+            quote,
+            event_log,
+            runtime_events,
+            report_data,
+            config,
+        })
+    }
+}
+
+/// SCALE compact integer.
+// Each cast is of a value the branch's range check bounds.
+#[allow(clippy::cast_possible_truncation)]
+fn put_compact(out: &mut Vec<u8>, n: usize) {
+    let n = n as u64;
+    if n < 1 << 6 {
+        out.push((n << 2) as u8);
+    } else if n < 1 << 14 {
+        out.extend_from_slice(&(((n << 2) | 1) as u16).to_le_bytes());
+    } else if n < 1 << 30 {
+        out.extend_from_slice(&(((n << 2) | 2) as u32).to_le_bytes());
+    } else {
+        let le = n.to_le_bytes();
+        let len = le.iter().rposition(|&b| b != 0).map_or(1, |i| i + 1).max(4);
+        out.push((((len - 4) as u8) << 2) | 3);
+        out.extend_from_slice(&le[..len]);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_compact(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], AttestationDecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or(AttestationDecodeError::Truncated(self.pos))?;
+        let slice = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn u8(&mut self) -> Result<u8, AttestationDecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, AttestationDecodeError> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn compact(&mut self) -> Result<usize, AttestationDecodeError> {
+        let at = self.pos;
+        let first = self.u8()?;
+        let value = match first & 3 {
+            0 => u64::from(first >> 2),
+            1 => u64::from(u16::from_le_bytes([first, self.u8()?]) >> 2),
+            2 => {
+                let rest = self.take(3)?;
+                u64::from(u32::from_le_bytes([first, rest[0], rest[1], rest[2]]) >> 2)
+            }
+            _ => {
+                let len = usize::from(first >> 2) + 4;
+                if len > 8 {
+                    return Err(AttestationDecodeError::Truncated(at));
+                }
+                let mut le = [0u8; 8];
+                le[..len].copy_from_slice(self.take(len)?);
+                u64::from_le_bytes(le)
+            }
+        };
+        // A length longer than the input is truncation, whatever it claims.
+        usize::try_from(value)
+            .ok()
+            .filter(|&v| v <= self.bytes.len())
+            .ok_or(AttestationDecodeError::Truncated(at))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], AttestationDecodeError> {
+        let n = self.compact()?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, AttestationDecodeError> {
+        let at = self.pos;
+        let bytes = self.bytes()?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| AttestationDecodeError::Utf8(at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AttestationV0 {
+        let runtime = RuntimeEvent {
+            name: "app-id".into(),
+            payload: vec![7; 20],
+        };
+        AttestationV0 {
+            quote: vec![0xab; 5000],
+            event_log: vec![
+                Event {
+                    imr: 0,
+                    event_type: 0x8000_0001,
+                    digest: vec![1; 48],
+                    event: String::new(),
+                    event_payload: vec![2; 70],
+                },
+                runtime.to_event(),
+            ],
+            runtime_events: vec![runtime],
+            report_data: [9; 64],
+            config: "{\"os_image_hash\":\"\"}".into(),
+        }
+    }
+
+    #[test]
+    fn compact_encoding_matches_scale() {
+        let cases: [(usize, &[u8]); 5] = [
+            (0, &[0x00]),
+            (1, &[0x04]),
+            (63, &[0xfc]),
+            (64, &[0x01, 0x01]),
+            (16384, &[0x02, 0x00, 0x01, 0x00]),
+        ];
+        for (n, expected) in cases {
+            let mut out = Vec::new();
+            put_compact(&mut out, n);
+            assert_eq!(out, expected, "{n}");
+            let mut r = Reader {
+                bytes: &[expected, &vec![0u8; n][..]].concat(),
+                pos: 0,
+            };
+            assert_eq!(r.compact().unwrap(), n);
+        }
+    }
+
+    #[test]
+    fn v0_round_trips_and_starts_with_zero() {
+        let att = sample();
+        let bytes = att.to_bytes();
+        assert_eq!(&bytes[..2], &[0, 0]);
+        // quote length 5000 as a two-byte compact: (5000 << 2) | 1.
+        assert_eq!(&bytes[2..4], &((5000u16 << 2) | 1).to_le_bytes());
+        assert_eq!(AttestationV0::from_bytes(&bytes).unwrap(), att);
+        let stripped = att.stripped();
+        assert_eq!(stripped.event_log.len(), 1);
+        assert!(stripped.event_log[0].digest.is_empty());
+        assert_eq!(
+            AttestationV0::from_bytes(&stripped.to_bytes()).unwrap(),
+            stripped
+        );
+    }
+
+    #[test]
+    fn malformed_bytes_are_errors() {
+        let bytes = sample().to_bytes();
+        for cut in [0, 1, 2, 100, bytes.len() - 1] {
+            assert!(AttestationV0::from_bytes(&bytes[..cut]).is_err(), "{cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert_eq!(
+            AttestationV0::from_bytes(&extra).unwrap_err(),
+            AttestationDecodeError::Trailing(1)
+        );
+        assert!(matches!(
+            AttestationV0::from_bytes(&[0x80, 0]),
+            Err(AttestationDecodeError::UnsupportedKind { .. })
+        ));
+    }
+}

@@ -1,0 +1,145 @@
+//! Certificates the guest API issues: the app root certificate (made once)
+//! and `/GetTlsKey` / tappd `DeriveKey` leaves signed by it (UPSTREAM §1.3,
+//! non-KMS mode: chain `[leaf, app root]`).
+
+use std::sync::Mutex;
+
+use base64::Engine;
+use dstack_attest::Platform;
+use dstack_ra_tls::{CertIssuer, CertRequest, Evidence, RaTlsCert};
+use p256::pkcs8::EncodePrivateKey;
+use rcgen::{KeyPair, PublicKeyData};
+
+use crate::attestation::AttestationV0;
+use crate::{AppInfo, GuestApiError, take_evidence};
+
+/// Special usage of app leaf certificates (dstack OID .4).
+const LEAF_USAGE: &str = "app:custom";
+
+/// The app root certificate and the issuer made from it.
+pub(crate) struct AppRoot {
+    pub(crate) cert_pem: String,
+    issuer: CertIssuer,
+}
+
+impl AppRoot {
+    /// "App Root Cert": self-signed by the app key, a CA, carrying a quote
+    /// that binds the app key and the attestation extension (.8).
+    pub(crate) fn issue(
+        platform: &dyn Platform,
+        measure: &Mutex<()>,
+        keys: &dstack_keys::AppKeys,
+        app: &AppInfo,
+    ) -> Result<Self, GuestApiError> {
+        let key = rcgen_key(keys.app_key())?;
+        let mut request = CertRequest::new("App Root Cert");
+        request.server_auth = false;
+        request.client_auth = false;
+        request.ca_path_len = Some(1);
+        request.not_after = Some(ten_years_from_now());
+        let evidence = evidence_for(platform, measure, &key, &mut request, &app.vm_config)?;
+        let cert = RaTlsCert::build(&key, &request, Some(&evidence), None)?;
+        let issuer = CertIssuer::new(cert.cert_der.clone(), &cert.key_der)?;
+        Ok(Self {
+            cert_pem: pem("CERTIFICATE", &cert.cert_der),
+            issuer,
+        })
+    }
+}
+
+/// What a leaf should say (GetTlsKey / DeriveKey arguments).
+pub(crate) struct LeafSpec {
+    pub(crate) subject: String,
+    pub(crate) alt_names: Vec<String>,
+    pub(crate) ra_tls: bool,
+    pub(crate) server_auth: bool,
+    pub(crate) client_auth: bool,
+    pub(crate) not_before: Option<i64>,
+    pub(crate) not_after: Option<i64>,
+}
+
+/// A leaf for `key` signed by the app root: `(key PEM, [leaf PEM, root PEM])`.
+pub(crate) fn issue_leaf(
+    platform: &dyn Platform,
+    measure: &Mutex<()>,
+    root: &AppRoot,
+    app: &AppInfo,
+    key: &p256::SecretKey,
+    spec: LeafSpec,
+) -> Result<(String, Vec<String>), GuestApiError> {
+    let key = rcgen_key(key)?;
+    let mut request = CertRequest::new(spec.subject);
+    request.alt_names = spec.alt_names;
+    request.server_auth = spec.server_auth;
+    request.client_auth = spec.client_auth;
+    request.usage = Some(LEAF_USAGE.to_owned());
+    request.not_before = spec.not_before;
+    request.not_after = Some(spec.not_after.unwrap_or_else(ten_years_from_now));
+    let evidence = if spec.ra_tls {
+        Some(evidence_for(
+            platform,
+            measure,
+            &key,
+            &mut request,
+            &app.vm_config,
+        )?)
+    } else {
+        None
+    };
+    let leaf = RaTlsCert::build(&key, &request, evidence.as_ref(), Some(&root.issuer))?;
+    Ok((
+        key.serialize_pem(),
+        vec![pem("CERTIFICATE", &leaf.cert_der), root.cert_pem.clone()],
+    ))
+}
+
+/// Quotes `key`'s SPKI (SHA-512("ratls-cert:" ‖ SPKI)) and sets the
+/// request's `.8` attestation; returns the evidence for `.1`/`.2`.
+fn evidence_for(
+    platform: &dyn Platform,
+    measure: &Mutex<()>,
+    key: &KeyPair,
+    request: &mut CertRequest,
+    vm_config: &str,
+) -> Result<Evidence, GuestApiError> {
+    let report_data = dstack_ra_tls::report_data_for_spki(&key.subject_public_key_info());
+    let taken = take_evidence(platform, measure, &report_data)?;
+    let attestation = AttestationV0::new(
+        taken.quote.clone(),
+        taken.events.clone(),
+        report_data,
+        vm_config.to_owned(),
+    );
+    request.attestation = Some(attestation.stripped().to_bytes());
+    Ok(Evidence {
+        quote: taken.quote,
+        event_log: taken.events,
+        collateral: platform.collateral()?,
+    })
+}
+
+fn rcgen_key(key: &p256::SecretKey) -> Result<KeyPair, GuestApiError> {
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|_| dstack_keys::KeyError::Pkcs8 { what: "P-256 key" })?;
+    Ok(dstack_ra_tls::key_pair_from_pkcs8(der.as_bytes())?)
+}
+
+fn ten_years_from_now() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2));
+    now.saturating_add(10 * 365 * 86_400)
+}
+
+/// PEM armour with 64-column lines.
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
