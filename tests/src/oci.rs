@@ -1,15 +1,22 @@
-//! Builds small OCI images from an `image.json` spec (busybox-static plus a
-//! few files) and pushes them to a registry over the Distribution API — so
-//! examples and tests exercise the same pull path users' images take, without
-//! a Docker engine.
+//! Builds OCI images from an `image.json` spec and pushes them to a registry
+//! over the Distribution API — so examples and tests exercise the same pull
+//! path users' images take, without a Docker engine or Docker Hub.
+//!
+//! An image is busybox-static and a few files, optionally on top of pinned
+//! Debian packages and PyPI wheels (an `image.lock.json`, see [`Lock`]) and
+//! npm packages (a `package-lock.json`). Every download is cached under
+//! `~/.cache/dstack-rs/downloads` by its hash and verified before use; the
+//! layer is deterministic (sorted entries, zero mtimes, root owner,
+//! normalised modes), so the same inputs give the same digest.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 /// Where busybox-static (Debian `busybox-static`) installs its binary.
 pub const HOST_BUSYBOX: &str = "/bin/busybox";
@@ -40,6 +47,65 @@ pub struct ImageSpec {
     /// Default environment (`KEY=value`).
     #[serde(default)]
     pub env: Vec<String>,
+    /// Default working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Pinned Debian packages and wheels: a [`Lock`] file relative to the spec.
+    #[serde(default)]
+    pub lock: Option<String>,
+    /// Where the lock's wheels are unpacked (a site-packages directory).
+    #[serde(default)]
+    pub site_packages: Option<String>,
+    /// A `package-lock.json` (relative to the spec) whose packages are
+    /// unpacked under [`Self::node_modules`] at the lock's own paths.
+    #[serde(default)]
+    pub npm_lock: Option<String>,
+    /// Where `node_modules/...` of the npm lock goes, e.g. `/app/node_modules`.
+    #[serde(default)]
+    pub node_modules: Option<String>,
+    /// Path prefixes dropped from the Debian packages (docs, man pages, locales).
+    #[serde(default)]
+    pub prune: Vec<String>,
+    /// Symlinks to add: path in the image → target.
+    #[serde(default)]
+    pub symlinks: BTreeMap<String, String>,
+    /// Byte-compile the Python sources (with the image's own interpreter,
+    /// `unchecked-hash` pycs) so the guest does not compile them at every start.
+    #[serde(default)]
+    pub compile_python: bool,
+}
+
+/// `image.lock.json`: exact versions and hashes of everything downloaded
+/// (regenerate with `tests/sdk-images/relock`).
+#[derive(Debug, Deserialize)]
+pub struct Lock {
+    /// Debian packages, unpacked in order (no maintainer scripts run).
+    #[serde(default)]
+    pub debs: Vec<LockedFile>,
+    /// PyPI wheels, unpacked into `site_packages`.
+    #[serde(default)]
+    pub wheels: Vec<LockedFile>,
+}
+
+/// One pinned download.
+#[derive(Debug, Deserialize)]
+pub struct LockedFile {
+    /// Package name.
+    pub name: String,
+    /// Exact version.
+    pub version: String,
+    /// Where it is fetched from.
+    pub url: String,
+    /// Hex sha256 of the file.
+    pub sha256: String,
+}
+
+/// What one path of the layer is.
+#[derive(Debug)]
+enum Node {
+    Dir,
+    File { data: Vec<u8>, mode: u32 },
+    Symlink(String),
 }
 
 /// A built image: one layer, a config, a manifest.
@@ -111,13 +177,43 @@ impl ImageSpec {
 
     /// Build the image deterministically (sorted entries, zero mtimes).
     pub fn build(&self, dir: &Path) -> anyhow::Result<BuiltImage> {
-        let mut entries: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
+        let mut tree: BTreeMap<String, Node> = BTreeMap::new();
+        if self.lock.is_some() || self.npm_lock.is_some() {
+            let staging = crate::harness::tempfile_dir::TempDir::new("dstack-image")?;
+            self.stage(dir, staging.path())?;
+            walk(staging.path(), staging.path(), &mut tree)?;
+        }
         if self.busybox {
             let busybox = std::fs::read(HOST_BUSYBOX).with_context(|| {
                 format!("{HOST_BUSYBOX} is missing: install Debian's busybox-static")
             })?;
-            entries.insert("/bin/busybox".into(), (busybox, 0o755));
+            tree.insert(
+                "/bin/busybox".into(),
+                Node::File {
+                    data: busybox,
+                    mode: 0o755,
+                },
+            );
+            for applet in APPLETS {
+                tree.entry(format!("/bin/{applet}"))
+                    .or_insert_with(|| Node::Symlink("busybox".into()));
+            }
         }
+        tree.insert(
+            "/etc/passwd".into(),
+            Node::File {
+                data: b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+                    .to_vec(),
+                mode: 0o644,
+            },
+        );
+        tree.insert(
+            "/etc/group".into(),
+            Node::File {
+                data: b"root:x:0:\nnogroup:x:65534:\n".to_vec(),
+                mode: 0o644,
+            },
+        );
         for (path, src) in &self.files {
             let src = dir.join(src);
             let data =
@@ -126,44 +222,36 @@ impl ImageSpec {
                 std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&src)?.permissions())
                     & 0o111
                     != 0;
-            entries.insert(path.clone(), (data, if executable { 0o755 } else { 0o644 }));
+            let mode = if executable { 0o755 } else { 0o644 };
+            tree.insert(path.clone(), Node::File { data, mode });
         }
-        let mut dirs: std::collections::BTreeSet<String> = ["/bin", "/tmp", "/etc"]
-            .iter()
-            .map(|s| s.to_string())
+        for (path, target) in &self.symlinks {
+            tree.insert(path.clone(), Node::Symlink(target.clone()));
+        }
+        for d in ["/bin", "/tmp", "/etc"] {
+            tree.entry(d.into()).or_insert(Node::Dir);
+        }
+        let parents: Vec<String> = tree
+            .keys()
+            .flat_map(|path| {
+                Path::new(path)
+                    .ancestors()
+                    .skip(1)
+                    .filter(|d| *d != Path::new("/"))
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+            })
             .collect();
-        for path in entries.keys() {
-            let mut p = Path::new(path).parent();
-            while let Some(d) = p {
-                if d != Path::new("/") {
-                    dirs.insert(d.display().to_string());
-                }
-                p = d.parent();
-            }
+        for d in parents {
+            tree.entry(d).or_insert(Node::Dir);
         }
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
         let mut tar = tar::Builder::new(gz);
-        for d in &dirs {
-            add_dir(&mut tar, d)?;
-        }
-        add_file(
-            &mut tar,
-            "/etc/passwd",
-            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-            0o644,
-        )?;
-        add_file(
-            &mut tar,
-            "/etc/group",
-            b"root:x:0:\nnogroup:x:65534:\n",
-            0o644,
-        )?;
-        for (path, (data, mode)) in &entries {
-            add_file(&mut tar, path, data, *mode)?;
-        }
-        if self.busybox {
-            for applet in APPLETS {
-                add_symlink(&mut tar, &format!("/bin/{applet}"), "busybox")?;
+        for (path, node) in &tree {
+            match node {
+                Node::Dir => add_dir(&mut tar, path)?,
+                Node::File { data, mode } => add_file(&mut tar, path, data, *mode)?,
+                Node::Symlink(target) => add_symlink(&mut tar, path, target)?,
             }
         }
         let gz = tar.into_inner()?;
@@ -180,7 +268,7 @@ impl ImageSpec {
             "config": {
                 "Cmd": self.cmd,
                 "Env": if self.env.is_empty() { vec!["PATH=/bin".to_string()] } else { self.env.clone() },
-                "WorkingDir": "/",
+                "WorkingDir": self.workdir.as_deref().unwrap_or("/"),
             },
             "rootfs": { "type": "layers", "diff_ids": [diff_id] },
         }))?;
@@ -204,6 +292,335 @@ impl ImageSpec {
             manifest,
         })
     }
+}
+
+impl ImageSpec {
+    /// Unpacks the pinned Debian packages, wheels and npm packages into `root`.
+    fn stage(&self, dir: &Path, root: &Path) -> anyhow::Result<()> {
+        if let Some(lock) = &self.lock {
+            let path = dir.join(lock);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let lock: Lock = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid image lock", path.display()))?;
+            for deb in &lock.debs {
+                let file = fetch(&deb.url, &Hash::Sha256(deb.sha256.clone()))?;
+                let out = Command::new("dpkg-deb")
+                    .arg("-x")
+                    .arg(&file)
+                    .arg(root)
+                    .output()
+                    .context("cannot run dpkg-deb (Debian's dpkg)")?;
+                if !out.status.success() {
+                    bail!(
+                        "dpkg-deb -x {} {} failed: {}",
+                        deb.name,
+                        deb.version,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+            }
+            for prefix in &self.prune {
+                let path = root.join(prefix.trim_start_matches('/'));
+                if path.exists() {
+                    std::fs::remove_dir_all(&path)
+                        .with_context(|| format!("cannot prune {}", path.display()))?;
+                }
+            }
+            if !lock.wheels.is_empty() {
+                let site = self
+                    .site_packages
+                    .as_deref()
+                    .context("the lock has wheels but the spec names no site_packages")?;
+                let site = root.join(site.trim_start_matches('/'));
+                std::fs::create_dir_all(&site)?;
+                for wheel in &lock.wheels {
+                    let file = fetch(&wheel.url, &Hash::Sha256(wheel.sha256.clone()))?;
+                    unpack_wheel(&file, &site)
+                        .with_context(|| format!("wheel {} {}", wheel.name, wheel.version))?;
+                }
+            }
+        }
+        if let Some(npm_lock) = &self.npm_lock {
+            let modules = self
+                .node_modules
+                .as_deref()
+                .context("the spec has an npm_lock but no node_modules")?;
+            stage_npm(
+                &dir.join(npm_lock),
+                &root.join(modules.trim_start_matches('/')),
+            )?;
+        }
+        if self.compile_python {
+            compile_python(root)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a download is pinned.
+#[derive(Debug)]
+enum Hash {
+    /// Hex sha256 (Debian, PyPI).
+    Sha256(String),
+    /// npm's `integrity` (`sha512-<base64>`).
+    Sri(String),
+}
+
+impl Hash {
+    fn cache_name(&self) -> String {
+        match self {
+            Hash::Sha256(hex) => format!("sha256-{hex}"),
+            Hash::Sri(sri) => sri.replace(['/', '+'], "_"),
+        }
+    }
+
+    fn matches(&self, data: &[u8]) -> bool {
+        match self {
+            Hash::Sha256(hex) => hex::encode(Sha256::digest(data)) == hex.to_lowercase(),
+            Hash::Sri(sri) => sri
+                .strip_prefix("sha512-")
+                .is_some_and(|b64| base64_encode(&Sha512::digest(data)) == b64),
+        }
+    }
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Where downloads are cached.
+pub fn downloads_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".cache/dstack-rs/downloads")
+}
+
+/// The cached file for `url`, downloaded (with curl) if missing, and in
+/// every case checked against `hash` before it is used.
+fn fetch(url: &str, hash: &Hash) -> anyhow::Result<PathBuf> {
+    let cache = downloads_dir();
+    std::fs::create_dir_all(&cache)?;
+    let path = cache.join(hash.cache_name());
+    if let Ok(data) = std::fs::read(&path) {
+        if hash.matches(&data) {
+            return Ok(path);
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let tmp = cache.join(format!(".{}.{}", hash.cache_name(), std::process::id()));
+    let status = Command::new("curl")
+        .args(["-fsSL", "--retry", "3", "--connect-timeout", "20", "-o"])
+        .arg(&tmp)
+        .arg(url)
+        .status()
+        .context("cannot run curl")?;
+    if !status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("downloading {url} failed (curl {status})");
+    }
+    let data = std::fs::read(&tmp)?;
+    if !hash.matches(&data) {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("{url} does not match its pinned hash {hash:?}: refusing it");
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Installs a wheel the way pip does for pure and platform libraries: its
+/// tree into `site`, `*.data/{purelib,platlib}` merged into `site`, other
+/// `.data` parts (scripts, headers) dropped.
+fn unpack_wheel(file: &Path, site: &Path) -> anyhow::Result<()> {
+    let out = Command::new("unzip")
+        .args(["-q", "-o", "-X"])
+        .arg(file)
+        .arg("-d")
+        .arg(site)
+        .output()
+        .context("cannot run unzip (Debian's unzip)")?;
+    if !out.status.success() {
+        bail!(
+            "unzip failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    for entry in std::fs::read_dir(site)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".data") {
+            continue;
+        }
+        for lib in ["purelib", "platlib"] {
+            let from = entry.path().join(lib);
+            if from.is_dir() {
+                let status = Command::new("cp")
+                    .arg("-a")
+                    .arg(format!("{}/.", from.display()))
+                    .arg(site)
+                    .status()?;
+                if !status.success() {
+                    bail!("cannot merge {}", from.display());
+                }
+            }
+        }
+        std::fs::remove_dir_all(entry.path())?;
+    }
+    Ok(())
+}
+
+/// Unpacks every package of a `package-lock.json` (v2/v3) at its own path
+/// under `modules` (the lock's keys are `node_modules/...` install paths).
+fn stage_npm(lock_path: &Path, modules: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(lock_path)
+        .with_context(|| format!("cannot read {}", lock_path.display()))?;
+    let lock: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", lock_path.display()))?;
+    let packages = lock["packages"]
+        .as_object()
+        .context("package-lock.json has no `packages` (lockfileVersion 2 or 3 needed)")?;
+    for (key, pkg) in packages {
+        let Some(rel) = key.strip_prefix("node_modules/") else {
+            continue;
+        };
+        if pkg["hasInstallScript"].as_bool() == Some(true) {
+            bail!("npm package {key} has install scripts, which this builder does not run");
+        }
+        let url = pkg["resolved"].as_str().with_context(|| {
+            format!(
+                "{key} has no `resolved` URL: lock with --omit-lockfile-registry-resolved=false"
+            )
+        })?;
+        let integrity = pkg["integrity"]
+            .as_str()
+            .with_context(|| format!("{key} has no integrity"))?;
+        let tgz = fetch(url, &Hash::Sri(integrity.to_string()))?;
+        let dest = modules.join(rel);
+        std::fs::create_dir_all(&dest)?;
+        let status = Command::new("tar")
+            .args(["-xzf"])
+            .arg(&tgz)
+            .arg("-C")
+            .arg(&dest)
+            .args([
+                "--strip-components=1",
+                "--no-same-owner",
+                "--no-same-permissions",
+            ])
+            .status()
+            .context("cannot run tar")?;
+        if !status.success() {
+            bail!("cannot unpack {key}");
+        }
+    }
+    Ok(())
+}
+
+/// Byte-compiles every `.py` under `root` with the image's own Python
+/// (through the staged dynamic loader), as `unchecked-hash` pycs that carry
+/// no timestamps and the guest's paths.
+fn compile_python(root: &Path) -> anyhow::Result<()> {
+    let python = std::fs::read_dir(root.join("usr/bin"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("python3.") && !n.contains('-'))
+        .max()
+        .context("compile_python: no /usr/bin/python3.X in the image")?;
+    let libs = format!(
+        "{0}/lib/x86_64-linux-gnu:{0}/usr/lib/x86_64-linux-gnu",
+        root.display()
+    );
+    let out = Command::new(root.join("lib64/ld-linux-x86-64.so.2"))
+        .arg("--library-path")
+        .arg(&libs)
+        .arg(root.join("usr/bin").join(&python))
+        .args([
+            "-m",
+            "compileall",
+            "-q",
+            "-f",
+            "-j",
+            "1",
+            "--invalidation-mode",
+            "unchecked-hash",
+        ])
+        .arg("-s")
+        .arg(root)
+        .args([
+            "-p",
+            "/",
+            "-x",
+            r"(/test/|/tests/|lib2to3|idlelib|/site-packages/pip/)",
+        ])
+        .arg(root.join("usr/lib"))
+        .arg(root.join("usr/local/lib"))
+        .env_clear()
+        .env("PYTHONHOME", root.join("usr"))
+        .env("PYTHONHASHSEED", "0")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("SOURCE_DATE_EPOCH", "0")
+        .output()
+        .context("cannot run the image's python to compile")?;
+    if !out.status.success() {
+        bail!(
+            "compileall failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Adds everything under `dir` to `tree` (paths relative to `root`), with
+/// normalised modes: 0755 if any execute bit is set, else 0644.
+fn walk(root: &Path, dir: &Path, tree: &mut BTreeMap<String, Node>) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in entries {
+        let path = entry.path();
+        let rel = format!(
+            "/{}",
+            path.strip_prefix(root)?
+                .to_str()
+                .with_context(|| format!("{} is not UTF-8", path.display()))?
+        );
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            tree.insert(rel, Node::Symlink(target.display().to_string()));
+        } else if meta.is_dir() {
+            tree.insert(rel, Node::Dir);
+            walk(root, &path, tree)?;
+        } else if meta.is_file() {
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            let data = std::fs::read(&path)?;
+            tree.insert(rel, Node::File { data, mode });
+        }
+    }
+    Ok(())
 }
 
 impl BuiltImage {
