@@ -104,8 +104,18 @@ impl Call {
         } else {
             &self.body
         };
-        serde_json::from_slice(body)
-            .map_err(|e| ApiFailure::bad_request(format!("invalid JSON body: {e}")))
+        // The path names the field a bad value was in, e.g. `report_data`.
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(
+            |e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if inner.is_syntax() || inner.is_eof() || path == "." {
+                    ApiFailure::bad_request(format!("invalid JSON body: {inner}"))
+                } else {
+                    ApiFailure::bad_request(format!("invalid {path}: {inner}"))
+                }
+            },
+        )
     }
 }
 
