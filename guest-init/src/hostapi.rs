@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dstack_proto::host::{ConfigBundle, HOST_API_PORT, LogBatch, Notification};
+use dstack_proto::host::{
+    ConfigBundle, HOST_API_PORT, LogBatch, Notification, QuoteRequest, QuoteResponse, RtmrExtend,
+    TeeInfo,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONNECTION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
@@ -172,6 +175,37 @@ impl HostClient {
             .map(|_| ())
     }
 
+    /// `GET /v1/tee`: the simulated TEE the host plays for this VM.
+    pub async fn tee_info(&self) -> Result<TeeInfo, HostApiError> {
+        let body = self.request(Method::GET, "/v1/tee", None).await?;
+        decode("/v1/tee", &body)
+    }
+
+    /// `POST /v1/tee/extend`.
+    pub async fn tee_extend(&self, request: &RtmrExtend) -> Result<(), HostApiError> {
+        let body = serde_json::to_vec(request).expect("an RtmrExtend always serialises");
+        self.request(Method::POST, "/v1/tee/extend", Some(body))
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /v1/tee/quote`.
+    pub async fn tee_quote(&self, request: &QuoteRequest) -> Result<QuoteResponse, HostApiError> {
+        let body = serde_json::to_vec(request).expect("a QuoteRequest always serialises");
+        let body = self
+            .request(Method::POST, "/v1/tee/quote", Some(body))
+            .await?;
+        decode("/v1/tee/quote", &body)
+    }
+
+    /// `GET /v1/tee/collateral`: collateral JSON.
+    pub async fn tee_collateral(&self) -> Result<String, HostApiError> {
+        let body = self
+            .request(Method::GET, "/v1/tee/collateral", None)
+            .await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// One request on a fresh connection; the body of a 2xx answer.
     async fn request(
         &self,
@@ -245,6 +279,13 @@ impl HostClient {
         }
         Ok(bytes)
     }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, HostApiError> {
+    serde_json::from_slice(body).map_err(|source| HostApiError::Decode {
+        path: path.into(),
+        source,
+    })
 }
 
 /// The `error` of an `ApiError` body, else the body as text (shortened).

@@ -80,6 +80,13 @@ pub fn random_seed() -> io::Result<[u8; 20]> {
     Ok(seed)
 }
 
+/// A 32-byte key seed from the kernel.
+pub fn random_seed32() -> io::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(seed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

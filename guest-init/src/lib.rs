@@ -20,6 +20,7 @@ pub mod hostapi;
 pub mod hostshared;
 pub mod identity;
 pub mod logship;
+pub mod measure;
 pub mod modules;
 pub mod mounts;
 pub mod netlink;
@@ -32,5 +33,6 @@ pub mod services;
 pub mod shutdown;
 pub mod state;
 pub mod sys;
+pub mod tee;
 #[cfg(test)]
 mod testutil;

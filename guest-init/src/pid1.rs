@@ -76,6 +76,7 @@ async fn boot_app(boot: &mut Boot, factory: RuntimeFactory) -> Result<ServicesRe
     let bundle = boot.fetch_config().await?;
     let compose = boot.apply_config(&bundle).await?;
     boot.finish_background().await?;
+    boot.measure_ready(&bundle).await?;
     let runtime = boot.run_app(&bundle, compose, factory).await?;
     let services: ServicesRef = runtime;
     Ok(services)

@@ -5,7 +5,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use dstack_proto::guest::{BootPhase, ContainerInfo, GuestInfo};
+use dstack_attest::{Platform, PlatformKind};
+use dstack_proto::guest::{BootPhase, ContainerInfo, GuestInfo, MeasuredEvent};
 use tokio::sync::watch;
 
 use crate::console;
@@ -36,6 +37,7 @@ pub struct Identity {
 struct Inner {
     phases: Vec<BootPhase>,
     identity: Identity,
+    key_provider: String,
     error: Option<String>,
 }
 
@@ -44,12 +46,14 @@ struct Inner {
 pub struct GuestState {
     inner: Mutex<Inner>,
     services: OnceLock<Arc<dyn Services>>,
+    platform: OnceLock<Arc<dyn Platform>>,
 }
 
 impl std::fmt::Debug for GuestState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestState")
             .field("inner", &self.inner)
+            .field("platform", &self.platform.get().map(|p| p.kind()))
             .field("services", &self.services.get().is_some())
             .finish()
     }
@@ -97,6 +101,21 @@ impl GuestState {
         self.lock().error.clone()
     }
 
+    /// Registers the TEE, once known.
+    pub fn set_platform(&self, platform: Arc<dyn Platform>) {
+        let _ = self.platform.set(platform);
+    }
+
+    /// The TEE, once known.
+    pub fn platform(&self) -> Option<Arc<dyn Platform>> {
+        self.platform.get().cloned()
+    }
+
+    /// Records the measured key provider.
+    pub fn set_key_provider(&self, info: String) {
+        self.lock().key_provider = info;
+    }
+
     /// Registers the container side.
     pub fn set_services(&self, services: Arc<dyn Services>) {
         let _ = self.services.set(services);
@@ -115,6 +134,31 @@ impl GuestState {
     /// What `GET /v1/info` answers.
     pub fn info(&self) -> GuestInfo {
         let containers = self.containers();
+        let (tee, rtmr3_events) = match self.platform() {
+            None => (String::new(), Vec::new()),
+            Some(platform) => {
+                let events = match platform.event_log() {
+                    Ok(events) => events
+                        .into_iter()
+                        .filter(|e| e.imr == 3)
+                        .map(|e| MeasuredEvent {
+                            event: e.event,
+                            payload: e.event_payload,
+                            digest: e.digest,
+                        })
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!("cannot read the event log: {e}");
+                        Vec::new()
+                    }
+                };
+                let kind = match platform.kind() {
+                    PlatformKind::Tdx => "tdx",
+                    PlatformKind::Sim => "sim",
+                };
+                (kind.to_string(), events)
+            }
+        };
         let inner = self.lock();
         GuestInfo {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -127,6 +171,9 @@ impl GuestState {
             compose_hash: inner.identity.compose_hash.clone(),
             app_id: inner.identity.app_id.clone(),
             instance_id: inner.identity.instance_id.clone(),
+            tee,
+            key_provider: inner.key_provider.clone(),
+            rtmr3_events,
             containers,
         }
     }

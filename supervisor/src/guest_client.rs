@@ -185,6 +185,9 @@ mod tests {
                         compose_hash: String::new(),
                         app_id: String::new(),
                         instance_id: String::new(),
+                        tee: "sim".into(),
+                        key_provider: String::new(),
+                        rtmr3_events: vec![],
                         containers: vec![],
                     })
                 }),

@@ -463,6 +463,12 @@ async fn info(args: VmArgs, client: &Client) -> Result<(), Failure> {
     if !vm.instance_id.is_empty() {
         println!("instance-id:   {}", vm.instance_id);
     }
+    if !vm.tee.is_empty() {
+        println!("tee:           {}", vm.tee);
+    }
+    if !vm.key_provider.is_empty() {
+        println!("key provider:  {}", vm.key_provider);
+    }
     if let Some(pid) = vm.pid {
         println!("qemu pid:      {pid}");
     }
@@ -470,6 +476,12 @@ async fn info(args: VmArgs, client: &Client) -> Result<(), Failure> {
         println!("boot phases:");
         for p in &vm.boot_phases {
             println!("  {:>8} ms  {}", p.at_ms, p.name);
+        }
+    }
+    if !vm.rtmr3_events.is_empty() {
+        println!("RTMR3 event log:");
+        for e in &vm.rtmr3_events {
+            println!("  {:<18} {}", e.event, printable_payload(&e.payload));
         }
     }
     if !vm.containers.is_empty() {
@@ -489,6 +501,14 @@ async fn info(args: VmArgs, client: &Client) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// An event payload for people: text as text, anything else as hex.
+fn printable_payload(payload: &[u8]) -> String {
+    match std::str::from_utf8(payload) {
+        Ok(text) if !text.is_empty() && text.chars().all(|c| !c.is_control()) => text.to_owned(),
+        _ => hex::encode(payload),
+    }
 }
 
 async fn logs(args: LogsArgs, client: &Client) -> Result<(), Failure> {

@@ -29,8 +29,30 @@ pub struct GuestInfo {
     /// instance-id, hex.
     #[serde(default)]
     pub instance_id: String,
+    /// The TEE the guest runs in: `tdx`, `sim`, or empty before it is known.
+    #[serde(default)]
+    pub tee: String,
+    /// The measured key provider (`key-provider` event payload, JSON).
+    #[serde(default)]
+    pub key_provider: String,
+    /// The runtime events measured into RTMR3 so far, in order.
+    #[serde(default)]
+    pub rtmr3_events: Vec<MeasuredEvent>,
     /// The services.
     pub containers: Vec<ContainerInfo>,
+}
+
+/// One runtime event measured into RTMR3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeasuredEvent {
+    /// Event name, e.g. `compose-hash`.
+    pub event: String,
+    /// Its payload, hex.
+    #[serde(with = "hex::serde")]
+    pub payload: Vec<u8>,
+    /// The SHA-384 digest extended into RTMR3, hex.
+    #[serde(with = "hex::serde")]
+    pub digest: Vec<u8>,
 }
 
 /// A boot phase and when it began.

@@ -175,6 +175,15 @@ pub struct VmInfo {
     /// Containers, when the guest answers.
     #[serde(default)]
     pub containers: Vec<ContainerInfo>,
+    /// The TEE the guest runs in (`tdx` or `sim`), when the guest answers.
+    #[serde(default)]
+    pub tee: String,
+    /// The measured key provider (JSON), when the guest answers.
+    #[serde(default)]
+    pub key_provider: String,
+    /// The RTMR3 event log, when the guest answers.
+    #[serde(default)]
+    pub rtmr3_events: Vec<crate::guest::MeasuredEvent>,
     /// The last boot error, if any.
     #[serde(default)]
     pub error: Option<String>,

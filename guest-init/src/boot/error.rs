@@ -28,6 +28,15 @@ pub enum BootError {
     /// Identity derivation (no randomness).
     #[error("deriving the instance id failed")]
     Identity(#[source] std::io::Error),
+    /// No TEE to measure into.
+    #[error("the TEE is unavailable")]
+    Tee(#[from] crate::tee::TeeError),
+    /// Measuring the app.
+    #[error("measuring the app failed")]
+    Measure(#[from] crate::measure::MeasureError),
+    /// The guest API (dstack.sock).
+    #[error("starting the guest API failed")]
+    GuestApi(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Host-shared files.
     #[error("writing the config files failed")]
     HostShared(#[from] WriteError),

@@ -2,11 +2,16 @@
 //! guest info with its time), logs what it did, and, once the host is
 //! known, reports the phase to it as `boot.progress`.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dstack_attest::Platform;
+use dstack_attest::eventlog::names;
 use dstack_compose::{AppCompose, Compose};
+use dstack_guest_api::{AppInfo, Flavor, GuestApi};
+use dstack_keys::AppKeys;
 use dstack_proto::host::{ConfigBundle, LogEntry, events};
 use tokio::sync::mpsc;
 
@@ -23,7 +28,8 @@ use crate::notify::Notifier;
 use crate::reaper::Reaper;
 use crate::state::{GuestState, ShutdownSignal};
 use crate::sys::{RebootCmd, Syscall};
-use crate::{console, identity, power};
+use crate::measure::{self, AppMeasurement};
+use crate::{console, identity, power, tee};
 
 mod config;
 mod error;
@@ -54,6 +60,10 @@ pub struct Boot {
     pub logs: Option<mpsc::Sender<LogEntry>>,
     /// Boot work running in the background, awaited before containers.
     pub background: Vec<tokio::task::JoinHandle<Result<(), BootError>>>,
+    /// The TEE, once known (tests may set it before the boot).
+    pub platform: Option<Arc<dyn Platform>>,
+    /// Identity derivation and its measurement, running in the background.
+    identity: Option<tokio::task::JoinHandle<Result<AppMeasurement, BootError>>>,
 }
 
 fn ms(since: Instant) -> u128 {
@@ -74,7 +84,28 @@ impl Boot {
             data_mounted: false,
             logs: None,
             background: Vec::new(),
+            platform: None,
+            identity: None,
         }
+    }
+
+    /// Runs the boot on `platform` instead of detecting the TEE.
+    pub fn use_platform(&mut self, platform: Arc<dyn Platform>) {
+        self.state.set_platform(platform.clone());
+        self.platform = Some(platform);
+    }
+
+    /// Extends RTMR3 with one event on a blocking thread.
+    async fn emit(&self, name: &'static str, payload: Vec<u8>) -> Result<(), BootError> {
+        let platform = self.platform()?;
+        tokio::task::spawn_blocking(move || measure::emit(&*platform, name, &payload)).await??;
+        Ok(())
+    }
+
+    fn platform(&self) -> Result<Arc<dyn Platform>, BootError> {
+        self.platform
+            .clone()
+            .ok_or_else(|| BootError::GuestApi("no TEE platform was selected".into()))
     }
 
     /// Enters phase `name`: recorded, logged and reported.
@@ -224,6 +255,13 @@ impl Boot {
             bundle.app_compose.len()
         );
         self.notifier = Notifier::start(client.clone());
+        if self.platform.is_none() {
+            let platform = tee::select(client.clone()).await?;
+            self.use_platform(platform);
+        }
+        let kind = self.platform()?.kind();
+        tracing::info!("TEE: {kind:?}");
+        self.emit(names::SYSTEM_PREPARING, Vec::new()).await?;
         let (shipper, tx) = LogShipper::start(client);
         if let Some(log) = console::get() {
             log.ship_to(tx.clone());
@@ -299,7 +337,9 @@ impl Boot {
     fn spawn_identity(&mut self, bundle: &ConfigBundle, app: AppCompose) {
         let (bundle, shared_dir) = (bundle.clone(), self.cfg.host_shared_dir.clone());
         let (state, notifier) = (self.state.clone(), self.notifier.clone());
-        let task = tokio::task::spawn_blocking(move || -> Result<(), BootError> {
+        let platform = self.platform.clone();
+        let task = tokio::task::spawn_blocking(move || -> Result<AppMeasurement, BootError> {
+            let key_provider_info = measure::key_provider_info(&app)?;
             let derived = identity::derive(
                 bundle.app_compose.as_bytes(),
                 &app,
@@ -328,9 +368,77 @@ impl Boot {
                 let payload = serde_json::to_string(info).unwrap_or_default();
                 notifier.send(events::INSTANCE_INFO, payload);
             }
-            Ok(())
+            let measured = AppMeasurement {
+                app_id: hex::decode(&derived.identity.app_id).unwrap_or_default(),
+                instance_id: hex::decode(&derived.identity.instance_id).unwrap_or_default(),
+                compose_hash: derived.compose_hash,
+                key_provider_info,
+            };
+            let platform = platform
+                .ok_or_else(|| BootError::GuestApi("no TEE platform was selected".into()))?;
+            measure::measure_app(&*platform, &app, &measured)?;
+            state.set_key_provider(measured.key_provider_info.clone());
+            Ok(measured)
         });
-        self.background.push(task);
+        self.identity = Some(task);
+    }
+
+    /// Completes the measurements (`storage-fs`, `system-ready`) once the
+    /// identity is measured and the disk is up, then serves the guest API
+    /// (`dstack.sock`, `tappd.sock`) so services can mount it.
+    pub async fn measure_ready(&mut self, bundle: &ConfigBundle) -> Result<(), BootError> {
+        let Some(identity) = self.identity.take() else {
+            return Err(BootError::GuestApi("the app identity was never derived".into()));
+        };
+        let measured = identity.await??;
+        self.emit(names::STORAGE_FS, measure::STORAGE_FS.as_bytes().to_vec())
+            .await?;
+        self.emit(names::SYSTEM_READY, Vec::new()).await?;
+        let platform = self.platform()?;
+        let app = AppInfo {
+            app_id: measured.app_id,
+            instance_id: measured.instance_id,
+            compose_hash: measured.compose_hash,
+            app_name: serde_json::from_str::<serde_json::Value>(&bundle.app_compose)
+                .ok()
+                .and_then(|v| v.get("name")?.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            app_compose: bundle.app_compose.clone(),
+            vm_config: bundle.sys_config.vm_config.clone(),
+            os_image_hash: serde_json::from_str::<serde_json::Value>(&bundle.sys_config.vm_config)
+                .ok()
+                .and_then(|v| hex::decode(v.get("os_image_hash")?.as_str()?).ok())
+                .unwrap_or_default(),
+            key_provider_info: measured.key_provider_info,
+            cloud_vendor: dmi("sys_vendor"),
+            cloud_product: dmi("product_name"),
+        };
+        let dir = self.cfg.guest_socket_dir.clone();
+        let started = Instant::now();
+        let api = tokio::task::spawn_blocking(move || -> Result<GuestApi, BootError> {
+            let seed = identity::random_seed32().map_err(BootError::Identity)?;
+            let keys = AppKeys::from_seed(&seed).map_err(|e| BootError::GuestApi(e.into()))?;
+            GuestApi::new(platform, app, keys).map_err(|e| BootError::GuestApi(e.into()))
+        })
+        .await??;
+        let api = Arc::new(api);
+        std::fs::create_dir_all(&dir).map_err(|e| BootError::GuestApi(e.into()))?;
+        for (file, flavor) in [("dstack.sock", Flavor::Dstack), ("tappd.sock", Flavor::Tappd)] {
+            let path = dir.join(file);
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path)
+                .map_err(|e| BootError::GuestApi(format!("cannot listen on {}: {e}", path.display()).into()))?;
+            // Any container user that mounts the socket may call it, as upstream's 0777.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+                .map_err(|e| BootError::GuestApi(e.into()))?;
+            tokio::spawn(api.clone().serve(listener, flavor));
+        }
+        tracing::info!(
+            "guest API on {} ({} ms)",
+            dir.join("dstack.sock").display(),
+            ms(started)
+        );
+        Ok(())
     }
 
     /// Pulls and starts the app's services.
@@ -372,6 +480,13 @@ impl Boot {
         tracing::info!("services started in {} ms", ms(started));
         Ok(runtime)
     }
+}
+
+/// A DMI identification string (upstream's cloud_vendor/cloud_product).
+fn dmi(name: &str) -> String {
+    std::fs::read_to_string(Path::new("/sys/class/dmi/id").join(name))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn log_module_report(report: &[(String, ModuleOutcome)], started: Instant) {

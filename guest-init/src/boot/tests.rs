@@ -130,6 +130,15 @@ async fn loads_modules_in_order_then_mounts_configfs() {
     assert!(configfs(&calls[2..]), "{calls:?}");
 }
 
+/// An in-process simulated TD with no boot events.
+fn sim_platform() -> Arc<dyn Platform> {
+    let authority = Arc::new(dstack_attest::SimAuthority::generate().unwrap());
+    Arc::new(
+        dstack_attest::SimPlatform::new(authority, dstack_attest::SimTdIdentity::default(), vec![])
+            .unwrap(),
+    )
+}
+
 /// A runtime that records what the boot asked of it.
 #[derive(Default)]
 struct FakeRuntime {
@@ -186,9 +195,36 @@ async fn config_then_app_with_progress_reported_to_the_host() {
     );
     let sys = Arc::new(RecordingSyscall::default());
     let mut boot = Boot::new(sys.clone(), cfg.clone());
+    let platform = sim_platform();
+    boot.use_platform(platform.clone());
     let fetched = boot.fetch_config().await.unwrap();
     let compose = boot.apply_config(&fetched).await.unwrap();
     boot.finish_background().await.unwrap();
+    boot.measure_ready(&fetched).await.unwrap();
+    // Measured in upstream's order, and the guest API is up.
+    let names: Vec<String> = platform
+        .event_log()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "system-preparing",
+            "app-id",
+            "compose-hash",
+            "instance-id",
+            "boot-mr-done",
+            "key-provider",
+            "storage-fs",
+            "system-ready"
+        ]
+    );
+    assert!(cfg.guest_socket_dir.join("dstack.sock").exists());
+    assert!(cfg.guest_socket_dir.join("tappd.sock").exists());
+    assert_eq!(boot.state.info().rtmr3_events.len(), 8);
+    assert_eq!(boot.state.info().tee, "sim");
     assert!(sys.calls().contains(&Call::SetHostname("hello".into())));
     assert!(boot.data_mounted);
     let data_mount = sys.calls().into_iter().find_map(|c| match c {
@@ -239,6 +275,7 @@ async fn a_bad_compose_and_a_failed_start_are_named_errors() {
     let dir = tempfile::tempdir().unwrap();
     let sys = Arc::new(RecordingSyscall::default());
     let mut boot = Boot::new(sys, config(dir.path()));
+    boot.use_platform(sim_platform());
     let mut bad = bundle();
     bad.app_compose = r#"{"manifest_version":2,"name":"a","runner":"bash"}"#.into();
     let err = boot.apply_config(&bad).await.unwrap_err();

@@ -54,6 +54,9 @@ pub(super) async fn info(vm: &Vm, ask_guest: bool) -> VmInfo {
         events: guest.events.into_iter().collect(),
         boot_phases: Vec::new(),
         containers: Vec::new(),
+        tee: String::new(),
+        key_provider: String::new(),
+        rtmr3_events: Vec::new(),
         error: guest.error.or(launch_error),
         summary,
     };
@@ -65,6 +68,15 @@ pub(super) async fn info(vm: &Vm, ask_guest: bool) -> VmInfo {
         if let Ok(guest) = client.info().await {
             out.boot_phases = guest.boot_phases;
             out.containers = guest.containers;
+            out.tee = guest.tee;
+            out.key_provider = guest.key_provider;
+            out.rtmr3_events = guest.rtmr3_events;
+            if !guest.instance_id.is_empty() {
+                out.instance_id = guest.instance_id;
+            }
+            if !guest.app_id.is_empty() {
+                out.app_id = guest.app_id;
+            }
         }
     }
     out

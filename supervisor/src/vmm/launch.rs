@@ -85,6 +85,7 @@ impl Supervisor {
                 })
             })?;
         }
+        vm.set_os_image_hash(image.digest.clone());
         self.measure_sim_td(vm, &image).await.map_err(failed)?;
         let vsock = match &self.config.vsock {
             VsockDevice::VhostUser { binary } => Some(Arc::new(

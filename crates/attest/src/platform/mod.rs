@@ -69,7 +69,7 @@ pub enum PlatformKind {
 }
 
 /// A TEE the guest runs in.
-pub trait Platform: Send + Sync {
+pub trait Platform: Send + Sync + std::fmt::Debug {
     /// Which kind of TEE this is.
     fn kind(&self) -> PlatformKind;
 

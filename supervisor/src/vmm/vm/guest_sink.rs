@@ -22,7 +22,10 @@ impl GuestSink for Vm {
             Err(e) if e.kind() == io::ErrorKind::NotFound => InstanceInfo::default(),
             Err(e) => return Err(format!("cannot read instance-info.json: {e}")),
         };
+        // Upstream's VmConfig fields the SDKs and verifiers read.
         let vm_config = serde_json::json!({
+            "spec_version": 1,
+            "os_image_hash": self.os_image_hash(),
             "cpu_count": manifest.vcpu,
             "memory_size": u64::from(manifest.memory_mb) << 20,
             "image": manifest.image,

@@ -70,6 +70,8 @@ pub(crate) struct Vm {
     pub(crate) removed: AtomicBool,
     /// The simulated TDX module of the current boot (sim TEE hosts only).
     sim_td: Mutex<Option<Arc<SimTd>>>,
+    /// The booted image's os_image_hash (hex), for the guest's vm_config.
+    os_image_hash: Mutex<String>,
     registry_aliases: Vec<RegistryAlias>,
     insecure_registries: Vec<String>,
 }
@@ -124,6 +126,7 @@ impl Vm {
             host_api: Mutex::new(None),
             removed: AtomicBool::new(false),
             sim_td: Mutex::new(None),
+            os_image_hash: Mutex::new(String::new()),
         }
     }
 
@@ -135,6 +138,16 @@ impl Vm {
     /// Installs (or clears) the simulated TDX module for a boot.
     pub(crate) fn set_sim_td(&self, td: Option<Arc<SimTd>>) {
         *lock(&self.sim_td) = td;
+    }
+
+    /// Records the os_image_hash of the image this boot uses.
+    pub(crate) fn set_os_image_hash(&self, hash: String) {
+        *lock(&self.os_image_hash) = hash;
+    }
+
+    /// The os_image_hash of the image the current boot uses (hex).
+    pub(crate) fn os_image_hash(&self) -> String {
+        lock(&self.os_image_hash).clone()
     }
 
     /// A copy of the manifest.
