@@ -85,6 +85,20 @@ pub struct Lock {
     /// PyPI wheels, unpacked into `site_packages`.
     #[serde(default)]
     pub wheels: Vec<LockedFile>,
+    /// Source archives (.tar.gz) unpacked as they are under `dest`, e.g. an
+    /// sdist whose test suite runs in the image.
+    #[serde(default)]
+    pub archives: Vec<LockedArchive>,
+}
+
+/// A pinned .tar.gz and where it is unpacked.
+#[derive(Debug, Deserialize)]
+pub struct LockedArchive {
+    /// The download.
+    #[serde(flatten)]
+    pub file: LockedFile,
+    /// Directory in the image.
+    pub dest: String,
 }
 
 /// One pinned download.
@@ -338,6 +352,29 @@ impl ImageSpec {
                     let file = fetch(&wheel.url, &Hash::Sha256(wheel.sha256.clone()))?;
                     unpack_wheel(&file, &site)
                         .with_context(|| format!("wheel {} {}", wheel.name, wheel.version))?;
+                }
+            }
+            for archive in &lock.archives {
+                let file = fetch(
+                    &archive.file.url,
+                    &Hash::Sha256(archive.file.sha256.clone()),
+                )?;
+                let dest = root.join(archive.dest.trim_start_matches('/'));
+                std::fs::create_dir_all(&dest)?;
+                let status = Command::new("tar")
+                    .arg("-xzf")
+                    .arg(&file)
+                    .arg("-C")
+                    .arg(&dest)
+                    .args(["--no-same-owner", "--no-same-permissions"])
+                    .status()
+                    .context("cannot run tar")?;
+                if !status.success() {
+                    bail!(
+                        "cannot unpack {} {}",
+                        archive.file.name,
+                        archive.file.version
+                    );
                 }
             }
         }
