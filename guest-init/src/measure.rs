@@ -21,11 +21,11 @@ pub enum MeasureError {
         event: String,
         /// The cause.
         #[source]
-        source: PlatformError,
+        source: Box<PlatformError>,
     },
     /// The TEE could not quote (needed to read mr_config_id).
     #[error("the TEE could not produce a quote")]
-    Quote(#[source] PlatformError),
+    Quote(#[source] Box<PlatformError>),
     /// The quote the TEE produced is malformed.
     #[error("the TEE's quote is malformed")]
     BadQuote(#[source] dstack_attest::QuoteParseError),
@@ -53,7 +53,7 @@ pub fn emit(platform: &dyn Platform, name: &str, payload: &[u8]) -> Result<(), M
         })
         .map_err(|source| MeasureError::Extend {
             event: name.into(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -107,7 +107,9 @@ pub fn measure_app(
         names::KEY_PROVIDER,
         measured.key_provider_info.as_bytes(),
     )?;
-    let quote = platform.quote(&[0; 64]).map_err(MeasureError::Quote)?;
+    let quote = platform
+        .quote(&[0; 64])
+        .map_err(|e| MeasureError::Quote(Box::new(e)))?;
     let quote = Quote::parse(&quote).map_err(MeasureError::BadQuote)?;
     if let Some(report) = quote.td_report()
         && !mr_config_id_matches(
@@ -151,7 +153,12 @@ mod tests {
             mr_config_id,
             ..SimTdIdentity::default()
         };
-        SimPlatform::new(Arc::new(SimAuthority::generate().unwrap()), identity, vec![]).unwrap()
+        SimPlatform::new(
+            Arc::new(SimAuthority::generate().unwrap()),
+            identity,
+            vec![],
+        )
+        .unwrap()
     }
 
     #[test]

@@ -59,11 +59,13 @@ impl HostSimDevice {
         operation: &'static str,
         request: impl std::future::Future<Output = Result<T, HostApiError>>,
     ) -> Result<T, PlatformError> {
-        self.runtime.block_on(request).map_err(|e| PlatformError::Io {
-            operation,
-            path: self.client.endpoint().to_string(),
-            source: std::io::Error::other(crate::boot::error_chain(&e)),
-        })
+        self.runtime
+            .block_on(request)
+            .map_err(|e| PlatformError::Io {
+                operation,
+                path: self.client.endpoint().to_string(),
+                source: std::io::Error::other(crate::boot::error_chain(&e)),
+            })
     }
 }
 
@@ -76,7 +78,10 @@ impl TeeDevice for HostSimDevice {
         let request = QuoteRequest {
             report_data: report_data.to_vec(),
         };
-        let response = self.call("get a quote from the simulated TEE at", self.client.tee_quote(&request))?;
+        let response = self.call(
+            "get a quote from the simulated TEE at",
+            self.client.tee_quote(&request),
+        )?;
         dstack_attest::Quote::parse(&response.quote)?;
         Ok(response.quote)
     }
@@ -86,7 +91,10 @@ impl TeeDevice for HostSimDevice {
             index: 3,
             digest: digest.to_vec(),
         };
-        self.call("extend RTMR3 of the simulated TEE at", self.client.tee_extend(&request))
+        self.call(
+            "extend RTMR3 of the simulated TEE at",
+            self.client.tee_extend(&request),
+        )
     }
 
     fn boot_events(&self) -> Result<Vec<Event>, PlatformError> {
@@ -94,7 +102,10 @@ impl TeeDevice for HostSimDevice {
     }
 
     fn collateral(&self) -> Result<Option<Collateral>, PlatformError> {
-        let json = self.call("get collateral from the simulated TEE at", self.client.tee_collateral())?;
+        let json = self.call(
+            "get collateral from the simulated TEE at",
+            self.client.tee_collateral(),
+        )?;
         let collateral = Collateral::from_json(&json).map_err(|e| PlatformError::Io {
             operation: "parse collateral from",
             path: self.client.endpoint().to_string(),

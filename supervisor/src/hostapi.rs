@@ -106,10 +106,6 @@ async fn logs<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Response
     }
 }
 
-fn sim_td<S: GuestSink>(sink: &S) -> Result<Arc<SimTd>, Response> {
-    sink.sim_td().ok_or_else(|| tee_error(&SimTeeError::Absent))
-}
-
 fn tee_error(e: &SimTeeError) -> Response {
     let status = match e {
         SimTeeError::Absent => StatusCode::NOT_FOUND,
@@ -120,9 +116,9 @@ fn tee_error(e: &SimTeeError) -> Response {
 }
 
 async fn tee_info<S: GuestSink>(State(sink): State<Arc<S>>) -> Response {
-    match sim_td(&*sink) {
-        Ok(td) => axum::Json(td.info()).into_response(),
-        Err(response) => response,
+    match sink.sim_td() {
+        Some(td) => axum::Json(td.info()).into_response(),
+        None => tee_error(&SimTeeError::Absent),
     }
 }
 
@@ -131,9 +127,8 @@ async fn tee_extend<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Re
         Ok(request) => request,
         Err(text) => return error(StatusCode::BAD_REQUEST, text),
     };
-    let td = match sim_td(&*sink) {
-        Ok(td) => td,
-        Err(response) => return response,
+    let Some(td) = sink.sim_td() else {
+        return tee_error(&SimTeeError::Absent);
     };
     // Persisted before it is acknowledged: a file write.
     match tokio::task::spawn_blocking(move || td.extend(request.index, &request.digest)).await {
@@ -148,9 +143,8 @@ async fn tee_quote<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Res
         Ok(request) => request,
         Err(text) => return error(StatusCode::BAD_REQUEST, text),
     };
-    let td = match sim_td(&*sink) {
-        Ok(td) => td,
-        Err(response) => return response,
+    let Some(td) = sink.sim_td() else {
+        return tee_error(&SimTeeError::Absent);
     };
     match tokio::task::spawn_blocking(move || td.quote(&request.report_data)).await {
         Ok(Ok(quote)) => axum::Json(QuoteResponse { quote }).into_response(),
@@ -160,9 +154,8 @@ async fn tee_quote<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Res
 }
 
 async fn tee_collateral<S: GuestSink>(State(sink): State<Arc<S>>) -> Response {
-    let td = match sim_td(&*sink) {
-        Ok(td) => td,
-        Err(response) => return response,
+    let Some(td) = sink.sim_td() else {
+        return tee_error(&SimTeeError::Absent);
     };
     match tokio::task::spawn_blocking(move || td.collateral_json()).await {
         Ok(Ok(json)) => (
@@ -210,6 +203,7 @@ mod tests {
     struct Recorder {
         notes: Mutex<Vec<Notification>>,
         lines: Mutex<Vec<LogEntry>>,
+        td: Option<Arc<SimTd>>,
     }
 
     impl GuestSink for Recorder {
@@ -234,6 +228,10 @@ mod tests {
         fn append_logs(&self, batch: LogBatch) -> io::Result<()> {
             self.lines.lock().unwrap().extend(batch.entries);
             Ok(())
+        }
+
+        fn sim_td(&self) -> Option<Arc<SimTd>> {
+            self.td.clone()
         }
     }
 
@@ -302,6 +300,74 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _) = call(&app, "GET", "/v1/other", "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn serves_the_simulated_tdx_module() {
+        // No simulated TEE (a TDX host): 404.
+        let app = router(Arc::new(Recorder::default()));
+        let (status, body) = call(&app, "GET", "/v1/tee", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in [("ovmf.fd", "f"), ("bzImage", "k"), ("initrd", "i")] {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let image = crate::images::Image::for_tests(dir.path(), "console=ttyS0");
+        let launch = crate::sim_tee::TdLaunch {
+            image: &image,
+            vcpus: 1,
+            memory_mb: 256,
+            mr_config_id: [0; 48],
+        };
+        let authority = Arc::new(dstack_attest::SimAuthority::generate().unwrap());
+        let td = SimTd::boot(authority, &launch, dir.path().join("sim-td.json")).unwrap();
+        let app = router(Arc::new(Recorder {
+            td: Some(Arc::new(td)),
+            ..Recorder::default()
+        }));
+        let (status, body) = call(&app, "GET", "/v1/tee", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let info: dstack_proto::host::TeeInfo = serde_json::from_str(&body).unwrap();
+        assert_eq!(info.kind, "sim");
+        assert!(info.boot_event_log.starts_with('['));
+
+        let digest = hex::encode([7u8; 48]);
+        let (status, _) = call(
+            &app,
+            "POST",
+            "/v1/tee/extend",
+            &format!(r#"{{"index":3,"digest":"{digest}"}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/v1/tee/extend",
+            &format!(r#"{{"index":0,"digest":"{digest}"}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("only RTMR3"), "{body}");
+
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/v1/tee/quote",
+            &format!(r#"{{"report_data":"{}"}}"#, hex::encode([1u8; 64])),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let quote: QuoteResponse = serde_json::from_str(&body).unwrap();
+        let parsed = dstack_attest::Quote::parse(&quote.quote).unwrap();
+        assert_eq!(parsed.report_data(), &[1u8; 64]);
+        let (status, body) = call(&app, "POST", "/v1/tee/quote", r#"{"report_data":"00"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("report_data"), "{body}");
+        let (status, body) = call(&app, "GET", "/v1/tee/collateral", "").await;
+        assert_eq!(status, StatusCode::OK);
+        dstack_attest::Collateral::from_json(&body).unwrap();
     }
 
     #[tokio::test]

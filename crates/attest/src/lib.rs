@@ -17,9 +17,7 @@ mod testdata;
 
 pub use collateral::{Collateral, CollateralError};
 pub use eventlog::{Event, EventLogError, ReplayMismatch, RuntimeEvent};
-pub use platform::{
-    GuestPlatform, Platform, PlatformError, PlatformKind, RUNTIME_LOG, TeeDevice,
-};
+pub use platform::{GuestPlatform, Platform, PlatformError, PlatformKind, RUNTIME_LOG, TeeDevice};
 pub use quote::{Quote, QuoteParseError, Report, TdReport};
 pub use rtmr::{Measurement, Rtmrs};
 pub use sim::{SimAuthority, SimError, SimPlatform, SimTdIdentity};

@@ -30,10 +30,10 @@ pub enum BootError {
     Identity(#[source] std::io::Error),
     /// No TEE to measure into.
     #[error("the TEE is unavailable")]
-    Tee(#[from] crate::tee::TeeError),
+    Tee(#[from] Box<crate::tee::TeeError>),
     /// Measuring the app.
     #[error("measuring the app failed")]
-    Measure(#[from] crate::measure::MeasureError),
+    Measure(#[from] Box<crate::measure::MeasureError>),
     /// The guest API (dstack.sock).
     #[error("starting the guest API failed")]
     GuestApi(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -55,6 +55,18 @@ pub enum BootError {
     /// A blocking step's thread died.
     #[error("a boot step's thread failed")]
     Task(#[from] tokio::task::JoinError),
+}
+
+impl From<crate::tee::TeeError> for BootError {
+    fn from(e: crate::tee::TeeError) -> Self {
+        BootError::Tee(Box::new(e))
+    }
+}
+
+impl From<crate::measure::MeasureError> for BootError {
+    fn from(e: crate::measure::MeasureError) -> Self {
+        BootError::Measure(Box::new(e))
+    }
 }
 
 /// An error and its causes on one line: `a: b: c`.

@@ -21,6 +21,7 @@ use crate::disk::{self, DiskOutcome};
 use crate::hostapi::HostClient;
 use crate::hostshared;
 use crate::logship::LogShipper;
+use crate::measure::{self, AppMeasurement};
 use crate::modules::{self, ModuleOutcome};
 use crate::mounts;
 use crate::network;
@@ -28,7 +29,6 @@ use crate::notify::Notifier;
 use crate::reaper::Reaper;
 use crate::state::{GuestState, ShutdownSignal};
 use crate::sys::{RebootCmd, Syscall};
-use crate::measure::{self, AppMeasurement};
 use crate::{console, identity, power, tee};
 
 mod config;
@@ -388,7 +388,9 @@ impl Boot {
     /// (`dstack.sock`, `tappd.sock`) so services can mount it.
     pub async fn measure_ready(&mut self, bundle: &ConfigBundle) -> Result<(), BootError> {
         let Some(identity) = self.identity.take() else {
-            return Err(BootError::GuestApi("the app identity was never derived".into()));
+            return Err(BootError::GuestApi(
+                "the app identity was never derived".into(),
+            ));
         };
         let measured = identity.await??;
         self.emit(names::STORAGE_FS, measure::STORAGE_FS.as_bytes().to_vec())
@@ -423,11 +425,15 @@ impl Boot {
         .await??;
         let api = Arc::new(api);
         std::fs::create_dir_all(&dir).map_err(|e| BootError::GuestApi(e.into()))?;
-        for (file, flavor) in [("dstack.sock", Flavor::Dstack), ("tappd.sock", Flavor::Tappd)] {
+        for (file, flavor) in [
+            ("dstack.sock", Flavor::Dstack),
+            ("tappd.sock", Flavor::Tappd),
+        ] {
             let path = dir.join(file);
             let _ = std::fs::remove_file(&path);
-            let listener = tokio::net::UnixListener::bind(&path)
-                .map_err(|e| BootError::GuestApi(format!("cannot listen on {}: {e}", path.display()).into()))?;
+            let listener = tokio::net::UnixListener::bind(&path).map_err(|e| {
+                BootError::GuestApi(format!("cannot listen on {}: {e}", path.display()).into())
+            })?;
             // Any container user that mounts the socket may call it, as upstream's 0777.
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
                 .map_err(|e| BootError::GuestApi(e.into()))?;

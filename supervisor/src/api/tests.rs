@@ -40,6 +40,9 @@ fn vm_info(name: &str) -> VmInfo {
         events: vec![],
         boot_phases: vec![],
         containers: vec![],
+        tee: String::new(),
+        key_provider: String::new(),
+        rtmr3_events: vec![],
         error: None,
     }
 }
