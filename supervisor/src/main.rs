@@ -152,12 +152,7 @@ fn finish(result: Result<(), Failure>) -> ExitCode {
 fn sim_tee(args: StateArgs, collateral: bool) -> Result<(), Failure> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let state_dir = resolve_state_dir(args.state_dir)?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&state_dir)
-        .with_context(|| format!("cannot create {}", state_dir.display()))
-        .exit_with(Exit::State)?;
+    create_state_dir(&state_dir)?;
     let authority = dstack_supervisor::sim_tee::load_authority(&state_dir)
         .context("cannot load the simulated TEE")
         .exit_with(Exit::State)?;
@@ -170,6 +165,16 @@ fn sim_tee(args: StateArgs, collateral: bool) -> Result<(), Failure> {
         print!("{}", authority.root_pem());
     }
     Ok(())
+}
+
+/// Creates the state directory, private to the supervisor's user.
+fn create_state_dir(state_dir: &Path) -> Result<(), Failure> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))
+        .exit_with(Exit::State)
 }
 
 fn resolve_state_dir(flag: Option<PathBuf>) -> Result<PathBuf, Failure> {
@@ -251,12 +256,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     };
     // Created (and locked) only once every flag has been checked, so a bad
     // command line leaves nothing behind.
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&state_dir)
-        .with_context(|| format!("cannot create {}", state_dir.display()))
-        .exit_with(Exit::State)?;
+    create_state_dir(&state_dir)?;
     let _lock = lock_state_dir(&state_dir).exit_with(Exit::State)?;
     let socket = args
         .socket

@@ -58,6 +58,26 @@ pub(crate) struct LeafSpec {
     pub(crate) not_after: Option<i64>,
 }
 
+/// The `GetTlsKey`/`DeriveKey` answer: a leaf for `key` signed by the app root.
+pub(crate) fn tls_key_response(
+    api: &crate::GuestApi,
+    key: &p256::SecretKey,
+    spec: LeafSpec,
+) -> Result<dstack_proto::guest_api::GetTlsKeyResponse, GuestApiError> {
+    let (key, certificate_chain) = issue_leaf(
+        api.platform.as_ref(),
+        &api.measure,
+        &api.root,
+        &api.app,
+        key,
+        spec,
+    )?;
+    Ok(dstack_proto::guest_api::GetTlsKeyResponse {
+        key,
+        certificate_chain,
+    })
+}
+
 /// A leaf for `key` signed by the app root: `(key PEM, [leaf PEM, root PEM])`.
 pub(crate) fn issue_leaf(
     platform: &dyn Platform,

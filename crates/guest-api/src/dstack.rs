@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::attestation::AttestationV0;
-use crate::certs::{LeafSpec, issue_leaf};
+use crate::certs::{LeafSpec, tls_key_response};
 use crate::server::{ApiFailure, Call, json};
 use crate::{GuestApi, UPSTREAM_VERSION, take_evidence};
 
@@ -254,18 +254,7 @@ fn get_tls_key(
         not_before,
         not_after,
     };
-    let (key, certificate_chain) = issue_leaf(
-        api.platform.as_ref(),
-        &api.measure,
-        &api.root,
-        &api.app,
-        &key,
-        spec,
-    )?;
-    Ok(wire::GetTlsKeyResponse {
-        key,
-        certificate_chain,
-    })
+    Ok(tls_key_response(api, &key, spec)?)
 }
 
 pub(crate) fn get_key(

@@ -10,7 +10,7 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::GuestApi;
-use crate::certs::{LeafSpec, issue_leaf};
+use crate::certs::{LeafSpec, tls_key_response};
 use crate::dstack::{blocking, get_key, info, quote, version};
 use crate::server::{ApiFailure, Call, json};
 
@@ -86,18 +86,7 @@ fn derive_key(
         not_before: None,
         not_after: None,
     };
-    let (key, certificate_chain) = issue_leaf(
-        api.platform.as_ref(),
-        &api.measure,
-        &api.root,
-        &api.app,
-        &key,
-        spec,
-    )?;
-    Ok(wire::GetTlsKeyResponse {
-        key,
-        certificate_chain,
-    })
+    Ok(tls_key_response(api, &key, spec)?)
 }
 
 /// report_data = hash(prefix ":" data), zero-padded (default sha512,

@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Platform, PlatformError, PlatformKind};
+use super::{Platform, PlatformError, PlatformKind, io};
 use crate::collateral::Collateral;
 use crate::eventlog::{Event, RuntimeEvent, parse_runtime_log};
 use crate::rtmr::Measurement;
@@ -55,15 +55,6 @@ impl<D: TeeDevice> GuestPlatform<D> {
     /// The runtime event log file.
     pub fn runtime_log(&self) -> &Path {
         &self.runtime_log
-    }
-}
-
-fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PlatformError {
-    let path = path.display().to_string();
-    move |source| PlatformError::Io {
-        operation,
-        path,
-        source,
     }
 }
 

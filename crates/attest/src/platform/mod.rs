@@ -58,6 +58,19 @@ pub enum PlatformError {
     BadQuote(#[from] crate::quote::QuoteParseError),
 }
 
+/// Maps an I/O error on `path` during `operation` to [`PlatformError::Io`].
+fn io(
+    operation: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> PlatformError {
+    let path = path.display().to_string();
+    move |source| PlatformError::Io {
+        operation,
+        path,
+        source,
+    }
+}
+
 /// Which kind of TEE a platform is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

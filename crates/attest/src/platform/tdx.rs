@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::guest::{GuestPlatform, RUNTIME_LOG, TeeDevice};
-use super::{PlatformError, PlatformKind};
+use super::{PlatformError, PlatformKind, io};
 use crate::eventlog::{Event, parse_ccel};
 use crate::rtmr::Measurement;
 
@@ -72,15 +72,6 @@ impl TdxDevice {
     pub fn is_available() -> bool {
         Path::new("/sys/firmware/acpi/tables/CCEL").exists() || Path::new("/dev/tdx_guest").exists()
     }
-
-    fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PlatformError {
-        let path = path.display().to_string();
-        move |source| PlatformError::Io {
-            operation,
-            path,
-            source,
-        }
-    }
 }
 
 fn read_trimmed(path: &Path) -> std::io::Result<String> {
@@ -89,7 +80,7 @@ fn read_trimmed(path: &Path) -> std::io::Result<String> {
 
 fn read_generation(entry: &Path) -> Result<u64, PlatformError> {
     let path = entry.join("generation");
-    let text = read_trimmed(&path).map_err(TdxDevice::io("read generation", &path))?;
+    let text = read_trimmed(&path).map_err(io("read generation", &path))?;
     text.parse().map_err(|_| PlatformError::Io {
         operation: "parse generation",
         path: path.display().to_string(),
@@ -111,12 +102,12 @@ impl TeeDevice for TdxDevice {
         match std::fs::create_dir(&entry) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Self::io("create report entry", &entry)(e)),
+            Err(e) => return Err(io("create report entry", &entry)(e)),
         }
         let result = (|| {
             let provider_path = entry.join("provider");
             let provider =
-                read_trimmed(&provider_path).map_err(Self::io("read provider", &provider_path))?;
+                read_trimmed(&provider_path).map_err(io("read provider", &provider_path))?;
             if provider != "tdx_guest" {
                 return Err(PlatformError::WrongProvider(provider));
             }
@@ -126,12 +117,12 @@ impl TeeDevice for TdxDevice {
                 .write(true)
                 .open(&inblob)
                 .and_then(|mut f| f.write_all(report_data))
-                .map_err(Self::io("write inblob", &inblob))?;
+                .map_err(io("write inblob", &inblob))?;
             let outblob = entry.join("outblob");
             let mut quote = Vec::new();
             File::open(&outblob)
                 .and_then(|mut f| f.read_to_end(&mut quote))
-                .map_err(Self::io("read outblob", &outblob))?;
+                .map_err(io("read outblob", &outblob))?;
             // One write must advance the generation by exactly one; anything
             // else means another writer's inblob produced what we read.
             let after = read_generation(&entry)?;
@@ -157,12 +148,11 @@ impl TeeDevice for TdxDevice {
             .write(true)
             .open(&register)
             .and_then(|mut f| f.write_all(digest))
-            .map_err(Self::io("extend RTMR3", &register))
+            .map_err(io("extend RTMR3", &register))
     }
 
     fn boot_events(&self) -> Result<Vec<Event>, PlatformError> {
-        let ccel =
-            std::fs::read(&self.paths.ccel).map_err(Self::io("read CCEL", &self.paths.ccel))?;
+        let ccel = std::fs::read(&self.paths.ccel).map_err(io("read CCEL", &self.paths.ccel))?;
         Ok(parse_ccel(&ccel)?)
     }
 }
