@@ -12,7 +12,7 @@ TESTDATA ?= $(shell scripts/find-testdata)
 BIN := $(CARGO_TARGET_DIR)/debug
 INIT := $(CARGO_TARGET_DIR)/$(MUSL)/release/dstack-init
 
-.PHONY: demo quote-demo test lint unit e2e fuzz deps build image bench
+.PHONY: demo quote-demo test lint unit e2e e2e-sdk fuzz deps build image bench
 
 deps:
 	scripts/install-deps
@@ -41,6 +41,11 @@ unit:
 e2e: image
 	scripts/registry start
 	cargo nextest run -p dstack-e2e --locked --no-fail-fast --test-threads 2
+
+# Only the official SDKs in CVMs (examples/python-sdk, examples/js-sdk; part of e2e).
+e2e-sdk: image
+	scripts/registry start
+	cargo nextest run -p dstack-e2e --locked --no-fail-fast --test-threads 2 --test guest_api
 
 fuzz:
 	cd fuzz && for target in quote_parse ccel_parse event_log_json; do \

@@ -320,9 +320,18 @@ fn python_sdk_driver_sdk_test_suite_and_quote_verify_in_a_cvm() {
         verdict["replay"]["events"].as_u64().unwrap_or(0) > 0,
         "{verdict}"
     );
+    assert_eq!(
+        verdict["report_data"].as_str().unwrap_or(""),
+        format!("{:0<128}", hex::encode("after-emit")),
+        "the verified quote is not the one the driver asked for"
+    );
     assert!(
         !without.status.success(),
         "a simulated quote verified without the sim root"
+    );
+    assert!(
+        String::from_utf8_lossy(&without.stdout).contains("not trusted"),
+        "rejected for another reason than the untrusted root"
     );
 }
 
