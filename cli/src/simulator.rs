@@ -36,8 +36,12 @@ pub(crate) struct SimulatorArgs {
     app_compose: Option<PathBuf>,
     /// Print the simulated root CA (PEM), which verifiers must be given to
     /// accept simulated quotes, and exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "print_collateral")]
     print_root: bool,
+    /// Print collateral (dcap-qvl JSON, valid 30 days) for simulated quotes
+    /// (`dstack quote verify --collateral`), and exit.
+    #[arg(long)]
+    print_collateral: bool,
 }
 
 /// The default state path: $XDG_DATA_HOME or ~/.local/share, then
@@ -202,6 +206,13 @@ pub(crate) async fn run(args: SimulatorArgs) -> anyhow::Result<()> {
         print!("{}", authority.root_pem());
         return Ok(());
     }
+    if args.print_collateral {
+        let collateral = authority
+            .collateral(chrono::Utc::now())
+            .context("cannot issue collateral")?;
+        println!("{}", collateral.to_json());
+        return Ok(());
+    }
     let app_compose = match &args.app_compose {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?,
@@ -238,7 +249,9 @@ pub(crate) async fn run(args: SimulatorArgs) -> anyhow::Result<()> {
         "  export TAPPD_SIMULATOR_ENDPOINT={}",
         absolute(&tappd_sock).display()
     );
-    println!("  trust simulated quotes with: dstack simulator --print-root");
+    println!(
+        "  verify its quotes with: dstack quote verify QUOTE --root <(dstack simulator --print-root) --collateral <(dstack simulator --print-collateral)"
+    );
     let tappd_task = tokio::spawn(api.clone().serve(tappd, Flavor::Tappd));
     api.serve(dstack, Flavor::Dstack).await;
     tappd_task.abort();

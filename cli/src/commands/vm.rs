@@ -488,6 +488,9 @@ async fn info(args: VmArgs, client: &Client) -> Result<(), Failure> {
         println!("containers:");
         for c in &vm.containers {
             let mut state = format!("{:?}", c.state).to_lowercase();
+            if let Some(code) = c.exit_code {
+                state.push_str(&format!(" ({code})"));
+            }
             if c.restarts > 0 {
                 state.push_str(&format!(", {} restarts", c.restarts));
             }

@@ -372,6 +372,11 @@ fn classify(err: &anyhow::Error, collateral: &Collateral) -> VerifyError {
         || has("QE Identity id/version")
     {
         VerifyError::QeIdentityMismatch(chain)
+    } else if has("UnknownRevocationStatus") || has("UnknownIssuer") {
+        // The CRLs and chain were issued under another root than the trusted one.
+        VerifyError::UntrustedChain(format!(
+            "it was issued under another root CA than the trusted one (a simulated-TEE quote verifies only with that TEE's root trusted explicitly): {chain}"
+        ))
     } else if has("certificate chain")
         || has("Failed to load root ca")
         || has("CRL")
