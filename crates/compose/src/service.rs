@@ -10,9 +10,22 @@ use serde_yaml::Value;
 
 use crate::{ComposeError, parse_duration};
 
-/// The sockets a service may bind-mount from the guest (any other host path is refused:
-/// a compose file must not reach into the guest's own filesystem).
-pub const DSTACK_SOCKETS: [&str; 2] = ["/var/run/dstack.sock", "/var/run/tappd.sock"];
+/// The guest API paths a service may bind-mount from the guest, as upstream
+/// dstack's OS offers them (any other host path is refused: a compose file
+/// must not reach into the guest's own filesystem). Each names `dstack.sock`
+/// or `tappd.sock`, or for the two directories, the directory holding both.
+pub const DSTACK_SOCKETS: [&str; 10] = [
+    "/var/run/dstack.sock",
+    "/var/run/tappd.sock",
+    "/run/dstack.sock",
+    "/run/tappd.sock",
+    "/var/run/dstack/dstack.sock",
+    "/var/run/dstack/tappd.sock",
+    "/run/dstack/dstack.sock",
+    "/run/dstack/tappd.sock",
+    "/var/run/dstack",
+    "/run/dstack",
+];
 
 /// A parsed, validated compose file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -750,6 +763,24 @@ volumes:
 
     fn err(yaml: &str) -> String {
         Compose::parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_upstream_guest_api_path_may_be_mounted() {
+        for path in DSTACK_SOCKETS {
+            let yaml = format!(
+                "services:\n  web:\n    image: x\n    volumes:\n      - type: bind\n        source: {path}\n        target: {path}\n"
+            );
+            let compose = Compose::parse(&yaml).unwrap();
+            assert_eq!(
+                compose.services["web"].volumes[0].source,
+                VolumeSource::DstackSocket(path.to_string())
+            );
+        }
+        assert!(
+            err("services:\n  web:\n    image: x\n    volumes: [\"/run/other.sock:/s\"]\n")
+                .contains("not allowed")
+        );
     }
 
     #[test]

@@ -151,8 +151,11 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
         let source = match &volume.source {
             VolumeSource::Named(volume) => inner.env.data_dir.join("volumes").join(volume),
             VolumeSource::DstackSocket(path) => {
-                let file = std::path::Path::new(path).file_name().unwrap_or_default();
-                let source = inner.env.guest_socket_dir.join(file);
+                // A socket by its file name, or the directory of both.
+                let source = match std::path::Path::new(path).file_name() {
+                    Some(file) if file != "dstack" => inner.env.guest_socket_dir.join(file),
+                    _ => inner.env.guest_socket_dir.clone(),
+                };
                 if !source.exists() {
                     inner.system_log(format!(
                         "{name}: {path} is not mounted: the guest API is not available yet"
