@@ -23,7 +23,7 @@ build:
 
 # The OS image, rebuilt when dstack-init changes (same inputs give the same bytes).
 image: build
-	$(BIN)/dstack image build --init $(INIT) --out $(DSTACK_IMAGES_DIR)
+	$(BIN)/dstack image build --init $(INIT) --out $(DSTACK_IMAGES_DIR) --allow-superseded
 
 demo: deps image
 	scripts/demo "$(BIN)" "$(DSTACK_IMAGES_DIR)"

@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
     let mut out = None;
     let mut name = None;
     let mut dev = false;
+    let mut allow_superseded = false;
     let mut cache = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -24,6 +25,7 @@ fn main() -> anyhow::Result<()> {
             "--name" => name = args.next(),
             "--cache" => cache = args.next().map(PathBuf::from),
             "--dev" => dev = true,
+            "--allow-superseded" => allow_superseded = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -40,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         dev,
         cache_dir: cache.unwrap_or(default_cache),
         progress: Some(Box::new(print_progress)),
+        allow_superseded,
     };
     let start = Instant::now();
     let manifest = build_image(&opts)?;
@@ -56,6 +59,12 @@ fn main() -> anyhow::Result<()> {
 
 fn print_progress(step: BuildProgress) {
     match step {
+        BuildProgress::Superseded(s) => {
+            eprintln!(
+                "warning: {} is no longer served; using {}",
+                s.pinned, s.using
+            )
+        }
         BuildProgress::Downloaded {
             index,
             total,

@@ -17,6 +17,7 @@ use crate::manifest::{
     InputPackage, KERNEL_FILE, METADATA_FILE, SHA256SUM_FILE,
 };
 use crate::progress::BuildProgress;
+use crate::supersede;
 use crate::tree::Tree;
 use crate::{certs, deb, elf, modules, stage};
 
@@ -70,6 +71,9 @@ pub struct BuildOptions {
     pub cache_dir: PathBuf,
     /// Called with each step as the build goes.
     pub progress: Option<Box<dyn Fn(BuildProgress) + Send>>,
+    /// Take the newest version of a pinned package Debian no longer serves
+    /// (reported, and recorded in metadata.json) instead of failing.
+    pub allow_superseded: bool,
 }
 
 impl fmt::Debug for BuildOptions {
@@ -81,6 +85,7 @@ impl fmt::Debug for BuildOptions {
             .field("dev", &self.dev)
             .field("cache_dir", &self.cache_dir)
             .field("progress", &self.progress.as_ref().map(|_| "<callback>"))
+            .field("allow_superseded", &self.allow_superseded)
             .finish()
     }
 }
@@ -101,10 +106,16 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
     let init = fs::read(&opts.init_binary).map_err(BuildError::read(&opts.init_binary))?;
     elf::check_static(&opts.init_binary, &init)?;
 
-    let packages: Vec<PinnedPackage> = inputs::pinned_packages()?
+    let pinned: Vec<PinnedPackage> = inputs::pinned_packages()?
         .into_iter()
         .filter(|p| opts.dev || !p.dev_only)
         .collect();
+    let (packages, substitutions) = supersede::resolve(pinned, opts.allow_superseded, |p| {
+        download::is_cached(&opts.cache_dir, p)
+    })?;
+    for substitution in substitutions {
+        opts.report(BuildProgress::Superseded(substitution));
+    }
     let kernel = packages
         .iter()
         .find(|p| p.role == Role::Kernel)
@@ -399,6 +410,7 @@ mod tests {
             dev: false,
             cache_dir: out.path().join("cache"),
             progress: None,
+            allow_superseded: false,
         };
         if Path::new("/bin/ls").exists() {
             assert!(matches!(

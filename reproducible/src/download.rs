@@ -58,6 +58,11 @@ pub(crate) fn fetch_all(
         .collect())
 }
 
+/// Whether `pkg` is in the cache (its hash is checked when it is used).
+pub(crate) fn is_cached(cache_dir: &Path, pkg: &PinnedPackage) -> bool {
+    cache_path(cache_dir, pkg).is_file()
+}
+
 fn cache_path(cache_dir: &Path, pkg: &PinnedPackage) -> PathBuf {
     cache_dir.join(format!("{}.deb", pkg.sha256))
 }

@@ -42,6 +42,15 @@ pub enum BuildError {
         /// apt-get's own message.
         stderr: String,
     },
+    /// A pinned package is no longer served by the Debian mirror (and is not
+    /// cached), and the build does not allow a newer one.
+    #[error(
+        "{package} is no longer served by Debian (superseded) and is not in the cache: bump the pin in reproducible/inputs.lock, or build with --allow-superseded to take the newest version (the image then differs from the locked one)"
+    )]
+    Superseded {
+        /// `name=version`.
+        package: String,
+    },
     /// `apt-get download` succeeded but left no .deb for a package.
     #[error("apt-get download {package} left no .deb in {dir}")]
     DownloadMissing {

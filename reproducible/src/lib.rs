@@ -27,6 +27,7 @@ mod manifest;
 mod modules;
 mod progress;
 mod stage;
+mod supersede;
 mod tree;
 
 // The public interface is:
@@ -38,3 +39,4 @@ pub use manifest::{
     KERNEL_FILE, METADATA_FILE, SHA256SUM_FILE, image_digest, list_images,
 };
 pub use progress::BuildProgress;
+pub use supersede::Substitution;

@@ -31,6 +31,8 @@ pub enum BuildProgress {
         /// It came from the cache, not the network.
         cached: bool,
     },
+    /// A pinned package is no longer served; a newer version is used.
+    Superseded(crate::Substitution),
     /// A verified package is being unpacked.
     Extracting {
         /// Package name.

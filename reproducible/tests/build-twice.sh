@@ -16,8 +16,8 @@ trap 'rm -rf "$work"' EXIT
 
 cargo build -q --manifest-path "$repo/Cargo.toml" -p dstack-reproducible --example build
 build="$CARGO_TARGET_DIR/debug/examples/build"
-"$build" --init "$init" --out "$work/a" --name image "$@"
-"$build" --init "$init" --out "$work/b" --name image "$@"
+"$build" --init "$init" --out "$work/a" --name image --allow-superseded "$@"
+"$build" --init "$init" --out "$work/b" --name image --allow-superseded "$@"
 
 status=0
 for f in "$work"/a/image/*; do

@@ -39,6 +39,12 @@ pub(crate) struct BuildArgs {
     /// Cache of downloaded packages.
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// When Debian no longer serves a pinned package (a kernel security
+    /// update replaces it), use the newest version instead of failing. The
+    /// image then differs from the locked one; the substitution is printed
+    /// and recorded in metadata.json.
+    #[arg(long)]
+    allow_superseded: bool,
 }
 
 fn cache_home() -> PathBuf {
@@ -98,7 +104,8 @@ fn build(args: BuildArgs) -> Result<(), Failure> {
         name,
         dev: args.dev,
         cache_dir: args.cache.unwrap_or_else(|| cache_home().join("debs")),
-        progress: Some(Box::new(move |step| match step {
+        progress: Some(Box::new(move |step| {
+            match step {
             BuildProgress::Downloading {
                 index,
                 total,
@@ -124,6 +131,10 @@ fn build(args: BuildArgs) -> Result<(), Failure> {
                     if cached { " (cached)" } else { "" }
                 ));
             }
+            BuildProgress::Superseded(s) => progress_bar.println(format!(
+                "warning: {} is no longer served by Debian; using {} (this image differs from the locked one)",
+                s.pinned, s.using
+            )),
             BuildProgress::Extracting { package } => {
                 progress_bar.set_message(format!("extracting {package}"))
             }
@@ -138,7 +149,9 @@ fn build(args: BuildArgs) -> Result<(), Failure> {
                 bytes as f64 / 1048576.0
             )),
             _ => {}
+        }
         })),
+        allow_superseded: args.allow_superseded,
     };
     let start = Instant::now();
     let manifest = build_image(&opts).map_err(anyhow::Error::from)?;
