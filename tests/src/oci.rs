@@ -318,7 +318,7 @@ impl ImageSpec {
             let lock: Lock = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a valid image lock", path.display()))?;
             for deb in &lock.debs {
-                let file = fetch(&deb.url, &Hash::Sha256(deb.sha256.clone()))?;
+                let file = fetch_deb(deb)?;
                 let out = Command::new("dpkg-deb")
                     .arg("-x")
                     .arg(&file)
@@ -481,6 +481,44 @@ fn fetch(url: &str, hash: &Hash) -> anyhow::Result<PathBuf> {
     }
     std::fs::rename(&tmp, &path)?;
     Ok(path)
+}
+
+/// A pinned .deb; when Debian no longer serves that version (a point release
+/// or security update superseded it), the current one from the host's apt
+/// (verified by apt against the signed index), with a warning: the image
+/// then differs from the locked one, but the tests can still run.
+fn fetch_deb(deb: &LockedFile) -> anyhow::Result<PathBuf> {
+    let pinned = match fetch(&deb.url, &Hash::Sha256(deb.sha256.clone())) {
+        Ok(path) => return Ok(path),
+        Err(e) => e,
+    };
+    let work = tempfile::tempdir()?;
+    let status = Command::new("apt-get")
+        .args(["-q", "download", &deb.name])
+        .current_dir(work.path())
+        .status()
+        .context("cannot run apt-get")?;
+    let file = std::fs::read_dir(work.path())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"));
+    let (true, Some(file)) = (status.success(), file) else {
+        return Err(pinned.context(format!(
+            "{} {} is gone and apt-get download {} failed too",
+            deb.name, deb.version, deb.name
+        )));
+    };
+    let data = std::fs::read(&file)?;
+    let hash = hex::encode(Sha256::digest(&data));
+    eprintln!(
+        "warning: {} {} is no longer served by Debian; using {} (sha256 {hash}); run tests/sdk-images/relock",
+        deb.name,
+        deb.version,
+        file.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let dest = downloads_dir().join(format!("sha256-{hash}"));
+    std::fs::copy(&file, &dest)?;
+    Ok(dest)
 }
 
 /// Installs a wheel the way pip does for pure and platform libraries: its
@@ -704,5 +742,27 @@ impl BuiltImage {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs the network and the host's apt lists.
+    #[test]
+    #[ignore = "downloads from Debian"]
+    fn a_superseded_deb_falls_back_to_the_current_one() {
+        let gone = LockedFile {
+            name: "gcc-12-base".into(),
+            version: "0.0-gone".into(),
+            url: "http://deb.debian.org/debian/pool/main/g/gcc-12/gcc-12-base_0.0-gone_amd64.deb"
+                .into(),
+            sha256: "00".repeat(32),
+        };
+        let path = fetch_deb(&gone).unwrap();
+        let data = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name, format!("sha256-{}", hex::encode(Sha256::digest(&data))));
     }
 }
