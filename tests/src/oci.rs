@@ -763,6 +763,9 @@ mod tests {
         let path = fetch_deb(&gone).unwrap();
         let data = std::fs::read(&path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        assert_eq!(name, format!("sha256-{}", hex::encode(Sha256::digest(&data))));
+        assert_eq!(
+            name,
+            format!("sha256-{}", hex::encode(Sha256::digest(&data)))
+        );
     }
 }
