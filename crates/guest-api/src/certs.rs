@@ -2,6 +2,7 @@
 //! and `/GetTlsKey` / tappd `DeriveKey` leaves signed by it (UPSTREAM §1.3,
 //! non-KMS mode: chain `[leaf, app root]`).
 
+use crate::app_info::{self, Measures};
 use std::sync::Mutex;
 
 use base64::Engine;
@@ -56,6 +57,8 @@ pub(crate) struct LeafSpec {
     pub(crate) client_auth: bool,
     pub(crate) not_before: Option<i64>,
     pub(crate) not_after: Option<i64>,
+    /// Add the `.9` app-info extension.
+    pub(crate) with_app_info: bool,
 }
 
 /// The `GetTlsKey`/`DeriveKey` answer: a leaf for `key` signed by the app root.
@@ -106,6 +109,19 @@ pub(crate) fn issue_leaf(
     } else {
         None
     };
+    if spec.with_app_info {
+        // The measurements of the quote in the certificate, else of a fresh one.
+        let quote = match &evidence {
+            Some(evidence) => evidence.quote.clone(),
+            None => take_evidence(platform, measure, &[0; 64])?.quote,
+        };
+        let quote =
+            dstack_attest::Quote::parse(&quote).map_err(|e| GuestApiError::Platform(e.into()))?;
+        if let Some(report) = quote.td_report() {
+            let measures = Measures::of(report, app.key_provider_info.as_bytes());
+            request.app_info = Some(app_info::encode(app, &measures));
+        }
+    }
     let leaf = RaTlsCert::build(&key, &request, evidence.as_ref(), Some(&root.issuer))?;
     Ok((
         key.serialize_pem(),

@@ -7,9 +7,9 @@ use dstack_attest::{Event, Quote, RuntimeEvent};
 use dstack_keys::{KeyAlgorithm, SignAlgorithm};
 use dstack_proto::guest_api as wire;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::app_info::Measures;
 use crate::attestation::AttestationV0;
 use crate::certs::{LeafSpec, tls_key_response};
 use crate::server::{ApiFailure, Call, json};
@@ -129,20 +129,12 @@ pub(crate) fn info(api: &GuestApi) -> Result<wire::AppInfo, ApiFailure> {
         status: hyper::StatusCode::INTERNAL_SERVER_ERROR,
         message: "the platform's quote has no TD report".into(),
     })?;
-    let mut hasher = Sha256::new();
-    hasher.update(report.mr_td);
-    for rtmr in &report.rtmr {
-        hasher.update(rtmr);
-    }
-    if [report.mr_config_id, report.mr_owner, report.mr_owner_config] != [[0u8; 48]; 3] {
-        hasher.update(report.mr_config_id);
-        hasher.update(report.mr_owner);
-        hasher.update(report.mr_owner_config);
-    }
-    let mr_aggregated: [u8; 32] = hasher.finalize().into();
-    // A TDX device id is SHA-256 of the (empty) PPID dstack puts there.
-    let device_id: [u8; 32] = Sha256::digest(b"").into();
     let app = &api.app;
+    let Measures {
+        mr_aggregated,
+        device_id,
+        ..
+    } = Measures::of(report, app.key_provider_info.as_bytes());
     let tcb_info = serde_json::json!({
         "mrtd": hex::encode(report.mr_td),
         "rtmr0": hex::encode(report.rtmr[0]),
@@ -253,6 +245,7 @@ fn get_tls_key(
         client_auth: args.usage_client_auth,
         not_before,
         not_after,
+        with_app_info: args.with_app_info,
     };
     Ok(tls_key_response(api, &key, spec)?)
 }

@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod app_info;
 pub mod attestation;
 mod certs;
 mod dstack;

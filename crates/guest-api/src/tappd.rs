@@ -85,6 +85,7 @@ fn derive_key(
         client_auth: args.usage_client_auth,
         not_before: None,
         not_after: None,
+        with_app_info: false,
     };
     Ok(tls_key_response(api, &key, spec)?)
 }

@@ -398,6 +398,27 @@ async fn get_tls_key_chains_to_the_app_root_and_binds_its_key() {
             .is_none()
     );
 
+    // with_app_info: the .9 extension, upstream's AppInfo as msgpack.
+    let info_oid = x509_parser::oid_registry::Oid::from(&[1, 3, 6, 1, 4, 1, 62397, 1, 9]).unwrap();
+    assert!(leaf.get_extension_unique(&info_oid).unwrap().is_none());
+    let with_info = post(
+        &f.dstack,
+        "/GetTlsKey",
+        json!({"subject": "x", "with_app_info": true}),
+    )
+    .await;
+    let leaf_der = pem_der(with_info["certificate_chain"][0].as_str().unwrap());
+    let (_, info_leaf) = X509Certificate::from_der(&leaf_der).unwrap();
+    let ext = info_leaf.get_extension_unique(&info_oid).unwrap().unwrap();
+    let msgpack = yasna::parse_der(ext.value, |r| r.read_bytes()).unwrap();
+    assert_eq!(msgpack[0], 0x98, "an array of 8 fields");
+    assert_eq!(&msgpack[1..3], &[0xc4, 20], "app_id is a 20-byte bin");
+    let info = post(&f.dstack, "/Info", json!({})).await;
+    assert_eq!(
+        hex::encode(&msgpack[3..23]),
+        info["app_id"].as_str().unwrap()
+    );
+
     let (status, error) = post_err(
         &f.dstack,
         "/GetTlsKey",
