@@ -48,7 +48,7 @@ e2e-sdk: image
 	cargo nextest run -p dstack-e2e --locked --no-fail-fast --test-threads 2 --test guest_api
 
 fuzz:
-	cd fuzz && for target in quote_parse ccel_parse event_log_json; do \
+	cd fuzz && for target in quote_parse ccel_parse event_log_json attestation_decode; do \
 	  CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) cargo +nightly fuzz run $$target -- \
 	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
