@@ -111,18 +111,7 @@ impl VmmError {
     }
 }
 
-/// An error and all its sources on one line (messages never repeat their
-/// source, so nothing is printed twice: STYLE rule 4).
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use dstack_proto::error_chain;
 
 impl From<VmmError> for ApiError {
     fn from(err: VmmError) -> Self {

@@ -21,17 +21,4 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// An error and its causes on one line: "outer: cause: root cause".
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
-}
+pub(crate) use dstack_proto::error_chain;

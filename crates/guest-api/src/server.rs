@@ -1,6 +1,7 @@
 //! HTTP/1.1 over a unix socket: routing, argument decoding (JSON body or
 //! query string) and JSON responses, pRPC-style (UPSTREAM §1.2).
 
+use dstack_proto::error_chain;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,21 +67,6 @@ impl From<crate::GuestApiError> for ApiFailure {
             _ => Self::internal(&err),
         }
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }
 
 /// A call's arguments: the query string of a GET or the body of a POST.

@@ -29,3 +29,46 @@ impl ApiError {
         }
     }
 }
+
+/// An error and its causes on one line, `outer: cause: root cause`: the
+/// text of every `ApiError` and every log line about a failure. A cause
+/// whose text is already there (a message that repeats its source) is not
+/// printed twice.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Msg(&'static str, #[source] Option<Box<Msg>>);
+
+    #[test]
+    fn chains_causes_once_each() {
+        let root = Msg("disk full", None);
+        let mid = Msg("cannot write state", Some(Box::new(root)));
+        assert_eq!(
+            error_chain(&Msg("deploy failed", Some(Box::new(mid)))),
+            "deploy failed: cannot write state: disk full"
+        );
+        // A message that already repeats its source does not print it twice.
+        let repeated = Msg(
+            "bad input: disk full",
+            Some(Box::new(Msg("disk full", None))),
+        );
+        assert_eq!(error_chain(&repeated), "bad input: disk full");
+    }
+}
