@@ -3,7 +3,7 @@
 //! decodes must encode back to the same bytes.
 #![no_main]
 
-use dstack_guest_api::attestation::AttestationV0;
+use dstack_attest::AttestationV0;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attestation;
 pub mod collateral;
 pub mod eventlog;
+pub mod measures;
 pub mod platform;
 pub mod quote;
 pub mod rtmr;
@@ -15,8 +17,10 @@ pub mod verify;
 #[cfg(test)]
 mod testdata;
 
+pub use attestation::{AttestationDecodeError, AttestationV0};
 pub use collateral::{Collateral, CollateralError};
 pub use eventlog::{Event, EventLogError, ReplayMismatch, RuntimeEvent};
+pub use measures::Measures;
 pub use platform::{GuestPlatform, Platform, PlatformError, PlatformKind, RUNTIME_LOG, TeeDevice};
 pub use quote::{Quote, QuoteParseError, Report, TdReport};
 pub use rtmr::{Measurement, Rtmrs};

@@ -2,16 +2,14 @@
 //! and `/GetTlsKey` / tappd `DeriveKey` leaves signed by it (UPSTREAM §1.3,
 //! non-KMS mode: chain `[leaf, app root]`).
 
-use crate::app_info::{self, Measures};
 use std::sync::Mutex;
 
 use base64::Engine;
-use dstack_attest::Platform;
-use dstack_ra_tls::{CertIssuer, CertRequest, Evidence, RaTlsCert};
+use dstack_attest::{Measures, Platform};
+use dstack_ra_tls::{CertAppInfo, CertIssuer, CertRequest, Evidence, RaTlsCert};
 use p256::pkcs8::EncodePrivateKey;
 use rcgen::{KeyPair, PublicKeyData};
 
-use crate::attestation::AttestationV0;
 use crate::{AppInfo, GuestApiError, take_evidence};
 
 /// Special usage of app leaf certificates (dstack OID .4).
@@ -38,7 +36,7 @@ impl AppRoot {
         request.client_auth = false;
         request.ca_path_len = Some(1);
         request.not_after = Some(ten_years_from_now());
-        let evidence = evidence_for(platform, measure, &key, &mut request, &app.vm_config)?;
+        let evidence = evidence_for(platform, measure, &key, &app.vm_config)?;
         let cert = RaTlsCert::build(&key, &request, Some(&evidence), None)?;
         let issuer = CertIssuer::new(cert.cert_der.clone(), &cert.key_der)?;
         Ok(Self {
@@ -99,13 +97,7 @@ pub(crate) fn issue_leaf(
     request.not_before = spec.not_before;
     request.not_after = Some(spec.not_after.unwrap_or_else(ten_years_from_now));
     let evidence = if spec.ra_tls {
-        Some(evidence_for(
-            platform,
-            measure,
-            &key,
-            &mut request,
-            &app.vm_config,
-        )?)
+        Some(evidence_for(platform, measure, &key, &app.vm_config)?)
     } else {
         None
     };
@@ -119,7 +111,17 @@ pub(crate) fn issue_leaf(
             dstack_attest::Quote::parse(&quote).map_err(|e| GuestApiError::Platform(e.into()))?;
         if let Some(report) = quote.td_report() {
             let measures = Measures::of(report, app.key_provider_info.as_bytes());
-            request.app_info = Some(app_info::encode(app, &measures));
+            request.app_info = Some(CertAppInfo {
+                app_id: app.app_id.clone(),
+                compose_hash: app.compose_hash.to_vec(),
+                instance_id: app.instance_id.clone(),
+                device_id: measures.device_id.to_vec(),
+                mr_system: measures.mr_system,
+                mr_aggregated: measures.mr_aggregated,
+                os_image_hash: app.os_image_hash.clone(),
+                key_provider_info: app.key_provider_info.as_bytes().to_vec(),
+                init_script_hashes: Vec::new(),
+            });
         }
     }
     let leaf = RaTlsCert::build(&key, &request, evidence.as_ref(), Some(&root.issuer))?;
@@ -129,28 +131,22 @@ pub(crate) fn issue_leaf(
     ))
 }
 
-/// Quotes `key`'s SPKI (SHA-512("ratls-cert:" ‖ SPKI)) and sets the
-/// request's `.8` attestation; returns the evidence for `.1`/`.2`.
+/// Quotes `key`'s SPKI (SHA-512("ratls-cert:" ‖ SPKI)): the evidence the
+/// certificate's `.8` extension carries. No collateral: verifiers bring
+/// their own (from a PCCS or the sim root's), as upstream's leaves assume.
 fn evidence_for(
     platform: &dyn Platform,
     measure: &Mutex<()>,
     key: &KeyPair,
-    request: &mut CertRequest,
     vm_config: &str,
 ) -> Result<Evidence, GuestApiError> {
     let report_data = dstack_ra_tls::report_data_for_spki(&key.subject_public_key_info());
     let taken = take_evidence(platform, measure, &report_data)?;
-    let attestation = AttestationV0::new(
-        taken.quote.clone(),
-        taken.events.clone(),
-        report_data,
-        vm_config.to_owned(),
-    );
-    request.attestation = Some(attestation.stripped().to_bytes());
     Ok(Evidence {
         quote: taken.quote,
         event_log: taken.events,
-        collateral: platform.collateral()?,
+        vm_config: vm_config.to_owned(),
+        collateral: None,
     })
 }
 

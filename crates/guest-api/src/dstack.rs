@@ -9,11 +9,11 @@ use dstack_proto::guest_api as wire;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use crate::app_info::Measures;
-use crate::attestation::AttestationV0;
 use crate::certs::{LeafSpec, tls_key_response};
 use crate::server::{ApiFailure, Call, json};
 use crate::{GuestApi, UPSTREAM_VERSION, take_evidence};
+use dstack_attest::AttestationV0;
+use dstack_attest::Measures;
 
 /// Runtime event names only the boot sequence may emit: an app emitting one
 /// could make its log look like a different boot.

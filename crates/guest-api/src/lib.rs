@@ -32,8 +32,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod app_info;
-pub mod attestation;
 mod certs;
 mod dstack;
 mod server;

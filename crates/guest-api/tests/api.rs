@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use dstack_attest::AttestationV0;
 use dstack_attest::eventlog::{check_replay, parse_event_log_json};
 use dstack_attest::{
     Event, Platform, Quote, Rtmrs, RuntimeEvent, SimAuthority, SimPlatform, SimTdIdentity,
 };
-use dstack_guest_api::attestation::AttestationV0;
 use dstack_guest_api::{AppInfo, Flavor, GuestApi};
 use dstack_keys::AppKeys;
 use serde_json::{Value, json};
@@ -368,35 +368,40 @@ async fn get_tls_key_chains_to_the_app_root_and_binds_its_key() {
     root.verify_signature(None).unwrap();
     leaf.verify_signature(Some(root.public_key())).unwrap();
     assert_eq!(leaf.validity().not_after.timestamp(), 4102444800);
-    // The leaf's quote binds the leaf's public key.
+    // Upstream's leaf shape: the .8 attestation, no legacy .1/.2 quote and
+    // event log, no collateral.
     let quote_oid = x509_parser::oid_registry::Oid::from(&[1, 3, 6, 1, 4, 1, 62397, 1, 1]).unwrap();
-    let ext = leaf.get_extension_unique(&quote_oid).unwrap().unwrap();
-    let quote = yasna::parse_der(ext.value, |r| r.read_bytes()).unwrap();
-    let report = quote_report(&quote);
+    assert!(leaf.get_extension_unique(&quote_oid).unwrap().is_none());
+    let log_oid = x509_parser::oid_registry::Oid::from(&[1, 3, 6, 1, 4, 1, 62397, 1, 2]).unwrap();
+    assert!(leaf.get_extension_unique(&log_oid).unwrap().is_none());
+    // The .8 attestation's quote binds the leaf's public key.
+    let att_oid = x509_parser::oid_registry::Oid::from(&[1, 3, 6, 1, 4, 1, 62397, 1, 8]).unwrap();
+    let ext = leaf.get_extension_unique(&att_oid).unwrap().unwrap();
+    let att = yasna::parse_der(ext.value, |r| r.read_bytes()).unwrap();
+    let att = AttestationV0::from_bytes(&att).unwrap();
+    let report = quote_report(&att.quote);
     let expected: [u8; 64] = Sha512::new()
         .chain_update(b"ratls-cert:")
         .chain_update(leaf.public_key().raw)
         .finalize()
         .into();
     assert_eq!(report.report_data, expected);
-    // The .8 attestation extension parses back too.
-    let att_oid = x509_parser::oid_registry::Oid::from(&[1, 3, 6, 1, 4, 1, 62397, 1, 8]).unwrap();
-    let ext = leaf.get_extension_unique(&att_oid).unwrap().unwrap();
-    let att = yasna::parse_der(ext.value, |r| r.read_bytes()).unwrap();
-    let att = AttestationV0::from_bytes(&att).unwrap();
     assert_eq!(att.report_data, expected);
+    // Stripped: RTMR3 events with blank digests (and RTMR0's ACPI DATA
+    // events on TDX; the sim TEE's RTMR0 has none).
+    assert!(!att.event_log.is_empty());
+    assert!(
+        att.event_log
+            .iter()
+            .all(|e| e.imr == 3 && e.digest.is_empty())
+    );
 
     // A fresh key every call; no evidence unless asked.
     let plain = post(&f.dstack, "/GetTlsKey", json!({"subject": "x"})).await;
     assert_ne!(plain["key"], response["key"]);
     let leaf_der = pem_der(plain["certificate_chain"][0].as_str().unwrap());
     let (_, plain_leaf) = X509Certificate::from_der(&leaf_der).unwrap();
-    assert!(
-        plain_leaf
-            .get_extension_unique(&quote_oid)
-            .unwrap()
-            .is_none()
-    );
+    assert!(plain_leaf.get_extension_unique(&att_oid).unwrap().is_none());
 
     // with_app_info: the .9 extension, upstream's AppInfo as msgpack.
     let info_oid = x509_parser::oid_registry::Oid::from(&[1, 3, 6, 1, 4, 1, 62397, 1, 9]).unwrap();
@@ -411,7 +416,8 @@ async fn get_tls_key_chains_to_the_app_root_and_binds_its_key() {
     let (_, info_leaf) = X509Certificate::from_der(&leaf_der).unwrap();
     let ext = info_leaf.get_extension_unique(&info_oid).unwrap().unwrap();
     let msgpack = yasna::parse_der(ext.value, |r| r.read_bytes()).unwrap();
-    assert_eq!(msgpack[0], 0x98, "an array of 8 fields");
+    assert_eq!(msgpack[0], 0x99, "an array of 9 fields, as upstream writes");
+    assert_eq!(*msgpack.last().unwrap(), 0x90, "no init-script hashes");
     assert_eq!(&msgpack[1..3], &[0xc4, 20], "app_id is a 20-byte bin");
     let info = post(&f.dstack, "/Info", json!({})).await;
     assert_eq!(

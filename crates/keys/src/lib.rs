@@ -12,6 +12,7 @@
 
 mod app_keys;
 pub mod kdf;
+pub mod kms;
 pub mod report_data;
 mod signing;
 
@@ -19,6 +20,7 @@ pub use app_keys::AppKeys;
 pub use kdf::{
     derive_dh_secret, derive_key, derive_p256_key_pair, derive_p256_key_pair_from_bytes,
 };
+pub use kms::{EnvPublicKey, KmsAppKeys, KmsRootKeys};
 pub use report_data::{HashAlgorithm, report_data_with_hash};
 pub use signing::{
     DerivedKey, KeyAlgorithm, SIGNING_KEY_PATH, SIGNING_KEY_PURPOSE, SignAlgorithm, Signed, verify,

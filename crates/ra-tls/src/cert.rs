@@ -2,7 +2,7 @@
 //! into a TEE quote through report_data, with the quote, event log and
 //! collateral carried in certificate extensions.
 
-use dstack_attest::{Collateral, Event, Platform};
+use dstack_attest::{AttestationV0, Collateral, Event, Platform};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
@@ -11,6 +11,7 @@ use rcgen::{
 use sha2::{Digest, Sha512};
 
 use crate::RaTlsError;
+use crate::app_info::CertAppInfo;
 use crate::oids;
 
 /// The report_data that binds a certificate's public key into a quote:
@@ -47,10 +48,12 @@ pub struct CertRequest {
     /// Make a CA certificate with this path length constraint (adds
     /// keyCertSign and cRLSign to the key usages).
     pub ca_path_len: Option<u8>,
-    /// dstack's versioned attestation (OID .8), already encoded.
+    /// dstack's versioned attestation (OID .8), already encoded, for a
+    /// certificate built without [`Evidence`] (e.g. one carrying another
+    /// key's attestation, as a CA does).
     pub attestation: Option<Vec<u8>>,
-    /// dstack's app info (OID .9), already encoded.
-    pub app_info: Option<Vec<u8>>,
+    /// dstack's app info (OID .9).
+    pub app_info: Option<CertAppInfo>,
 }
 
 impl CertRequest {
@@ -72,11 +75,6 @@ impl CertRequest {
         }
     }
 }
-
-/// dstack's versioned attestation extension (`VersionedAttestation` bytes).
-const ATTESTATION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 62397, 1, 8];
-/// dstack's app info extension.
-const APP_INFO_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 62397, 1, 9];
 
 /// A CA that signs certificates: its certificate and private key.
 pub struct CertIssuer {
@@ -116,14 +114,20 @@ pub fn key_pair_from_pkcs8(key_der: &[u8]) -> Result<KeyPair, RaTlsError> {
     )?)
 }
 
-/// The evidence a certificate carries.
+/// The evidence a certificate carries, as upstream's `.8` extension: the
+/// quote with the stripped event log (RTMR3 events and RTMR0's ACPI DATA
+/// events) in a V0 `VersionedAttestation`.
 #[derive(Debug, Clone)]
 pub struct Evidence {
     /// The quote; its report_data must bind the certificate key.
     pub quote: Vec<u8>,
-    /// The event log the quote's RTMRs replay from.
+    /// The full event log the quote's RTMRs replay from (stripped when written).
     pub event_log: Vec<Event>,
-    /// Collateral for offline verification.
+    /// The VM config JSON string (upstream's attestation `config`).
+    pub vm_config: String,
+    /// Collateral, embedded under our own OID only when given: it lets a
+    /// verifier without a collateral source check the quote offline, at the
+    /// cost of about 16 KB per certificate. Upstream's leaves carry none.
     pub collateral: Option<Collateral>,
 }
 
@@ -156,6 +160,7 @@ impl RaTlsCert {
         let evidence = Evidence {
             quote: platform.quote(&report_data)?,
             event_log: platform.event_log()?,
+            vm_config: String::new(),
             collateral,
         };
         Self::with_evidence(key, request, &evidence)
@@ -215,10 +220,17 @@ impl RaTlsCert {
             params.key_usages.push(KeyUsagePurpose::CrlSign);
         }
         if let Some(evidence) = evidence {
-            let event_log = serde_json::to_vec(&evidence.event_log)
-                .map_err(|e| RaTlsError::Encode(e.to_string()))?;
-            push_ext(&mut params, oids::TDX_QUOTE, &evidence.quote);
-            push_ext(&mut params, oids::EVENT_LOG, &event_log);
+            let attestation = AttestationV0::new(
+                evidence.quote.clone(),
+                evidence.event_log.clone(),
+                report_data_for_spki(&key.subject_public_key_info()),
+                evidence.vm_config.clone(),
+            );
+            push_ext(
+                &mut params,
+                oids::ATTESTATION,
+                &attestation.stripped().to_bytes(),
+            );
             if let Some(collateral) = &evidence.collateral {
                 push_ext(
                     &mut params,
@@ -226,12 +238,11 @@ impl RaTlsCert {
                     collateral.to_json().as_bytes(),
                 );
             }
-        }
-        if let Some(attestation) = &request.attestation {
-            push_ext(&mut params, ATTESTATION_OID, attestation);
+        } else if let Some(attestation) = &request.attestation {
+            push_ext(&mut params, oids::ATTESTATION, attestation);
         }
         if let Some(app_info) = &request.app_info {
-            push_ext(&mut params, APP_INFO_OID, app_info);
+            push_ext(&mut params, oids::APP_INFO, &app_info.encode());
         }
         if let Some(usage) = &request.usage {
             push_ext(&mut params, oids::CERT_USAGE, usage.as_bytes());

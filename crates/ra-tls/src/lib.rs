@@ -7,11 +7,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app_info;
 mod cert;
 mod config;
 pub mod oids;
 mod verify;
 
+pub use app_info::{AppInfoDecodeError, CertAppInfo};
 pub use cert::{
     CertIssuer, CertRequest, Evidence, RaTlsCert, key_pair_from_pkcs8, report_data_for_spki,
 };
@@ -52,6 +54,12 @@ pub enum RaTlsError {
     /// The quote does not bind this certificate's public key.
     #[error("quote report_data does not bind the certificate's public key")]
     KeyBindingMismatch,
+    /// The `.8` attestation extension cannot be decoded.
+    #[error("attestation extension is malformed")]
+    Attestation(#[from] dstack_attest::AttestationDecodeError),
+    /// The `.9` app-info extension cannot be decoded.
+    #[error("app-info extension is malformed")]
+    AppInfo(#[from] AppInfoDecodeError),
     /// The event log is malformed or a runtime event's digest is wrong.
     #[error("event log rejected")]
     EventLog(#[from] dstack_attest::EventLogError),

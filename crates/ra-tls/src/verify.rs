@@ -9,8 +9,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dstack_attest::eventlog::{check_replay, parse_event_log_json, verify_runtime_digests};
-use dstack_attest::{Collateral, Event, QuoteVerifier, Rtmrs, VerifiedQuote};
+use dstack_attest::eventlog::{
+    check_replay, check_runtime_replay, parse_event_log_json, verify_runtime_digests,
+};
+use dstack_attest::{AttestationV0, Collateral, Event, QuoteVerifier, Rtmrs, VerifiedQuote};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -20,6 +22,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::RaTlsError;
+use crate::app_info::CertAppInfo;
 use crate::cert::report_data_for_spki;
 use crate::oids;
 
@@ -28,8 +31,15 @@ use crate::oids;
 pub struct VerifiedPeer {
     /// The verified quote (TCB status, measurements, report data).
     pub quote: VerifiedQuote,
-    /// The event log, replayed and matched against the quote's RTMRs.
+    /// The event log, matched against the quote's RTMRs: all four for a
+    /// legacy full log (`.2`), RTMR3 for a stripped one (`.8`), whose boot
+    /// events are only RTMR0's ACPI DATA digests.
     pub event_log: Vec<Event>,
+    /// The VM config string the attestation carried (empty if none).
+    pub vm_config: String,
+    /// The `.9` app-info extension, if present. The issuer's claim, not
+    /// evidence: derive identity from the quote and event log instead.
+    pub app_info: Option<CertAppInfo>,
     /// The app id extension, if present.
     pub app_id: Option<Vec<u8>>,
     /// The special-usage extension, if present.
@@ -62,6 +72,8 @@ const RECENT_PEERS: usize = 64;
 
 struct Extensions {
     spki: Vec<u8>,
+    attestation: Option<Vec<u8>>,
+    app_info: Option<Vec<u8>>,
     quote: Option<Vec<u8>>,
     event_log: Option<Vec<u8>>,
     collateral: Option<Vec<u8>>,
@@ -76,6 +88,8 @@ fn read_extensions(cert_der: &[u8]) -> Result<Extensions, RaTlsError> {
         X509Certificate::from_der(cert_der).map_err(|e| RaTlsError::Certificate(e.to_string()))?;
     let mut out = Extensions {
         spki: cert.tbs_certificate.subject_pki.raw.to_vec(),
+        attestation: None,
+        app_info: None,
         quote: None,
         event_log: None,
         collateral: None,
@@ -88,6 +102,8 @@ fn read_extensions(cert_der: &[u8]) -> Result<Extensions, RaTlsError> {
         let Some(arcs) = ext.oid.iter() else { continue };
         let arcs: Vec<u64> = arcs.collect();
         let slot = match arcs.as_slice() {
+            a if a == oids::ATTESTATION => &mut out.attestation,
+            a if a == oids::APP_INFO => &mut out.app_info,
             a if a == oids::TDX_QUOTE => &mut out.quote,
             a if a == oids::EVENT_LOG => &mut out.event_log,
             a if a == oids::COLLATERAL => &mut out.collateral,
@@ -140,7 +156,31 @@ impl RaTlsVerifier {
         if now < ext.not_before || now > ext.not_after {
             return Err(RaTlsError::CertificateExpired);
         }
-        let quote = ext.quote.ok_or(RaTlsError::MissingQuote)?;
+        // Upstream's verifiers read `.8` first and fall back to `.1` + `.2`.
+        let (quote, mut event_log, vm_config, stripped) = match &ext.attestation {
+            Some(bytes) => {
+                let attestation = AttestationV0::from_bytes(bytes)?;
+                (
+                    attestation.quote,
+                    attestation.event_log,
+                    attestation.config,
+                    true,
+                )
+            }
+            None => {
+                let quote = ext.quote.clone().ok_or(RaTlsError::MissingQuote)?;
+                let event_log = match &ext.event_log {
+                    Some(bytes) => {
+                        let text = std::str::from_utf8(bytes).map_err(|_| {
+                            RaTlsError::Certificate("event log extension is not UTF-8".into())
+                        })?;
+                        parse_event_log_json(text)?
+                    }
+                    None => Vec::new(),
+                };
+                (quote, event_log, String::new(), false)
+            }
+        };
         let collateral = match (&ext.collateral, &self.collateral) {
             (Some(bytes), _) => {
                 let text = std::str::from_utf8(bytes).map_err(|_| {
@@ -155,22 +195,24 @@ impl RaTlsVerifier {
         if verified.quote.report_data() != &report_data_for_spki(&ext.spki) {
             return Err(RaTlsError::KeyBindingMismatch);
         }
-        let mut event_log = match &ext.event_log {
-            Some(bytes) => {
-                let text = std::str::from_utf8(bytes).map_err(|_| {
-                    RaTlsError::Certificate("event log extension is not UTF-8".into())
-                })?;
-                parse_event_log_json(text)?
-            }
-            None => Vec::new(),
-        };
         if let Some(td) = verified.quote.td_report() {
             verify_runtime_digests(&mut event_log)?;
-            check_replay(&event_log, &Rtmrs(td.rtmr))?;
+            if stripped {
+                check_runtime_replay(&event_log, &Rtmrs(td.rtmr))?;
+            } else {
+                check_replay(&event_log, &Rtmrs(td.rtmr))?;
+            }
         }
+        let app_info = ext
+            .app_info
+            .as_deref()
+            .map(CertAppInfo::decode)
+            .transpose()?;
         let peer = VerifiedPeer {
             quote: verified,
             event_log,
+            vm_config,
+            app_info,
             app_id: ext.app_id,
             usage: ext.usage.map(|u| String::from_utf8_lossy(&u).into_owned()),
             cert_sha256: Sha256::digest(cert_der).into(),

@@ -128,6 +128,7 @@ async fn handshake_fails_when_the_quote_binds_another_key() {
     let evidence = Evidence {
         quote,
         event_log: td.event_log().unwrap(),
+        vm_config: String::new(),
         collateral: td.collateral().unwrap(),
     };
     let forged =
@@ -188,6 +189,7 @@ fn tampered_event_log_in_certificate_is_rejected() {
     let evidence = Evidence {
         quote,
         event_log,
+        vm_config: String::new(),
         collateral: td.collateral().unwrap(),
     };
     let cert = RaTlsCert::with_evidence(key, &CertRequest::new("server"), &evidence).unwrap();
@@ -199,4 +201,42 @@ fn tampered_event_log_in_certificate_is_rejected() {
         matches!(err, RaTlsError::EventLog(_) | RaTlsError::Replay(_)),
         "{err:?}"
     );
+}
+
+/// Upstream's leaf shape: `.8` (and `.4`), no legacy `.1`/`.2` and no
+/// collateral; the verifier brings the collateral.
+#[test]
+fn leaf_without_collateral_verifies_with_the_verifiers_collateral() {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let authority = Arc::new(SimAuthority::generate().unwrap());
+    let td = platform(&authority, 0x88);
+    let mut request = CertRequest::new("leaf");
+    request.usage = Some("app:custom".into());
+    let cert = RaTlsCert::issue(&td, &request, None).unwrap();
+    let (_, parsed) = X509Certificate::from_der(&cert.cert_der).unwrap();
+    let mut oids: Vec<String> = parsed
+        .extensions()
+        .iter()
+        .map(|e| e.oid.to_id_string())
+        .filter(|o| o.starts_with("1.3.6.1.4.1.62397") || o.starts_with("2.25"))
+        .collect();
+    oids.sort();
+    assert_eq!(oids, ["1.3.6.1.4.1.62397.1.4", "1.3.6.1.4.1.62397.1.8"]);
+    assert!(cert.cert_der.len() < 8 * 1024, "{}", cert.cert_der.len());
+
+    let bare = RaTlsVerifier::new(QuoteVerifier::new(authority.root_der().to_vec()));
+    assert!(matches!(
+        bare.verify_cert(&cert.cert_der, SystemTime::now()),
+        Err(RaTlsError::MissingCollateral)
+    ));
+    let with_collateral = RaTlsVerifier::new(QuoteVerifier::new(authority.root_der().to_vec()))
+        .with_collateral(td.collateral().unwrap().unwrap());
+    let peer = with_collateral
+        .verify_cert(&cert.cert_der, SystemTime::now())
+        .unwrap();
+    assert_eq!(peer.usage.as_deref(), Some("app:custom"));
+    // The stripped log keeps the runtime events, with digests recomputed.
+    assert_eq!(peer.event_log.len(), 1);
+    assert_eq!(peer.event_log[0].event, "system-ready");
+    assert_eq!(peer.event_log[0].digest.len(), 48);
 }

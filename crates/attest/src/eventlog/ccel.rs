@@ -60,6 +60,7 @@ pub fn parse_ccel(bytes: &[u8]) -> Result<Vec<Event>, EventLogError> {
             events.push(event);
         }
     }
+    super::label_acpi_data_events(&mut events);
     Ok(events)
 }
 
@@ -252,10 +253,22 @@ mod tests {
             [per_imr(0), per_imr(1), per_imr(2), per_imr(3)],
             [13, 5, 0, 0]
         );
+        assert!(events.iter().all(|e| e.imr <= 3 && e.digest.len() == 48));
+        // Only TDVF's three ACPI DATA events get names, as dstack labels them.
+        let named: Vec<(usize, &str)> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.event.is_empty())
+            .map(|(i, e)| (i, e.event.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [(8, "acpi-loader"), (9, "acpi-rsdp"), (10, "acpi-tables")]
+        );
         assert!(
-            events
+            events[8..11]
                 .iter()
-                .all(|e| e.imr <= 3 && e.digest.len() == 48 && e.event.is_empty())
+                .all(|e| e.event_payload == b"ACPI DATA")
         );
 
         let types: Vec<u32> = events.iter().map(|e| e.event_type).collect();

@@ -21,7 +21,7 @@ pub use ccel::{
     EV_EFI_VARIABLE_DRIVER_CONFIG, EV_NO_ACTION, EV_PLATFORM_CONFIG_FLAGS, EV_SEPARATOR,
     TPM_ALG_SHA384, parse_ccel,
 };
-pub use replay::{ReplayMismatch, check_replay, replay};
+pub use replay::{ReplayMismatch, check_replay, check_runtime_replay, replay};
 pub use runtime::{RuntimeEvent, parse_runtime_log, verify_runtime_digests};
 
 /// Event type of dstack runtime events (not a TCG type; chosen by dstack).
@@ -29,6 +29,31 @@ pub const DSTACK_RUNTIME_EVENT_TYPE: u32 = 0x0800_0001;
 
 /// The RTMR that dstack runtime events extend.
 pub const RUNTIME_EVENT_IMR: u32 = 3;
+
+/// The payload TDVF logs for each of its three RTMR0 ACPI measurements.
+pub const ACPI_DATA_PAYLOAD: &[u8] = b"ACPI DATA";
+/// The names dstack gives the three RTMR0 `ACPI DATA` events, in log order
+/// (the payload is the same marker for all three).
+pub const ACPI_DATA_EVENT_NAMES: [&str; 3] = ["acpi-loader", "acpi-rsdp", "acpi-tables"];
+
+/// Whether `event` is one of TDVF's RTMR0 `ACPI DATA` measurements.
+pub fn is_acpi_data_event(event: &Event) -> bool {
+    event.imr == 0
+        && event.event_type == EV_PLATFORM_CONFIG_FLAGS
+        && event.event_payload == ACPI_DATA_PAYLOAD
+}
+
+/// Names the RTMR0 `ACPI DATA` events `acpi-loader`, `acpi-rsdp`,
+/// `acpi-tables` in log order, as dstack labels them before serving a log.
+pub fn label_acpi_data_events(events: &mut [Event]) {
+    for (event, name) in events
+        .iter_mut()
+        .filter(|e| is_acpi_data_event(e))
+        .zip(ACPI_DATA_EVENT_NAMES)
+    {
+        event.event = name.to_owned();
+    }
+}
 
 /// One measured event, as dstack's `/GetQuote` and `tcb_info` JSON show it.
 ///

@@ -68,6 +68,31 @@ pub fn check_replay(events: &[Event], expected: &Rtmrs) -> Result<Rtmrs, EventLo
     }
 }
 
+/// Replays only the RTMR3 (runtime) events and compares RTMR3 with the
+/// quote: the check for a stripped log (a certificate's `.8`), which keeps
+/// the runtime events but not the boot events that RTMR0-2 fold.
+pub fn check_runtime_replay(events: &[Event], expected: &Rtmrs) -> Result<(), EventLogError> {
+    let runtime: Vec<Event> = events
+        .iter()
+        .filter(|e| e.imr == RUNTIME_REGISTER)
+        .cloned()
+        .collect();
+    let replayed = replay(&runtime)?;
+    if replayed.0[RUNTIME_REGISTER_INDEX] == expected.0[RUNTIME_REGISTER_INDEX] {
+        Ok(())
+    } else {
+        Err(ReplayMismatch {
+            register: RUNTIME_REGISTER_INDEX,
+            expected: expected.0[RUNTIME_REGISTER_INDEX],
+            replayed: replayed.0[RUNTIME_REGISTER_INDEX],
+        }
+        .into())
+    }
+}
+
+const RUNTIME_REGISTER: u32 = super::RUNTIME_EVENT_IMR;
+const RUNTIME_REGISTER_INDEX: usize = 3;
+
 #[cfg(test)]
 mod tests {
     use sha2::{Digest, Sha384};

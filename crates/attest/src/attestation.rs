@@ -9,7 +9,8 @@
 //! event_payload: Vec<u8>}>` · runtime_events: `Vec<{event: String,
 //! payload: Vec<u8>}>` · report_data: `[u8; 64]` · config: `String`.
 
-use dstack_attest::{Event, RuntimeEvent};
+use crate::eventlog::is_acpi_data_event;
+use crate::{Event, RuntimeEvent};
 
 /// A V0 attestation: a TDX quote with its event log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,17 +100,26 @@ impl AttestationV0 {
         out
     }
 
-    /// The form certificates carry (upstream's `into_stripped`): only RTMR3
-    /// events, with their digests blanked (verifiers recompute them).
+    /// The form certificates carry (upstream's `into_stripped`): the RTMR3
+    /// events with their digests blanked (verifiers recompute them), and the
+    /// RTMR0 `ACPI DATA` events with their digests and marker payload (what
+    /// upstream's verifier needs for its OS-image check on the TDX-lite path).
     pub fn stripped(&self) -> Self {
         Self {
             event_log: self
                 .event_log
                 .iter()
-                .filter(|e| e.imr == 3)
-                .map(|e| Event {
-                    digest: Vec::new(),
-                    ..e.clone()
+                .filter_map(|e| {
+                    if e.imr == 3 {
+                        Some(Event {
+                            digest: Vec::new(),
+                            ..e.clone()
+                        })
+                    } else if is_acpi_data_event(e) {
+                        Some(e.clone())
+                    } else {
+                        None
+                    }
                 })
                 .collect(),
             ..self.clone()
@@ -313,6 +323,24 @@ mod tests {
             AttestationV0::from_bytes(&stripped.to_bytes()).unwrap(),
             stripped
         );
+    }
+
+    #[test]
+    fn stripping_keeps_runtime_and_acpi_data_events() {
+        let mut att = sample();
+        let acpi = Event {
+            imr: 0,
+            event_type: crate::eventlog::EV_PLATFORM_CONFIG_FLAGS,
+            digest: vec![4; 48],
+            event: "acpi-loader".into(),
+            event_payload: b"ACPI DATA".to_vec(),
+        };
+        att.event_log.insert(1, acpi.clone());
+        let stripped = att.stripped();
+        assert_eq!(stripped.event_log.len(), 2);
+        assert_eq!(stripped.event_log[0], acpi, "kept whole");
+        assert_eq!(stripped.event_log[1].event, "app-id");
+        assert!(stripped.event_log[1].digest.is_empty());
     }
 
     #[test]
