@@ -9,8 +9,9 @@ import { ed25519 } from "@noble/curves/ed25519";
 import { keccak_256 } from "@noble/hashes/sha3";
 
 const RUNTIME_EVENT_TYPE = 0x08000001;
-// DER of OID 1.3.6.1.4.1.62397.1.1 (RA-TLS quote extension).
-const RA_TLS_QUOTE_OID = Buffer.from("060a2b0601040183e73d0101", "hex");
+// DER of OID 1.3.6.1.4.1.62397.1.8 (RA-TLS attestation extension: a V0
+// VersionedAttestation, whose quote follows the two kind bytes).
+const RA_TLS_ATTESTATION_OID = Buffer.from("060a2b0601040183e73d0108", "hex");
 
 const results = [];
 function check(name, ok, why = "") {
@@ -73,12 +74,20 @@ function tlv(buf, at) {
 }
 
 function raTlsQuote(certDer) {
-  const at = certDer.indexOf(RA_TLS_QUOTE_OID);
+  const at = certDer.indexOf(RA_TLS_ATTESTATION_OID);
   if (at < 0) return null;
-  let t = tlv(certDer, at + RA_TLS_QUOTE_OID.length);
+  let t = tlv(certDer, at + RA_TLS_ATTESTATION_OID.length);
   if (t.tag === 0x01) t = tlv(certDer, t.next); // critical flag
-  const inner = tlv(t.value, 0); // extnValue wraps an OCTET STRING
-  return inner.value;
+  const att = tlv(t.value, 0).value; // extnValue wraps an OCTET STRING
+  if (att[0] !== 0 || att[1] !== 0) throw new Error("not a V0 TDX attestation");
+  // SCALE compact length of the quote, then the quote.
+  const mode = att[2] & 3;
+  let len, start;
+  if (mode === 0) [len, start] = [att[2] >> 2, 3];
+  else if (mode === 1) [len, start] = [att.readUInt16LE(2) >> 2, 4];
+  else if (mode === 2) [len, start] = [att.readUInt32LE(2) >>> 2, 6];
+  else throw new Error("quote longer than 2^30 bytes");
+  return att.subarray(start, start + len);
 }
 
 const client = new DstackClient();
@@ -153,7 +162,7 @@ await run("get_tls_key", async () => {
     check(`get_tls_key.${tag}.leaf_signed_by_chain1`, chain.length >= 2 && chain[0].verify(chain[1].publicKey), "signature check failed");
     const quote = raTlsQuote(chain[0].raw);
     if (raTls) {
-      check("get_tls_key.ra_tls.quote_extension", quote !== null, "no 1.3.6.1.4.1.62397.1.1 extension");
+      check("get_tls_key.ra_tls.quote_extension", quote !== null, "no 1.3.6.1.4.1.62397.1.8 extension");
       if (quote) {
         const spki = chain[0].publicKey.export({ type: "spki", format: "der" });
         const want = createHash("sha512").update(Buffer.concat([Buffer.from("ratls-cert:"), spki])).digest();

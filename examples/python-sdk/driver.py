@@ -21,7 +21,6 @@ from eth_keys import keys
 from eth_utils import keccak
 
 RUNTIME_EVENT_TYPE = 0x08000001
-RA_TLS_QUOTE_OID = "1.3.6.1.4.1.62397.1.1"
 RA_TLS_ATTESTATION_OID = "1.3.6.1.4.1.62397.1.8"
 CHUNK = 3000
 
@@ -200,20 +199,36 @@ def t_tls_key():
         check(f"get_tls_key.{tag}.leaf_signed_by_chain1", signed, why)
         oids = {e.oid.dotted_string: e for e in leaf.extensions}
         if ra_tls:
-            check("get_tls_key.ra_tls.quote_extension", RA_TLS_QUOTE_OID in oids, f"extensions: {sorted(oids)}")
-            if RA_TLS_QUOTE_OID in oids:
-                der = oids[RA_TLS_QUOTE_OID].value.value
-                # An OCTET STRING wrapping the quote.
-                quote = der_octets(der)
+            check("get_tls_key.ra_tls.quote_extension", RA_TLS_ATTESTATION_OID in oids, f"extensions: {sorted(oids)}")
+            if RA_TLS_ATTESTATION_OID in oids:
+                der = oids[RA_TLS_ATTESTATION_OID].value.value
+                # An OCTET STRING wrapping a V0 attestation that holds the quote.
+                quote = attestation_quote(der_octets(der))
                 _, rd = quote_fields(quote)
                 spki = leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
                 want = hashlib.sha512(b"ratls-cert:" + spki).digest()
                 check("get_tls_key.ra_tls.quote_binds_leaf_key", rd == want, rd.hex())
         else:
-            check("get_tls_key.plain.no_quote_extension", RA_TLS_QUOTE_OID not in oids, "quote extension without usage_ra_tls")
+            check("get_tls_key.plain.no_quote_extension", RA_TLS_ATTESTATION_OID not in oids, "attestation extension without usage_ra_tls")
     k1 = client.get_tls_key().key
     k2 = client.get_tls_key().key
     check("get_tls_key.fresh_key_each_call", k1 != k2, "two calls returned the same key")
+
+
+def attestation_quote(att: bytes) -> bytes:
+    """The quote of a V0 VersionedAttestation (SCALE: 0x00 0x00, compact length, quote)."""
+    if att[:2] != b"\x00\x00":
+        raise ValueError(f"not a V0 TDX attestation: {att[:2].hex()}")
+    mode = att[2] & 3
+    if mode == 0:
+        n, start = att[2] >> 2, 3
+    elif mode == 1:
+        n, start = int.from_bytes(att[2:4], "little") >> 2, 4
+    elif mode == 2:
+        n, start = int.from_bytes(att[2:6], "little") >> 2, 6
+    else:
+        raise ValueError("quote longer than 2^30 bytes")
+    return att[start : start + n]
 
 
 def der_octets(der: bytes) -> bytes:
