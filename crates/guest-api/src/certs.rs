@@ -4,8 +4,8 @@
 
 use std::sync::Mutex;
 
-use base64::Engine;
 use dstack_attest::{Measures, Platform};
+pub(crate) use dstack_ra_tls::pem;
 use dstack_ra_tls::{CertAppInfo, CertIssuer, CertRequest, Evidence, RaTlsCert};
 use p256::pkcs8::EncodePrivateKey;
 use rcgen::{KeyPair, PublicKeyData};
@@ -162,16 +162,4 @@ fn ten_years_from_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2));
     now.saturating_add(10 * 365 * 86_400)
-}
-
-/// PEM armour with 64-column lines.
-pub(crate) fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }

@@ -5,6 +5,7 @@
 //! - [`host`]: guest → host, vsock CID 2 port [`host::HOST_API_PORT`].
 //! - [`guest`]: host → guest control, vsock guest CID port [`guest::GUEST_CONTROL_PORT`].
 //! - [`guest_api`]: app → guest, upstream dstack's `dstack.sock` / `tappd.sock` API.
+//! - [`kms`]: guest / CLI → KMS, upstream dstack's KMS pRPC API (over RA-TLS).
 //! - [`supervisor`]: operator (CLI, UI) → supervisor REST API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -12,6 +13,7 @@
 pub mod guest;
 pub mod guest_api;
 pub mod host;
+pub mod kms;
 pub mod supervisor;
 
 /// The JSON body of every 4xx/5xx response: `{"error": "..."}` naming what is wrong.

@@ -265,6 +265,19 @@ impl RaTlsCert {
     }
 }
 
+/// PEM armour (64-column lines) of `der` under `label`, e.g. `CERTIFICATE`.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 fn unix(t: i64) -> Result<time::OffsetDateTime, RaTlsError> {
     time::OffsetDateTime::from_unix_timestamp(t).map_err(|_| RaTlsError::InvalidValidity)
 }

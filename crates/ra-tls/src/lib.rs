@@ -15,7 +15,7 @@ mod verify;
 
 pub use app_info::{AppInfoDecodeError, CertAppInfo};
 pub use cert::{
-    CertIssuer, CertRequest, Evidence, RaTlsCert, key_pair_from_pkcs8, report_data_for_spki,
+    CertIssuer, CertRequest, Evidence, RaTlsCert, key_pair_from_pkcs8, pem, report_data_for_spki,
 };
 pub use config::{client_config, server_config};
 pub use verify::{PeerPolicy, RaTlsCertVerifier, RaTlsVerifier, VerifiedPeer};

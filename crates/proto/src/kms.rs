@@ -1,0 +1,260 @@
+//! The KMS API (UPSTREAM §7): upstream's pRPC names, paths and JSON shapes,
+//! so tools that call a dstack KMS work against ours. Methods are served at
+//! `/prpc/KMS.<Method>` and `/prpc/<Method>` (JSON with `?json`, or GET with
+//! a query string); bytes are lowercase hex; errors are HTTP 400
+//! `{"error": ..}`. The onboarding service is at `/prpc/Onboard.<Method>`.
+//! The auth webhook (`/bootAuth/app`, `/bootAuth/kms`) takes [`BootInfo`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::guest_api::hex_bytes;
+
+/// `GetAppKey` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GetAppKeyRequest {
+    /// Must be 1 (or 0, read as 1).
+    pub api_version: u32,
+    /// The caller's VM config JSON string (carries `os_image_hash`).
+    pub vm_config: String,
+}
+
+/// `GetAppKey` answer: the app's keys.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppKeyResponse {
+    /// The KMS root CA certificate (PEM).
+    pub ca_cert: String,
+    /// Disk key; the guest's LUKS passphrase is its hex.
+    #[serde(with = "hex_bytes")]
+    pub disk_crypt_key: Vec<u8>,
+    /// Raw X25519 env-decryption secret.
+    #[serde(with = "hex_bytes")]
+    pub env_crypt_key: Vec<u8>,
+    /// The app's secp256k1 key.
+    #[serde(with = "hex_bytes")]
+    pub k256_key: Vec<u8>,
+    /// The KMS root k256 key's signature over the app's k256 public key.
+    #[serde(with = "hex_bytes")]
+    pub k256_signature: Vec<u8>,
+    /// Legacy name of `gateway_app_id` (same value).
+    pub tproxy_app_id: String,
+    /// The gateway app the auth backend names.
+    pub gateway_app_id: String,
+    /// The OS image hash the KMS saw (the guest measures it as `os-image-hash`).
+    #[serde(with = "hex_bytes")]
+    pub os_image_hash: Vec<u8>,
+}
+
+impl std::fmt::Debug for AppKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppKeyResponse")
+            .field("gateway_app_id", &self.gateway_app_id)
+            .field("os_image_hash", &hex::encode(&self.os_image_hash))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `GetAppEnvEncryptPubKey` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppId {
+    /// The 20-byte app id.
+    #[serde(with = "hex_bytes")]
+    pub app_id: Vec<u8>,
+}
+
+/// `GetAppEnvEncryptPubKey` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PublicKeyResponse {
+    /// X25519 public key.
+    #[serde(with = "hex_bytes")]
+    pub public_key: Vec<u8>,
+    /// Legacy signature (no timestamp).
+    #[serde(with = "hex_bytes")]
+    pub signature: Vec<u8>,
+    /// Unix seconds covered by `signature_v1`.
+    pub timestamp: u64,
+    /// Signature with the timestamp.
+    #[serde(with = "hex_bytes")]
+    pub signature_v1: Vec<u8>,
+}
+
+/// `GetMeta` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GetMetaResponse {
+    /// The KMS root CA certificate (PEM).
+    pub ca_cert: String,
+    /// Whether any upgrade is allowed (a dev policy).
+    pub allow_any_upgrade: bool,
+    /// Compressed SEC1 root k256 public key.
+    #[serde(with = "hex_bytes")]
+    pub k256_pubkey: Vec<u8>,
+    /// What bootstrap attested, if this node bootstrapped.
+    pub bootstrap_info: Option<BootstrapResponse>,
+    /// Whether the KMS runs with a development policy.
+    pub is_dev: bool,
+    /// The gateway app id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_app_id: Option<String>,
+    /// The KmsAuth contract, with the on-chain backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_contract_address: Option<String>,
+    /// The chain id, with the on-chain backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<u64>,
+    /// The AppAuth implementation, with the on-chain backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_auth_implementation: Option<String>,
+}
+
+/// `GetTempCaCert` answer: the CA that signs callers' RA-TLS client
+/// certificates. Its key is public by design: holding it grants nothing,
+/// since every key release checks the quote in the client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GetTempCaCertResponse {
+    /// Temporary CA certificate (PEM).
+    pub temp_ca_cert: String,
+    /// Temporary CA private key (PKCS#8 PEM).
+    pub temp_ca_key: String,
+    /// The KMS root CA certificate (PEM).
+    pub ca_cert: String,
+}
+
+/// `GetKmsKey` arguments (a replica asking for the root keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GetKmsKeyRequest {
+    /// The replica's VM config JSON string.
+    pub vm_config: String,
+}
+
+/// `GetKmsKey` answer: the root keys, for an authorised replica only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KmsKeyResponse {
+    /// Temporary CA key (PKCS#8 PEM).
+    pub temp_ca_key: String,
+    /// The root keys (one set).
+    pub keys: Vec<KmsKeys>,
+}
+
+impl std::fmt::Debug for KmsKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsKeyResponse")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One set of KMS root keys. `Debug` shows no secret.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KmsKeys {
+    /// Root CA key (PKCS#8 PEM).
+    pub ca_key: String,
+    /// Root secp256k1 key.
+    #[serde(with = "hex_bytes")]
+    pub k256_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for KmsKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsKeys").finish_non_exhaustive()
+    }
+}
+
+/// `Onboard.Bootstrap` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BootstrapRequest {
+    /// The DNS name the KMS RPC certificate is issued for.
+    pub domain: String,
+}
+
+/// `Onboard.Bootstrap` answer: the new root public keys and the quote that
+/// binds them (report_data = Keccak256("dstack-kms-genereted-keys-v1:" hex(ca) ";" hex(k256) ";")).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BootstrapResponse {
+    /// Root CA public key (SubjectPublicKeyInfo DER).
+    #[serde(with = "hex_bytes")]
+    pub ca_pubkey: Vec<u8>,
+    /// Compressed SEC1 root k256 public key.
+    #[serde(with = "hex_bytes")]
+    pub k256_pubkey: Vec<u8>,
+    /// The attestation (V0 bytes) over the two public keys.
+    #[serde(with = "hex_bytes")]
+    pub attestation: Vec<u8>,
+}
+
+/// `Onboard.Onboard` arguments: copy the root keys from a running KMS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OnboardRequest {
+    /// The source KMS's URL.
+    pub source_url: String,
+    /// The DNS name of this node's RPC certificate.
+    pub domain: String,
+}
+
+/// `Onboard.Onboard` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OnboardResponse {
+    /// The (shared) root k256 public key.
+    #[serde(with = "hex_bytes")]
+    pub k256_pubkey: Vec<u8>,
+}
+
+/// What the KMS tells its auth backend about a booting app or KMS
+/// (upstream's `PolicyBootInfo`; camelCase JSON, hex without `0x`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BootInfo {
+    /// `dstack-tdx` for TDX (also on the sim TEE, which simulates it).
+    pub tee_variant: String,
+    /// SHA-256(MRTD ‖ RTMR0-3 [‖ config ids]).
+    #[serde(with = "hex_bytes")]
+    pub mr_aggregated: Vec<u8>,
+    /// The OS image hash.
+    #[serde(with = "hex_bytes")]
+    pub os_image_hash: Vec<u8>,
+    /// SHA-256(MRTD ‖ RTMR0-2 ‖ mr_key_provider).
+    #[serde(with = "hex_bytes")]
+    pub mr_system: Vec<u8>,
+    /// The 20-byte app id.
+    #[serde(with = "hex_bytes")]
+    pub app_id: Vec<u8>,
+    /// SHA-256 of the app-compose.json bytes.
+    #[serde(with = "hex_bytes")]
+    pub compose_hash: Vec<u8>,
+    /// The 20-byte instance id (or empty).
+    #[serde(with = "hex_bytes")]
+    pub instance_id: Vec<u8>,
+    /// Device id.
+    #[serde(with = "hex_bytes")]
+    pub device_id: Vec<u8>,
+    /// The `key-provider` event payload.
+    #[serde(with = "hex_bytes")]
+    pub key_provider_info: Vec<u8>,
+    /// The quote's TCB status, e.g. `UpToDate`.
+    pub tcb_status: String,
+    /// Intel advisory ids that apply.
+    pub advisory_ids: Vec<String>,
+}
+
+/// The auth backend's verdict (`bootAuth` response).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BootAuthResponse {
+    /// Whether the boot may get keys.
+    pub is_allowed: bool,
+    /// The gateway app id to hand the app.
+    pub gateway_app_id: String,
+    /// Why not, when refused.
+    pub reason: String,
+}

@@ -1,0 +1,18 @@
+//! The dstack KMS: releases an app's keys only after verifying its quote and
+//! event log and finding it authorised, and derives them exactly as
+//! upstream's KMS does (UPSTREAM §4.3, §7).
+//!
+//! - [`keystore`]: the root keys on disk, written once, all or nothing.
+//! - [`boot_info`]: a caller's boot info from its verified evidence.
+//! - [`auth`]: authorisation backends (static policy file).
+//! - [`service`]: the KMS methods, transport-free, with [`metrics`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod boot_info;
+pub mod keystore;
+pub mod metrics;
+pub mod service;
+
+pub use service::{Kms, KmsError};

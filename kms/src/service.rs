@@ -1,0 +1,308 @@
+//! The KMS methods (UPSTREAM §7.1), transport-free: the RPC layer hands in
+//! the caller's client certificate and decoded arguments, and gets back the
+//! answer or a named refusal. Every call is counted in [`Metrics`].
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dstack_proto::kms::{
+    AppId, AppKeyResponse, BootInfo, GetAppKeyRequest, GetMetaResponse, GetTempCaCertResponse,
+    PublicKeyResponse,
+};
+use dstack_ra_tls::{CertRequest, RaTlsCert, RaTlsError, RaTlsVerifier, VerifiedPeer, pem};
+use p256::pkcs8::{EncodePrivateKey, LineEnding};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::auth::PolicyFile;
+use crate::boot_info::{BootInfoError, MeasuredAt, boot_info};
+use crate::keystore::RootKeys;
+use crate::metrics::Metrics;
+
+/// How old a caller's client certificate may be: its quote was taken when
+/// it was issued, so an older one is a replayed or stale request.
+pub const DEFAULT_FRESHNESS: Duration = Duration::from_secs(10 * 60);
+
+/// Why a KMS call was refused. Each variant is one reason, counted under
+/// [`KmsError::reason`] in the metrics.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// A key request without an RA-TLS client certificate.
+    #[error("no attestation provided: present an RA-TLS client certificate")]
+    NoClientCertificate,
+    /// The client certificate's evidence failed (quote, root, TCB, binding, replay).
+    #[error("the caller's attestation was refused")]
+    Attestation(#[from] RaTlsError),
+    /// The client certificate was issued too long ago or in the future.
+    #[error(
+        "the caller's certificate was issued {age_secs} s ago (negative: in the future); it must be at most {max_secs} s old"
+    )]
+    Stale {
+        /// Seconds between issue and now (negative: issued in the future).
+        age_secs: i64,
+        /// The freshness limit.
+        max_secs: u64,
+    },
+    /// The evidence does not make a valid boot info.
+    #[error("the caller's boot info is invalid")]
+    BootInfo(#[from] BootInfoError),
+    /// The authorisation backend refused the boot.
+    #[error("boot denied: {reason}")]
+    Denied {
+        /// The backend's reason.
+        reason: String,
+    },
+    /// An argument is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A key could not be derived or a certificate made.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl KmsError {
+    /// The metrics label of this refusal.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoClientCertificate => "no_attestation",
+            Self::Attestation(e) => match e {
+                RaTlsError::Quote(_) => "quote_rejected",
+                RaTlsError::MissingCollateral => "no_collateral",
+                RaTlsError::KeyBindingMismatch => "key_binding_mismatch",
+                RaTlsError::EventLog(_) | RaTlsError::Replay(_) => "event_log_rejected",
+                RaTlsError::CertificateExpired => "certificate_expired",
+                _ => "attestation_malformed",
+            },
+            Self::Stale { .. } => "stale_request",
+            Self::BootInfo(_) => "boot_info_invalid",
+            Self::Denied { .. } => "denied",
+            Self::BadRequest(_) => "bad_request",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+/// A running KMS: its root keys, certificates, verifier and policy.
+pub struct Kms {
+    keys: RootKeys,
+    ca_cert_pem: String,
+    ca_spki: Vec<u8>,
+    temp_ca_cert_pem: String,
+    verifier: RaTlsVerifier,
+    policy: PolicyFile,
+    freshness: Duration,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Kms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kms")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kms {
+    /// A KMS serving `keys`, checking callers with `verifier` and `policy`.
+    pub fn new(
+        keys: RootKeys,
+        verifier: RaTlsVerifier,
+        policy: PolicyFile,
+    ) -> Result<Self, KmsError> {
+        let root = ca_cert(keys.root.ca_key(), "Dstack KMS CA", 1)?;
+        let temp = ca_cert(&keys.temp_ca_key, "Dstack Client Temp CA", 0)?;
+        let ca_spki = spki(&root.cert_der)?;
+        Ok(Self {
+            ca_cert_pem: pem("CERTIFICATE", &root.cert_der),
+            ca_spki,
+            temp_ca_cert_pem: pem("CERTIFICATE", &temp.cert_der),
+            keys,
+            verifier,
+            policy,
+            freshness: DEFAULT_FRESHNESS,
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// Accept client certificates issued at most `freshness` ago.
+    pub fn with_freshness(mut self, freshness: Duration) -> Self {
+        self.freshness = freshness;
+        self
+    }
+
+    /// The root CA's SubjectPublicKeyInfo DER: the KMS's identity, which
+    /// apps measure as `key-provider` `{"name":"kms","id":hex(this)}`.
+    pub fn ca_spki(&self) -> &[u8] {
+        &self.ca_spki
+    }
+
+    /// The request counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// `GetMeta`.
+    pub fn get_meta(&self) -> GetMetaResponse {
+        self.metrics.record("GetMeta", "ok");
+        GetMetaResponse {
+            ca_cert: self.ca_cert_pem.clone(),
+            allow_any_upgrade: false,
+            k256_pubkey: self.keys.root.k256_public_key().to_vec(),
+            bootstrap_info: None,
+            is_dev: false,
+            gateway_app_id: Some(self.policy.gateway_app_id.clone()),
+            kms_contract_address: None,
+            chain_id: None,
+            app_auth_implementation: None,
+        }
+    }
+
+    /// `GetTempCaCert`.
+    pub fn get_temp_ca_cert(&self) -> Result<GetTempCaCertResponse, KmsError> {
+        let key = self
+            .keys
+            .temp_ca_key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KmsError::Internal(e.to_string()))?;
+        self.metrics.record("GetTempCaCert", "ok");
+        Ok(GetTempCaCertResponse {
+            temp_ca_cert: self.temp_ca_cert_pem.clone(),
+            temp_ca_key: key.to_string(),
+            ca_cert: self.ca_cert_pem.clone(),
+        })
+    }
+
+    /// `GetAppEnvEncryptPubKey` at Unix time `now`.
+    pub fn get_app_env_encrypt_pub_key(
+        &self,
+        request: &AppId,
+        now: u64,
+    ) -> Result<PublicKeyResponse, KmsError> {
+        self.counted("GetAppEnvEncryptPubKey", || {
+            if request.app_id.len() != 20 {
+                return Err(KmsError::BadRequest(format!(
+                    "app_id must be 20 bytes, got {}",
+                    request.app_id.len()
+                )));
+            }
+            let env = self
+                .keys
+                .root
+                .env_public_key(&request.app_id, now)
+                .map_err(|e| KmsError::Internal(e.to_string()))?;
+            Ok(PublicKeyResponse {
+                public_key: env.public_key.to_vec(),
+                signature: env.signature,
+                timestamp: env.timestamp,
+                signature_v1: env.signature_v1,
+            })
+        })
+    }
+
+    /// `GetAppKey` for the caller whose RA-TLS client certificate is
+    /// `client_cert` (DER), judged at `at`.
+    pub fn get_app_key(
+        &self,
+        client_cert: Option<&[u8]>,
+        request: &GetAppKeyRequest,
+        at: SystemTime,
+    ) -> Result<AppKeyResponse, KmsError> {
+        self.counted("GetAppKey", || {
+            if request.api_version > 1 {
+                return Err(KmsError::BadRequest(format!(
+                    "unsupported api_version {}",
+                    request.api_version
+                )));
+            }
+            let (info, verdict) = self.authorise(client_cert, &request.vm_config, at, false)?;
+            let keys = self
+                .keys
+                .root
+                .app_keys(&info.app_id, &info.instance_id)
+                .map_err(|e| KmsError::Internal(e.to_string()))?;
+            Ok(AppKeyResponse {
+                ca_cert: self.ca_cert_pem.clone(),
+                disk_crypt_key: keys.disk_crypt_key.to_vec(),
+                env_crypt_key: keys.env_crypt_key.to_vec(),
+                k256_key: keys.k256_key.to_vec(),
+                k256_signature: keys.k256_signature,
+                tproxy_app_id: verdict.clone(),
+                gateway_app_id: verdict,
+                os_image_hash: info.os_image_hash,
+            })
+        })
+    }
+
+    /// Verifies the caller and asks the policy; returns its boot info and
+    /// gateway app id.
+    fn authorise(
+        &self,
+        client_cert: Option<&[u8]>,
+        vm_config: &str,
+        at: SystemTime,
+        is_kms: bool,
+    ) -> Result<(BootInfo, String), KmsError> {
+        let cert = client_cert.ok_or(KmsError::NoClientCertificate)?;
+        self.check_fresh(cert, at)?;
+        let peer: VerifiedPeer = self.verifier.verify_cert(cert, at)?;
+        let info = boot_info(&peer, vm_config, MeasuredAt::Now)?;
+        let verdict = self.policy.decide(&info, is_kms);
+        if !verdict.is_allowed {
+            return Err(KmsError::Denied {
+                reason: verdict.reason,
+            });
+        }
+        Ok((info, verdict.gateway_app_id))
+    }
+
+    fn check_fresh(&self, cert: &[u8], at: SystemTime) -> Result<(), KmsError> {
+        let (_, parsed) = X509Certificate::from_der(cert)
+            .map_err(|e| KmsError::Attestation(RaTlsError::Certificate(e.to_string())))?;
+        let issued = parsed.validity().not_before.timestamp();
+        let now = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let age = now.saturating_sub(issued);
+        let max = i64::try_from(self.freshness.as_secs()).unwrap_or(i64::MAX);
+        // A little clock skew is tolerated for certificates dated ahead.
+        if age > max || age < -300 {
+            return Err(KmsError::Stale {
+                age_secs: age,
+                max_secs: self.freshness.as_secs(),
+            });
+        }
+        Ok(())
+    }
+
+    fn counted<T>(
+        &self,
+        method: &'static str,
+        call: impl FnOnce() -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        let result = call();
+        match &result {
+            Ok(_) => self.metrics.record(method, "ok"),
+            Err(e) => self.metrics.record(method, e.reason()),
+        }
+        result
+    }
+}
+
+fn ca_cert(key: &p256::SecretKey, subject: &str, path_len: u8) -> Result<RaTlsCert, KmsError> {
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| KmsError::Internal(e.to_string()))?;
+    let key = dstack_ra_tls::key_pair_from_pkcs8(der.as_bytes())
+        .map_err(|e| KmsError::Internal(e.to_string()))?;
+    let mut request = CertRequest::new(subject);
+    request.org_name = Some("Dstack".into());
+    request.ca_path_len = Some(path_len);
+    request.server_auth = false;
+    request.client_auth = false;
+    RaTlsCert::build(&key, &request, None, None).map_err(|e| KmsError::Internal(e.to_string()))
+}
+
+fn spki(cert_der: &[u8]) -> Result<Vec<u8>, KmsError> {
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|e| KmsError::Internal(e.to_string()))?;
+    Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
+}
