@@ -85,7 +85,14 @@ impl Admin {
             // receipt poll would dominate test time.
             client.set_poll_interval(Duration::from_millis(20));
         }
+        // The recommended nonce filler caches and increments the nonce even
+        // when gas estimation then fails (a refused call), leaving a gap that
+        // stalls every later transaction: ask the node for each one instead.
         let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .with_gas_estimation()
+            .with_simple_nonce_management()
+            .fetch_chain_id()
             .wallet(EthereumWallet::from(signer))
             .connect_client(client)
             .erased();
