@@ -1,5 +1,6 @@
 //! DstackApp (AppAuth): every state-changing function by its owner and by a
 //! stranger, the app's own boot policy, and ERC-165.
+#![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
 mod common;
 
 use common::*;

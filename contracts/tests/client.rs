@@ -1,4 +1,5 @@
 //! ChainAuth's errors: each failure names what went wrong.
+#![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
 mod common;
 
 use common::*;

@@ -1,6 +1,7 @@
 //! DstackKms (KmsAuth): every state-changing function by its owner (succeeds,
 //! emits its events) and by a stranger (reverts), and `isKmsAllowed` /
 //! `isAppAllowed` verdicts.
+#![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
 mod common;
 
 use common::*;

@@ -1,5 +1,6 @@
 //! UUPS upgrades: the owner moves a proxy to a new implementation and the
 //! state stays; a stranger cannot; `disableUpgrades` freezes an app.
+#![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
 mod common;
 
 use common::*;
