@@ -120,6 +120,13 @@ pub(crate) fn parse_url(url: &str) -> Result<alloy::transports::http::reqwest::U
     };
     let parsed =
         alloy::transports::http::reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    #[cfg(feature = "https")]
+    {
+        // reqwest without a built-in provider panics when building a client
+        // unless one is installed process-wide; an Err only means another
+        // part of the process installed one first.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     match parsed.scheme() {
         "http" => Ok(parsed),
         "https" if cfg!(feature = "https") => Ok(parsed),

@@ -69,6 +69,23 @@ fn bad_urls_and_keys_are_named() {
     assert!(matches!(e, ChainError::BadKey));
 }
 
+#[cfg(feature = "https")]
+#[tokio::test]
+async fn https_endpoints_get_a_tls_client() {
+    // Nothing listens: the point is that building the TLS client works (no
+    // provider panic) and the failure is named.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let auth = ChainAuth::new(&format!("https://127.0.0.1:{port}"), [1; 20]).unwrap();
+    assert!(matches!(
+        auth.chain_id().await,
+        Err(ChainError::Unreachable { .. })
+    ));
+}
+
 #[test]
 fn missing_anvil_says_how_to_install_it() {
     // Only the message: the variable is read at start, so set it in a child
