@@ -123,6 +123,25 @@ async fn flags_are_owner_only() {
     assert!(!event::<DstackApp::RequireTcbUpToDateSet>(&r).requireUpToDate);
     assert!(!event::<DstackApp::PolicyChanged>(&r).enabled);
 
+    let as_stranger = DstackApp::new(Address::from(app), chain.stranger.provider());
+    let stranger = Address::from(chain.stranger.address());
+    assert_not_owner(
+        chain
+            .stranger
+            .send(
+                "transferOwnership",
+                app,
+                as_stranger.transferOwnership(stranger),
+            )
+            .await,
+    );
+    assert_not_owner(
+        chain
+            .stranger
+            .send("renounceOwnership", app, as_stranger.renounceOwnership())
+            .await,
+    );
+
     assert_not_owner(chain.stranger.disable_upgrades(app).await);
     let r = chain.owner.disable_upgrades(app).await.unwrap();
     assert_eq!(events::<DstackApp::UpgradesDisabled>(&r).len(), 1);
@@ -143,6 +162,15 @@ async fn initialise_once_with_initial_hash_and_device_events() {
     assert_reverted(
         chain.owner.send("initialize", app, again).await,
         "InvalidInitialization",
+    );
+    let legacy = a.initialize_0(owner, false, false, B256::ZERO, B256::ZERO);
+    assert_reverted(
+        chain.owner.send("initialize", app, legacy).await,
+        "InvalidInitialization",
+    );
+    assert_eq!(
+        DstackApp::initialize_0Call::SIGNATURE,
+        "initialize(address,bool,bool,bytes32,bytes32)"
     );
     assert_eq!(
         DstackApp::initialize_1Call::SIGNATURE,

@@ -513,4 +513,11 @@ async fn ownership_moves_in_two_steps() {
     assert_eq!(kms.owner().call().await.unwrap(), stranger);
     assert_not_owner(chain.owner.add_os_image_hash(k, OS).await);
     chain.stranger.add_os_image_hash(k, OS).await.unwrap();
+    // Only the owner may walk away from the contract.
+    assert_not_owner(
+        chain
+            .owner
+            .send("renounceOwnership", k, kms.renounceOwnership())
+            .await,
+    );
 }
