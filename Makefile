@@ -33,6 +33,7 @@ quote-demo: build
 
 lint:
 	cargo fmt --all -- --check
+	contracts/build --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
