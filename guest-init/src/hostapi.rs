@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dstack_proto::host::{
-    ConfigBundle, HOST_API_PORT, LogBatch, Notification, QuoteRequest, QuoteResponse, RtmrExtend,
-    TeeInfo,
+    ConfigBundle, GetSealingKeyRequest, GetSealingKeyResponse, HOST_API_PORT, LogBatch,
+    Notification, QuoteRequest, QuoteResponse, RtmrExtend, SEALING_KEY_PATH, TeeInfo,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONNECTION, CONTENT_TYPE, HOST};
@@ -204,6 +204,18 @@ impl HostClient {
             .request(Method::GET, "/v1/tee/collateral", None)
             .await?;
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// GetSealingKey: the local key provider's sealed key for `quote`.
+    pub async fn get_sealing_key(
+        &self,
+        request: &GetSealingKeyRequest,
+    ) -> Result<GetSealingKeyResponse, HostApiError> {
+        let body = serde_json::to_vec(request).expect("a GetSealingKeyRequest always serialises");
+        let body = self
+            .request(Method::POST, SEALING_KEY_PATH, Some(body))
+            .await?;
+        decode(SEALING_KEY_PATH, &body)
     }
 
     /// One request on a fresh connection; the body of a 2xx answer.

@@ -120,6 +120,21 @@ mod tests {
     }
 
     #[test]
+    fn the_local_provider_keeps_the_stored_seed() {
+        // The local key is bound to RTMR3, which holds the instance-id: a
+        // fresh seed each boot would change the key each boot.
+        let json = JSON.replace(r#""kms_enabled":true"#, r#""key_provider":"local""#);
+        let a = app(&json);
+        let mut rng = || Ok([4u8; 20]);
+        let first = derive(json.as_bytes(), &a, &InstanceInfo::default(), &mut rng).unwrap();
+        let stored = first.persist.unwrap();
+        let mut never = || -> io::Result<[u8; 20]> { panic!("no new seed") };
+        let again = derive(json.as_bytes(), &a, &stored, &mut never).unwrap();
+        assert_eq!(again.identity, first.identity);
+        assert_eq!(again.persist, None);
+    }
+
+    #[test]
     fn no_key_provider_means_a_fresh_seed_and_pins_are_kept() {
         let json = JSON.replace(r#","kms_enabled":true"#, "");
         let a = app(&json);

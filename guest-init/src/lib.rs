@@ -19,6 +19,7 @@ pub mod disk;
 pub mod hostapi;
 pub mod hostshared;
 pub mod identity;
+pub mod local_key;
 pub mod logship;
 pub mod measure;
 pub mod modules;

@@ -42,6 +42,16 @@ pub enum MeasureError {
     /// The app asks for a key provider this guest cannot use.
     #[error("{0}")]
     KeyProvider(String),
+    /// The app pins another key provider than the one that answered.
+    #[error(
+        "key_provider_id: the app pins key provider {expected}, but the host's provider is {found}"
+    )]
+    KeyProviderId {
+        /// The pinned id, hex.
+        expected: String,
+        /// The provider's id, hex.
+        found: String,
+    },
 }
 
 /// Extends RTMR3 with one runtime event (and logs it, after the extend).
@@ -57,23 +67,47 @@ pub fn emit(platform: &dyn Platform, name: &str, payload: &[u8]) -> Result<(), M
         })
 }
 
-/// The key provider the app gets, as the compact JSON the `key-provider`
-/// event measures. Only `none` is available until a KMS is: its keys come
-/// from a fresh random seed each boot, and the measurement says so, so no
-/// verifier can take them for KMS-issued keys.
-pub fn key_provider_info(app: &AppCompose) -> Result<String, MeasureError> {
+/// The `key-provider` payload of the `none` provider: keys from a fresh
+/// random seed each boot, so no verifier can take them for provided keys.
+pub const KEY_PROVIDER_NONE: &str = r#"{"name":"none","id":""}"#;
+
+/// The `key-provider` payload of the local (SGX) provider, as upstream's
+/// `KeyProviderInfo`: its enclave's MRENCLAVE as the id.
+pub fn key_provider_local(mr_enclave: &[u8]) -> String {
+    format!(
+        r#"{{"name":"local-sgx","id":"{}"}}"#,
+        hex::encode(mr_enclave)
+    )
+}
+
+/// Refuses the providers this guest cannot use (KMS until a KMS exists, TPM).
+pub fn check_key_provider_supported(app: &AppCompose) -> Result<KeyProviderKind, MeasureError> {
     match app.key_provider() {
-        KeyProviderKind::None => Ok(r#"{"name":"none","id":""}"#.into()),
+        kind @ (KeyProviderKind::None | KeyProviderKind::Local) => Ok(kind),
         KeyProviderKind::Kms => Err(MeasureError::KeyProvider(
             "the app asks for KMS keys (kms_enabled), but this host configures no KMS".into(),
-        )),
-        KeyProviderKind::Local => Err(MeasureError::KeyProvider(
-            "the app asks for the local (SGX) key provider, which this host does not run".into(),
         )),
         KeyProviderKind::Tpm => Err(MeasureError::KeyProvider(
             "the app asks for the TPM key provider, which dstack-rs does not support".into(),
         )),
     }
+}
+
+/// The app-compose's `key_provider_id` pin, raw (empty: not pinned).
+pub fn pinned_key_provider_id(app: &AppCompose) -> Result<Vec<u8>, MeasureError> {
+    hex::decode(app.key_provider_id.trim())
+        .map_err(|e| MeasureError::KeyProvider(format!("key_provider_id is not hex: {e}")))
+}
+
+/// Upstream's `verify_key_provider_id`: a pinned id must be the provider's.
+pub fn check_key_provider_id(pinned: &[u8], provider_id: &[u8]) -> Result<(), MeasureError> {
+    if !pinned.is_empty() && pinned != provider_id {
+        return Err(MeasureError::KeyProviderId {
+            expected: hex::encode(pinned),
+            found: hex::encode(provider_id),
+        });
+    }
+    Ok(())
 }
 
 /// The measured identity, raw.
@@ -89,19 +123,27 @@ pub struct AppMeasurement {
     pub key_provider_info: String,
 }
 
-/// Measures the app: `app-id`, `compose-hash`, `instance-id`,
-/// `boot-mr-done`, `key-provider` (in that order, after the caller's
-/// `system-preparing`), then checks that the TD's `mr_config_id` (set by
-/// the host at launch) names this app.
-pub fn measure_app(
+/// Measures the app's identity: `app-id`, `compose-hash`, `instance-id`,
+/// `boot-mr-done` (in that order, after the caller's `system-preparing`).
+/// The key provider is asked after this, as upstream does, so a local
+/// provider's key is bound to these events.
+pub fn measure_identity(
     platform: &dyn Platform,
-    app: &AppCompose,
     measured: &AppMeasurement,
 ) -> Result<(), MeasureError> {
     emit(platform, names::APP_ID, &measured.app_id)?;
     emit(platform, names::COMPOSE_HASH, &measured.compose_hash)?;
     emit(platform, names::INSTANCE_ID, &measured.instance_id)?;
-    emit(platform, names::BOOT_MR_DONE, &[])?;
+    emit(platform, names::BOOT_MR_DONE, &[])
+}
+
+/// Measures `key-provider`, then checks that the TD's `mr_config_id` (set
+/// by the host at launch) names this app and this provider.
+pub fn measure_key_provider(
+    platform: &dyn Platform,
+    app: &AppCompose,
+    measured: &AppMeasurement,
+) -> Result<(), MeasureError> {
     emit(
         platform,
         names::KEY_PROVIDER,
@@ -117,7 +159,7 @@ pub fn measure_app(
             &measured.compose_hash,
             &measured.app_id,
             app.key_provider(),
-            &[],
+            &pinned_key_provider_id(app)?,
         )
     {
         return Err(MeasureError::MrConfigId {
@@ -144,7 +186,7 @@ mod tests {
             app_id: hash[..20].to_vec(),
             instance_id: vec![3; 20],
             compose_hash: hash,
-            key_provider_info: key_provider_info(&AppCompose::parse(JSON).unwrap().0).unwrap(),
+            key_provider_info: KEY_PROVIDER_NONE.into(),
         }
     }
 
@@ -167,7 +209,8 @@ mod tests {
         let hash = dstack_compose::compose_hash(JSON.as_bytes());
         let td = platform(dstack_compose::mr_config_id_v1(&hash));
         emit(&td, names::SYSTEM_PREPARING, &[]).unwrap();
-        measure_app(&td, &app, &measured(hash)).unwrap();
+        measure_identity(&td, &measured(hash)).unwrap();
+        measure_key_provider(&td, &app, &measured(hash)).unwrap();
         let log = td.event_log().unwrap();
         let order: Vec<&str> = log.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(
@@ -191,16 +234,44 @@ mod tests {
         let app = AppCompose::parse(JSON).unwrap().0;
         let hash = dstack_compose::compose_hash(JSON.as_bytes());
         let td = platform(dstack_compose::mr_config_id_v1(&[9; 32]));
-        let err = measure_app(&td, &app, &measured(hash)).unwrap_err();
+        let err = measure_key_provider(&td, &app, &measured(hash)).unwrap_err();
         assert!(matches!(err, MeasureError::MrConfigId { .. }), "{err}");
         // Zero means the host bound nothing: accepted.
-        measure_app(&platform([0; 48]), &app, &measured(hash)).unwrap();
+        measure_key_provider(&platform([0; 48]), &app, &measured(hash)).unwrap();
     }
 
     #[test]
-    fn only_the_none_provider_is_available() {
+    fn none_and_local_providers_are_available() {
         let kms = JSON.replace('}', r#","kms_enabled":true}"#);
-        let err = key_provider_info(&AppCompose::parse(&kms).unwrap().0).unwrap_err();
+        let err = check_key_provider_supported(&AppCompose::parse(&kms).unwrap().0).unwrap_err();
         assert!(err.to_string().contains("no KMS"), "{err}");
+        let local = JSON.replace('}', r#","key_provider":"local"}"#);
+        let app = AppCompose::parse(&local).unwrap().0;
+        assert_eq!(
+            check_key_provider_supported(&app).unwrap(),
+            KeyProviderKind::Local
+        );
+        assert_eq!(
+            key_provider_local(&[0xab; 32]),
+            format!(r#"{{"name":"local-sgx","id":"{}"}}"#, "ab".repeat(32))
+        );
+    }
+
+    #[test]
+    fn a_pinned_provider_id_must_match() {
+        let pinned = JSON.replace(
+            '}',
+            &format!(r#","key_provider_id":"{}"}}"#, "ab".repeat(32)),
+        );
+        let app = AppCompose::parse(&pinned).unwrap().0;
+        let pin = pinned_key_provider_id(&app).unwrap();
+        check_key_provider_id(&pin, &[0xab; 32]).unwrap();
+        let err = check_key_provider_id(&pin, &[0xcd; 32]).unwrap_err();
+        assert!(matches!(err, MeasureError::KeyProviderId { .. }), "{err}");
+        assert!(err.to_string().contains("key_provider_id"), "{err}");
+        // Not pinned: any provider.
+        check_key_provider_id(&[], &[0xcd; 32]).unwrap();
+        let bad = JSON.replace('}', r#","key_provider_id":"xyz"}"#);
+        assert!(pinned_key_provider_id(&AppCompose::parse(&bad).unwrap().0).is_err());
     }
 }

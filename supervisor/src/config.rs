@@ -26,6 +26,9 @@ pub struct Config {
     pub stop_timeouts: StopTimeouts,
     /// Serial and app logs rotate at this size.
     pub log_max_bytes: u64,
+    /// Upstream's SGX local key provider (`host:port`) behind GetSealingKey;
+    /// `None`: the supervisor plays it on sim hosts, and TDX hosts have none.
+    pub local_key_provider: Option<String>,
 }
 
 impl Config {

@@ -1,6 +1,7 @@
 //! The host API a guest calls ([`dstack_proto::host`]): config bundle,
 //! notifications, logs, and on sim TEE hosts the VM's simulated TDX module
-//! (`/v1/tee/*`). One listener per VM at `<vm>/vsock_10000`, where the
+//! (`/v1/tee/*`), and GetSealingKey from the local key provider
+//! ([`SEALING_KEY_PATH`]). One listener per VM at `<vm>/vsock_10000`, where the
 //! vsock backend delivers the guest's connections to host port 10000.
 //!
 //! The VM is known by the listener a request arrives on — each listener
@@ -19,12 +20,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dstack_proto::ApiError;
 use dstack_proto::host::{
-    ConfigBundle, LogBatch, Notification, QuoteRequest, QuoteResponse, RtmrExtend,
+    ConfigBundle, GetSealingKeyRequest, LogBatch, Notification, QuoteRequest, QuoteResponse,
+    RtmrExtend, SEALING_KEY_PATH,
 };
 use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
+use crate::key_provider::{KeyProvider, KeyProviderError};
 use crate::sim_tee::{SimTd, SimTeeError};
 use crate::vsock::remove_if_exists;
 
@@ -41,6 +44,10 @@ pub trait GuestSink: Send + Sync + 'static {
     fn sim_td(&self) -> Option<Arc<SimTd>> {
         None
     }
+    /// The local key provider this host offers its guests, if any.
+    fn key_provider(&self) -> Option<Arc<KeyProvider>> {
+        None
+    }
 }
 
 /// The host API routes for one VM.
@@ -53,6 +60,7 @@ pub fn router<S: GuestSink>(sink: Arc<S>) -> Router {
         .route("/v1/tee/extend", post(tee_extend::<S>))
         .route("/v1/tee/quote", post(tee_quote::<S>))
         .route("/v1/tee/collateral", get(tee_collateral::<S>))
+        .route(SEALING_KEY_PATH, post(sealing_key::<S>))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such host API path".into()) })
         .with_state(sink)
 }
@@ -168,6 +176,30 @@ async fn tee_collateral<S: GuestSink>(State(sink): State<Arc<S>>) -> Response {
     }
 }
 
+async fn sealing_key<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Response {
+    let request: GetSealingKeyRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(text) => return error(StatusCode::BAD_REQUEST, text),
+    };
+    let Some(provider) = sink.key_provider() else {
+        return error(StatusCode::NOT_FOUND, KeyProviderError::Absent.to_string());
+    };
+    // Quote verification and the upstream round trip block.
+    match tokio::task::spawn_blocking(move || provider.provide(&request.quote)).await {
+        Ok(Ok(response)) => axum::Json(response).into_response(),
+        Ok(Err(e)) => {
+            let status = if e.is_bad_request() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            tracing::warn!("GetSealingKey refused: {}", crate::error::error_chain(&e));
+            error(status, crate::error::error_chain(&e))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 /// Parses a JSON body; the error text names the bad field (answered with 400).
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let de = &mut serde_json::Deserializer::from_slice(body);
@@ -204,6 +236,7 @@ mod tests {
         notes: Mutex<Vec<Notification>>,
         lines: Mutex<Vec<LogEntry>>,
         td: Option<Arc<SimTd>>,
+        provider: Option<Arc<KeyProvider>>,
     }
 
     impl GuestSink for Recorder {
@@ -232,6 +265,10 @@ mod tests {
 
         fn sim_td(&self) -> Option<Arc<SimTd>> {
             self.td.clone()
+        }
+
+        fn key_provider(&self) -> Option<Arc<KeyProvider>> {
+            self.provider.clone()
         }
     }
 
@@ -368,6 +405,57 @@ mod tests {
         let (status, body) = call(&app, "GET", "/v1/tee/collateral", "").await;
         assert_eq!(status, StatusCode::OK);
         dstack_attest::Collateral::from_json(&body).unwrap();
+    }
+
+    #[tokio::test]
+    async fn serves_sealing_keys_and_names_bad_quotes() {
+        use dstack_keys::sealing::{RecipientKey, check_evidence};
+        use dstack_proto::host::GetSealingKeyResponse;
+
+        let body = |quote: &[u8]| format!(r#"{{"quote":"{}"}}"#, hex::encode(quote));
+        // No provider (a TDX host without --local-key-provider): a named 404.
+        let app = router(Arc::new(Recorder::default()));
+        let (status, text) = call(&app, "POST", SEALING_KEY_PATH, &body(&[1])).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(text.contains("--local-key-provider"), "{text}");
+
+        let authority = Arc::new(dstack_attest::SimAuthority::generate().unwrap());
+        let provider = crate::key_provider::SimKeyProvider::new(
+            authority.clone(),
+            zeroize::Zeroizing::new(vec![7; 32]),
+        );
+        let app = router(Arc::new(Recorder {
+            provider: Some(Arc::new(KeyProvider::Sim(provider))),
+            ..Recorder::default()
+        }));
+        let guest = RecipientKey::generate();
+        let td = dstack_attest::SimTdIdentity::default();
+        let quote = authority.quote(&td, &guest.report_data()).unwrap();
+        let (status, text) = call(&app, "POST", SEALING_KEY_PATH, &body(&quote)).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let response: GetSealingKeyResponse = serde_json::from_str(&text).unwrap();
+        let key = guest.open_sealing_key(&response.encrypted_key).unwrap();
+        assert_eq!(key.len(), 32);
+        let provider_quote = dstack_attest::Quote::parse(&response.provider_quote).unwrap();
+        check_evidence(&response.encrypted_key, provider_quote.report_data()).unwrap();
+
+        // Not hex, cut short, tampered, under another root: 400, named.
+        let (status, text) = call(&app, "POST", SEALING_KEY_PATH, r#"{"quote":"zz"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains("quote"), "{text}");
+        let (status, text) = call(&app, "POST", SEALING_KEY_PATH, &body(&quote[..300])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains("does not verify"), "{text}");
+        let mut tampered = quote.clone();
+        tampered[300] ^= 1;
+        let (status, text) = call(&app, "POST", SEALING_KEY_PATH, &body(&tampered)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains("signature"), "{text}");
+        let foreign = dstack_attest::SimAuthority::generate().unwrap();
+        let other = foreign.quote(&td, &guest.report_data()).unwrap();
+        let (status, text) = call(&app, "POST", SEALING_KEY_PATH, &body(&other)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains("not trusted"), "{text}");
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 //! - The OS edges it drives: [`qemu`] (command line, processes, QMP),
 //!   [`vsock`] (the vhost-user backend), [`hostapi`] (what guests ask of the
 //!   host), [`sim_tee`] (the TDX module it plays on hosts without TDX),
+//!   [`key_provider`] (the local key provider behind GetSealingKey),
 //!   [`guest_client`] (what the host asks of guests), [`serial`] and
 //!   [`logs`] (rotated logs), [`state`] (files on disk).
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@ mod error;
 pub mod guest_client;
 pub mod hostapi;
 pub mod images;
+pub mod key_provider;
 pub mod logs;
 pub mod qemu;
 pub mod serial;

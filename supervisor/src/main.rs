@@ -77,6 +77,11 @@ struct RunArgs {
     /// defaults 127.0.0.1:5000 and localhost:5000 → 10.0.2.2:5000).
     #[arg(long = "registry-alias", value_parser = config::parse_registry_alias)]
     registry_aliases: Vec<RegistryAlias>,
+    /// Upstream's SGX local key provider (host:port, upstream's default
+    /// 127.0.0.1:3443) to forward GetSealingKey to [default: on hosts
+    /// without TDX the supervisor plays a simulated one; TDX hosts have none].
+    #[arg(long)]
+    local_key_provider: Option<String>,
 }
 
 /// Exit codes (STYLE rule 6): scripts and service managers can tell a bad
@@ -267,6 +272,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         qemu,
         vsock,
         registry_aliases,
+        local_key_provider: args.local_key_provider,
         stop_timeouts: StopTimeouts::default(),
         log_max_bytes: config::DEFAULT_LOG_MAX_BYTES,
     };

@@ -228,6 +228,20 @@ impl SignatureData {
         let text = std::str::from_utf8(&self.cert_data).ok()?;
         Some(text.trim_end_matches('\0'))
     }
+
+    /// The DER of the last certificate of the PCK chain: the root the quote
+    /// claims. Only a trust decision made elsewhere makes it an anchor (a
+    /// sim guest trusts the root its own TEE quotes under).
+    pub fn chain_root_der(&self) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+        const END: &str = "-----END CERTIFICATE-----";
+        let chain = self.pck_chain_pem()?;
+        let start = chain.rfind(BEGIN)? + BEGIN.len();
+        let end = start + chain[start..].find(END)?;
+        let body: String = chain[start..end].split_whitespace().collect();
+        base64::engine::general_purpose::STANDARD.decode(body).ok()
+    }
 }
 
 /// A parsed quote.

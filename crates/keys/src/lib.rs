@@ -7,6 +7,7 @@
 //! - [`AppKeys::get_key`], [`AppKeys::sign`], [`verify`]: the guest API's
 //!   GetKey, Sign and Verify.
 //! - [`report_data`]: dstack's `Hash(tag ":" content)` report_data rule.
+//! - [`sealing`]: the local key provider's sealing key and sealed box.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ mod app_keys;
 pub mod kdf;
 pub mod kms;
 pub mod report_data;
+pub mod sealing;
 mod signing;
 
 pub use app_keys::AppKeys;

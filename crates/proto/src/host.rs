@@ -12,6 +12,10 @@
 //! - `POST /v1/tee/quote`      ← [`QuoteRequest`] → [`QuoteResponse`]
 //! - `GET  /v1/tee/collateral` → the quote collateral (dcap-qvl JSON)
 //!
+//! The local key provider (upstream's host API `GetSealingKey`, UPSTREAM §9),
+//! served by the sim host itself or forwarded to an upstream SGX provider:
+//! - `POST [`SEALING_KEY_PATH`]` ← [`GetSealingKeyRequest`] → [`GetSealingKeyResponse`]
+//!
 //! The host identifies the calling VM by the vsock connection it arrived on,
 //! never by anything in the request.
 
@@ -231,4 +235,94 @@ pub struct QuoteResponse {
     /// The quote bytes, hex.
     #[serde(with = "hex::serde")]
     pub quote: Vec<u8>,
+}
+
+/// Path of the host API's GetSealingKey (the local key provider).
+pub const SEALING_KEY_PATH: &str = "/v1/sealing-key";
+
+/// Ask the local key provider for this TD's sealing key (upstream
+/// `GetSealingKeyRequest`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetSealingKeyRequest {
+    /// The TD's quote, hex; report_data[..32] is the X25519 key to seal to.
+    #[serde(with = "hex::serde")]
+    pub quote: Vec<u8>,
+}
+
+/// The sealed key and the provider's evidence (upstream
+/// `GetSealingKeyResponse`, plus the collateral a sim host can vouch with).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetSealingKeyResponse {
+    /// The 32-byte key as a libsodium sealed box, hex.
+    #[serde(with = "hex::serde")]
+    pub encrypted_key: Vec<u8>,
+    /// The provider's SGX quote; report_data[..32] = SHA-256(encrypted_key), hex.
+    #[serde(with = "hex::serde")]
+    pub provider_quote: Vec<u8>,
+    /// Collateral for `provider_quote` (dcap-qvl JSON), when the host has
+    /// it; empty means the guest must fetch it itself.
+    #[serde(default)]
+    pub provider_collateral: String,
+}
+
+/// The wire protocol of upstream's `local-key-provider` (TCP): each message
+/// is a 4-byte big-endian length, then JSON whose byte fields are arrays of
+/// numbers.
+pub mod local_key_provider {
+    use serde::{Deserialize, Serialize};
+
+    /// The largest frame upstream's provider accepts (its JSON spells each
+    /// byte as a number, so a 1 MiB quote takes up to about 4 MiB).
+    pub const MAX_FRAME: usize = 8 << 20;
+
+    /// The request: the TD's quote.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ProviderRequest {
+        /// The TD's quote.
+        pub quote: Vec<u8>,
+    }
+
+    /// The answer: the sealed key and the provider's SGX quote.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ProviderResponse {
+        /// The sealed key.
+        pub encrypted_key: Vec<u8>,
+        /// The provider's SGX quote.
+        pub provider_quote: Vec<u8>,
+    }
+
+    /// One frame: length (u32 BE) then the JSON bytes. `None` when the JSON
+    /// is longer than [`MAX_FRAME`].
+    pub fn frame<T: Serialize>(message: &T) -> Option<Vec<u8>> {
+        let json = serde_json::to_vec(message).ok()?;
+        if json.len() > MAX_FRAME {
+            return None;
+        }
+        let len = u32::try_from(json.len()).ok()?;
+        let mut out = Vec::with_capacity(4 + json.len());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&json);
+        Some(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn frames_as_upstream() {
+            let wire = frame(&ProviderRequest {
+                quote: vec![1, 2, 3, 255],
+            })
+            .unwrap();
+            assert_eq!(&wire[..4], &21u32.to_be_bytes());
+            assert_eq!(&wire[4..], br#"{"quote":[1,2,3,255]}"#);
+            let response: ProviderResponse =
+                serde_json::from_slice(br#"{"encrypted_key":[1,2],"provider_quote":[3,4]}"#)
+                    .unwrap();
+            assert_eq!(response.provider_quote, [3, 4]);
+        }
+    }
 }

@@ -34,6 +34,9 @@ pub enum BootError {
     /// Measuring the app.
     #[error("measuring the app failed")]
     Measure(#[from] Box<crate::measure::MeasureError>),
+    /// The local key provider.
+    #[error("getting the app keys from the local key provider failed")]
+    LocalKey(#[source] Box<crate::local_key::LocalKeyError>),
     /// The guest API (dstack.sock).
     #[error("starting the guest API failed")]
     GuestApi(#[source] Box<dyn std::error::Error + Send + Sync>),

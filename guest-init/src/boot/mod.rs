@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use dstack_attest::Platform;
 use dstack_attest::eventlog::names;
-use dstack_compose::{AppCompose, Compose};
+use dstack_compose::{AppCompose, Compose, KeyProviderKind};
 use dstack_guest_api::{AppInfo, Flavor, GuestApi};
 use dstack_keys::AppKeys;
-use dstack_proto::host::{ConfigBundle, LogEntry, events};
+use dstack_proto::host::{ConfigBundle, GetSealingKeyRequest, LogEntry, events};
 use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
 use crate::app::{AppParams, AppRuntime, RuntimeFactory};
 use crate::control::Control;
@@ -29,7 +30,7 @@ use crate::notify::Notifier;
 use crate::reaper::Reaper;
 use crate::state::{GuestState, ShutdownSignal};
 use crate::sys::{RebootCmd, Syscall};
-use crate::{console, identity, power, tee};
+use crate::{console, identity, local_key, power, tee};
 
 mod config;
 mod error;
@@ -62,9 +63,16 @@ pub struct Boot {
     pub background: Vec<tokio::task::JoinHandle<Result<(), BootError>>>,
     /// The TEE, once known (tests may set it before the boot).
     pub platform: Option<Arc<dyn Platform>>,
-    /// Identity derivation and its measurement, running in the background.
-    identity: Option<tokio::task::JoinHandle<Result<AppMeasurement, BootError>>>,
+    /// Identity derivation, its measurement and the key provider's seed
+    /// (`None`: the `none` provider, a random seed), running in the background.
+    identity: Option<tokio::task::JoinHandle<Result<Measured, BootError>>>,
 }
+
+/// A 32-byte app-key seed, wiped when dropped.
+type KeySeed = Zeroizing<[u8; 32]>;
+
+/// The measured app and the key provider's seed (`None` for `none`).
+type Measured = (AppMeasurement, Option<KeySeed>);
 
 fn ms(since: Instant) -> u128 {
     since.elapsed().as_millis()
@@ -338,8 +346,12 @@ impl Boot {
         let (bundle, shared_dir) = (bundle.clone(), self.cfg.host_shared_dir.clone());
         let (state, notifier) = (self.state.clone(), self.notifier.clone());
         let platform = self.platform.clone();
-        let task = tokio::task::spawn_blocking(move || -> Result<AppMeasurement, BootError> {
-            let key_provider_info = measure::key_provider_info(&app)?;
+        // The provider verifies a quote and may forward to an SGX enclave.
+        let host = HostClient::new(self.cfg.host.clone(), Duration::from_secs(60));
+        let runtime = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || -> Result<Measured, BootError> {
+            let kind = measure::check_key_provider_supported(&app)?;
+            let pinned = measure::pinned_key_provider_id(&app)?;
             let derived = identity::derive(
                 bundle.app_compose.as_bytes(),
                 &app,
@@ -368,17 +380,40 @@ impl Boot {
                 let payload = serde_json::to_string(info).unwrap_or_default();
                 notifier.send(events::INSTANCE_INFO, payload);
             }
-            let measured = AppMeasurement {
+            let mut measured = AppMeasurement {
                 app_id: hex::decode(&derived.identity.app_id).unwrap_or_default(),
                 instance_id: hex::decode(&derived.identity.instance_id).unwrap_or_default(),
                 compose_hash: derived.compose_hash,
-                key_provider_info,
+                key_provider_info: measure::KEY_PROVIDER_NONE.into(),
             };
             let platform = platform
                 .ok_or_else(|| BootError::GuestApi("no TEE platform was selected".into()))?;
-            measure::measure_app(&*platform, &app, &measured)?;
+            measure::measure_identity(&*platform, &measured)?;
+            let seed = match kind {
+                KeyProviderKind::Local => {
+                    let started = Instant::now();
+                    let mut fetch = |request: GetSealingKeyRequest| {
+                        runtime.block_on(host.get_sealing_key(&request))
+                    };
+                    let local = local_key::request(&*platform, &mut fetch)
+                        .map_err(|e| BootError::LocalKey(Box::new(e)))?;
+                    measure::check_key_provider_id(&pinned, &local.mr_enclave)?;
+                    measured.key_provider_info = measure::key_provider_local(&local.mr_enclave);
+                    tracing::info!(
+                        "app keys from the local key provider {} ({} ms)",
+                        hex::encode(local.mr_enclave),
+                        ms(started)
+                    );
+                    Some(local.seed)
+                }
+                _ => {
+                    measure::check_key_provider_id(&pinned, &[])?;
+                    None
+                }
+            };
+            measure::measure_key_provider(&*platform, &app, &measured)?;
             state.set_key_provider(measured.key_provider_info.clone());
-            Ok(measured)
+            Ok((measured, seed))
         });
         self.identity = Some(task);
     }
@@ -392,7 +427,7 @@ impl Boot {
                 "the app identity was never derived".into(),
             ));
         };
-        let measured = identity.await??;
+        let (measured, seed) = identity.await??;
         self.emit(names::STORAGE_FS, measure::STORAGE_FS.as_bytes().to_vec())
             .await?;
         self.emit(names::SYSTEM_READY, Vec::new()).await?;
@@ -418,7 +453,10 @@ impl Boot {
         let dir = self.cfg.guest_socket_dir.clone();
         let started = Instant::now();
         let api = tokio::task::spawn_blocking(move || -> Result<GuestApi, BootError> {
-            let seed = identity::random_seed32().map_err(BootError::Identity)?;
+            let seed = match seed {
+                Some(seed) => seed,
+                None => Zeroizing::new(identity::random_seed32().map_err(BootError::Identity)?),
+            };
             let keys = AppKeys::from_seed(&seed).map_err(|e| BootError::GuestApi(e.into()))?;
             GuestApi::new(platform, app, keys).map_err(|e| BootError::GuestApi(e.into()))
         })

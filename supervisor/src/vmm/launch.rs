@@ -27,6 +27,7 @@ impl Supervisor {
     /// created or loaded, before QEMU ever starts, so the guest's first
     /// request always finds it.
     pub(super) fn attach(&self, vm: &Arc<Vm>) -> Result<(), VmmError> {
+        vm.set_key_provider(self.key_provider.clone());
         let path = vm.dir.host_api_sock();
         let listener = hostapi::bind(&path).map_err(VmmError::io("listen on", path))?;
         let task = hostapi::serve(listener, vm.clone());

@@ -24,6 +24,7 @@ use crate::api::{Command, Reply, RequestHandler};
 use crate::config::Config;
 use crate::error::VmmError;
 use crate::images::ImageCatalog;
+use crate::key_provider::{KeyProvider, SimKeyProvider, UpstreamKeyProvider};
 use crate::state::CidAllocator;
 use crate::validate::looks_like_id;
 use vm::Vm;
@@ -38,6 +39,8 @@ pub struct Supervisor {
     deploy_lock: tokio::sync::Mutex<()>,
     /// The simulated TEE's authority; `None` on TDX hosts.
     sim: Option<Arc<SimAuthority>>,
+    /// The local key provider guests reach through GetSealingKey.
+    key_provider: Option<Arc<KeyProvider>>,
     /// For tasks that outlive a request (exit watchers, restarts).
     this: Weak<Supervisor>,
 }
@@ -70,8 +73,29 @@ impl Supervisor {
                 })?,
             ),
         };
+        let key_provider = match (&config.local_key_provider, &sim) {
+            (Some(addr), _) => Some(KeyProvider::Upstream(UpstreamKeyProvider::new(
+                addr.clone(),
+            ))),
+            (None, Some(authority)) => {
+                let provider =
+                    SimKeyProvider::load_or_generate(&config.state_dir, authority.clone())
+                        .map_err(|e| {
+                            VmmError::io(
+                                "load the simulated key provider from",
+                                config.state_dir.join(crate::key_provider::SECRET_FILE),
+                            )(std::io::Error::other(
+                                crate::error::error_chain(&e),
+                            ))
+                        })?;
+                Some(KeyProvider::Sim(provider))
+            }
+            (None, None) => None,
+        }
+        .map(Arc::new);
         let supervisor = Arc::new_cyclic(|this| Supervisor {
             sim,
+            key_provider,
             images: ImageCatalog::new(config.images_dir()),
             config: Arc::new(config),
             vms: RwLock::new(BTreeMap::new()),

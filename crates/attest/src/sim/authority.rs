@@ -377,14 +377,33 @@ impl SimAuthority {
         Ok(out)
     }
 
-    /// Collateral valid from an hour before `now` for thirty days, signed under
-    /// the simulated root: TCB info, QE identity and both CRLs.
+    /// Collateral for TDX quotes, valid from an hour before `now` for thirty
+    /// days, signed under the simulated root: TCB info, QE identity and both CRLs.
     pub fn collateral(&self, now: DateTime<Utc>) -> Result<Collateral, SimError> {
+        self.collateral_for(now, false)
+    }
+
+    /// Collateral for the SGX quotes of [`SimAuthority::sgx_quote`]: dcap-qvl
+    /// wants SGX TCB info (`"id": "SGX"`) and the `QE` identity for them.
+    pub fn sgx_collateral(&self, now: DateTime<Utc>) -> Result<Collateral, SimError> {
+        self.collateral_for(now, true)
+    }
+
+    fn collateral_for(&self, now: DateTime<Utc>, sgx: bool) -> Result<Collateral, SimError> {
         let keys = self.keys()?;
         let issued = now - Duration::hours(1);
         let next_update = issued + Duration::days(COLLATERAL_LIFETIME_DAYS);
-        let tcb_info = self.tcb_info_json(issued, next_update);
-        let qe_identity = self.qe_identity_json(issued, next_update);
+        let (tcb_info, qe_identity) = if sgx {
+            (
+                self.sgx_tcb_info_json(issued, next_update),
+                self.qe_identity_json(issued, next_update, "QE"),
+            )
+        } else {
+            (
+                self.tcb_info_json(issued, next_update),
+                self.qe_identity_json(issued, next_update, "TD_QE"),
+            )
+        };
         let sign = |json: &str| -> Vec<u8> {
             let sig: Signature = keys.tcb_signer.sign(json.as_bytes());
             sig.to_bytes().to_vec()
@@ -466,9 +485,42 @@ impl SimAuthority {
         .to_string()
     }
 
-    fn qe_identity_json(&self, issued: DateTime<Utc>, next_update: DateTime<Utc>) -> String {
+    /// SGX TCB info (version 3, no TDX module): the platform's one level.
+    fn sgx_tcb_info_json(&self, issued: DateTime<Utc>, next_update: DateTime<Utc>) -> String {
+        let components: Vec<serde_json::Value> = SIM_CPU_SVN
+            .iter()
+            .map(|svn| serde_json::json!({ "svn": svn }))
+            .collect();
+        let tcb_date = rfc3339(issued - Duration::days(30));
         serde_json::json!({
-            "id": "TD_QE",
+            "id": "SGX",
+            "version": 3,
+            "issueDate": rfc3339(issued),
+            "nextUpdate": rfc3339(next_update),
+            "fmspc": hex::encode_upper(SIM_FMSPC),
+            "pceId": hex::encode_upper(SIM_PCE_ID),
+            "tcbType": 0,
+            "tcbEvaluationDataNumber": 1,
+            "tcbLevels": [{
+                "tcb": {
+                    "sgxtcbcomponents": components,
+                    "pcesvn": SIM_PCE_SVN
+                },
+                "tcbDate": tcb_date,
+                "tcbStatus": "UpToDate"
+            }]
+        })
+        .to_string()
+    }
+
+    fn qe_identity_json(
+        &self,
+        issued: DateTime<Utc>,
+        next_update: DateTime<Utc>,
+        id: &str,
+    ) -> String {
+        serde_json::json!({
+            "id": id,
             "version": 2,
             "issueDate": rfc3339(issued),
             "nextUpdate": rfc3339(next_update),

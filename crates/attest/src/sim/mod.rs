@@ -16,7 +16,10 @@ use chrono::Utc;
 
 pub use authority::{SimAuthority, SimError};
 pub use measure::{BootInputs, BootMeasurements, measure_boot};
-pub use quote_builder::{SimTdIdentity, TD_ATTRIBUTES_PRODUCTION, XFAM_DEFAULT};
+pub use quote_builder::{
+    ENCLAVE_ATTRIBUTES_PRODUCTION, SimEnclaveIdentity, SimTdIdentity, TD_ATTRIBUTES_PRODUCTION,
+    XFAM_DEFAULT,
+};
 
 use crate::collateral::Collateral;
 use crate::eventlog::{Event, RuntimeEvent, replay};
@@ -160,6 +163,38 @@ mod tests {
         let events = platform.event_log().unwrap();
         check_replay(&events, &Rtmrs(report.rtmr)).unwrap();
         assert_ne!(report.rtmr[3], [0; 48]);
+    }
+
+    #[test]
+    fn sim_sgx_quote_verifies_with_sgx_collateral_only() {
+        let authority = authority();
+        let enclave = SimEnclaveIdentity {
+            mr_enclave: [0x3c; 32],
+            mr_signer: [0x4d; 32],
+            isv_prod_id: 1,
+            isv_svn: 2,
+        };
+        let quote = authority.sgx_quote(&enclave, &[0x6e; 64]).unwrap();
+        let verifier = QuoteVerifier::new(authority.root_der().to_vec());
+        let verified = verifier
+            .verify(&quote, &authority.sgx_collateral(Utc::now()).unwrap())
+            .unwrap();
+        assert_eq!(verified.status, TcbStatus::UpToDate);
+        let crate::Report::Sgx(report) = &verified.quote.report else {
+            panic!("not an SGX report");
+        };
+        assert_eq!(report.mr_enclave, [0x3c; 32]);
+        assert_eq!(report.report_data, [0x6e; 64]);
+        assert_eq!(
+            verified.quote.signature.chain_root_der().unwrap(),
+            authority.root_der()
+        );
+        // TDX collateral does not vouch for an SGX quote.
+        assert!(
+            verifier
+                .verify(&quote, &authority.collateral(Utc::now()).unwrap())
+                .is_err()
+        );
     }
 
     #[test]

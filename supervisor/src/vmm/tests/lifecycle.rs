@@ -276,7 +276,7 @@ fn a_restarted_supervisor_readopts_and_cleans_up() {
         .collect();
     assert_eq!(
         leftovers.len(),
-        4,
-        "images, vms, cids.json, sim-tee.json: {leftovers:?}"
+        5,
+        "images, vms, cids.json, sim-tee.json, sim-key-provider.json: {leftovers:?}"
     );
 }

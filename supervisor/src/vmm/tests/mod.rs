@@ -74,6 +74,7 @@ impl Host {
                 VsockDevice::Kernel
             },
             registry_aliases: default_registry_aliases(),
+            local_key_provider: None,
             stop_timeouts: StopTimeouts {
                 guest: Duration::from_secs(1),
                 acpi: Duration::from_secs(1),

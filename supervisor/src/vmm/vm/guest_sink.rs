@@ -93,6 +93,10 @@ impl GuestSink for Vm {
     fn sim_td(&self) -> Option<std::sync::Arc<crate::sim_tee::SimTd>> {
         Vm::sim_td(self)
     }
+
+    fn key_provider(&self) -> Option<std::sync::Arc<crate::key_provider::KeyProvider>> {
+        Vm::key_provider(self)
+    }
 }
 
 #[cfg(test)]

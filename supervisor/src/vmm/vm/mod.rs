@@ -12,6 +12,7 @@ use dstack_proto::host::{RegistryAlias, events};
 use dstack_proto::supervisor::VmState;
 use tokio::task::JoinHandle;
 
+use crate::key_provider::KeyProvider;
 use crate::logs::RotatingLog;
 use crate::qemu::process::Proc;
 use crate::sim_tee::SimTd;
@@ -72,6 +73,8 @@ pub(crate) struct Vm {
     sim_td: Mutex<Option<Arc<SimTd>>>,
     /// The booted image's os_image_hash (hex), for the guest's vm_config.
     os_image_hash: Mutex<String>,
+    /// The host's local key provider, if it runs one.
+    key_provider: Mutex<Option<Arc<KeyProvider>>>,
     registry_aliases: Vec<RegistryAlias>,
     insecure_registries: Vec<String>,
 }
@@ -127,6 +130,7 @@ impl Vm {
             removed: AtomicBool::new(false),
             sim_td: Mutex::new(None),
             os_image_hash: Mutex::new(String::new()),
+            key_provider: Mutex::new(None),
         }
     }
 
@@ -138,6 +142,16 @@ impl Vm {
     /// Installs (or clears) the simulated TDX module for a boot.
     pub(crate) fn set_sim_td(&self, td: Option<Arc<SimTd>>) {
         *lock(&self.sim_td) = td;
+    }
+
+    /// The host's local key provider, for GetSealingKey.
+    pub(crate) fn key_provider(&self) -> Option<Arc<KeyProvider>> {
+        lock(&self.key_provider).clone()
+    }
+
+    /// Sets the host's local key provider (`None`: the host runs none).
+    pub(crate) fn set_key_provider(&self, provider: Option<Arc<KeyProvider>>) {
+        *lock(&self.key_provider) = provider;
     }
 
     /// Records the os_image_hash of the image this boot uses.

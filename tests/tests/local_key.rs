@@ -1,0 +1,85 @@
+//! The `local` key provider end to end: an app with `key_provider: local`
+//! in a real CVM (QEMU TCG) gets its keys from the supervisor's simulated
+//! local key provider, through GetSealingKey on the host API. The same app on
+//! the same image gets the same key after `vm rm` and a redeploy; another
+//! app gets another key.
+#![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
+
+use std::time::{Duration, Instant};
+
+use dstack_e2e::harness::{Supervisor, push_example, repo_root};
+
+/// Boot, pull the python-sdk image (unpacked under TCG) and run one call.
+const DONE: Duration = Duration::from_secs(600);
+
+/// Deploys `app_compose` as `name` and returns the `KEY` its service
+/// printed and the key provider `vm info` shows.
+fn deploy_and_read_key(sup: &Supervisor, app_compose: &str, name: &str) -> (String, String) {
+    let started = Instant::now();
+    sup.dstack_ok(&[
+        "vm",
+        "deploy",
+        app_compose,
+        "--name",
+        name,
+        "--memory",
+        "2G",
+        "--timeout",
+        "600",
+    ]);
+    let deadline = Instant::now() + DONE;
+    while Instant::now() < deadline {
+        let logs = sup.dstack_ok(&["vm", "logs", "-n", "200", "--service", "app", name]);
+        if let Some(key) = logs.lines().find_map(|l| l.strip_prefix("app | KEY ")) {
+            eprintln!("{name}: key after {:?}", started.elapsed());
+            let info = sup.dstack_ok(&["vm", "info", name]);
+            let provider = info
+                .lines()
+                .find_map(|l| l.strip_prefix("key provider:"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            return (key.trim().to_owned(), provider);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!(
+        "{name} printed no key; vm info:\n{}\nlogs:\n{}",
+        sup.dstack_ok(&["vm", "info", name]),
+        sup.dstack_ok(&["vm", "logs", "-n", "200", name])
+    );
+}
+
+#[test]
+fn local_keys_survive_redeploy_and_belong_to_the_app() {
+    push_example("python-sdk").unwrap();
+    let sup = Supervisor::start("local-key").unwrap();
+    let app = repo_root().join("examples/local-key/app-compose.json");
+    let app = app.display().to_string();
+
+    let (first, provider) = deploy_and_read_key(&sup, &app, "lk");
+    assert_eq!(first.len(), 64, "{first}");
+    assert!(
+        provider.starts_with(r#"{"name":"local-sgx","id":""#),
+        "{provider}"
+    );
+
+    sup.dstack_ok(&["vm", "rm", "--force", "lk"]);
+    let (again, provider_again) = deploy_and_read_key(&sup, &app, "lk");
+    assert_eq!(again, first, "same app, same image: same key");
+    assert_eq!(provider_again, provider);
+    sup.dstack_ok(&["vm", "rm", "--force", "lk"]);
+
+    // Another app (only its name differs): another compose-hash, another key.
+    let text = std::fs::read_to_string(repo_root().join("examples/local-key/app-compose.json"))
+        .unwrap()
+        .replace(r#""name":"local-key""#, r#""name":"local-key-b""#);
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("app-compose.json");
+    std::fs::write(&other, text).unwrap();
+    let (other_key, other_provider) =
+        deploy_and_read_key(&sup, &other.display().to_string(), "lk-b");
+    assert_ne!(other_key, first, "another app: another key");
+    assert_eq!(other_provider, provider, "one provider on this host");
+    sup.dstack_ok(&["vm", "rm", "--force", "lk-b"]);
+}
