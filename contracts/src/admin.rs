@@ -443,6 +443,34 @@ impl Admin {
         .await
     }
 
+    /// `transferOwnership` on either contract: the first of two steps; the
+    /// signer stays owner until `new_owner` calls
+    /// [`accept_ownership`](Self::accept_ownership) (e.g. after configuring
+    /// a fresh deployment for a multisig).
+    pub async fn transfer_ownership(
+        &self,
+        contract: [u8; 20],
+        new_owner: [u8; 20],
+    ) -> Result<TransactionReceipt, ChainError> {
+        let c = self.kms(contract);
+        self.send(
+            "transferOwnership",
+            contract,
+            c.transferOwnership(Address::from(new_owner)),
+        )
+        .await
+    }
+
+    /// `acceptOwnership` on either contract, by the pending owner.
+    pub async fn accept_ownership(
+        &self,
+        contract: [u8; 20],
+    ) -> Result<TransactionReceipt, ChainError> {
+        let c = self.kms(contract);
+        self.send("acceptOwnership", contract, c.acceptOwnership())
+            .await
+    }
+
     /// Sends `call`, waits for its receipt, and turns a refusal or a failed
     /// transaction into a named error.
     pub async fn send<P: Provider, D: alloy::contract::CallDecoder>(

@@ -110,6 +110,15 @@ mod tests {
     }
 
     #[test]
+    fn clients_cross_tasks() {
+        // The KMS shares one client between request handlers.
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<crate::ChainAuth>();
+        send_sync::<crate::admin::Admin>();
+        send_sync::<ChainError>();
+    }
+
+    #[test]
     fn converts_field_for_field() {
         let b = AppBootInfo {
             app_id: [1; 20],

@@ -95,3 +95,16 @@ fn missing_anvil_says_how_to_install_it() {
     };
     assert!(e.to_string().contains("run contracts/build"), "{e}");
 }
+
+#[test]
+fn admin_debug_never_shows_the_key() {
+    let key = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+    let admin = dstack_contracts::admin::Admin::connect("http://127.0.0.1:1", key).unwrap();
+    let shown = format!("{admin:?}");
+    assert!(!shown.to_lowercase().contains(&key[..16]), "{shown}");
+    // The address is derived from the key (anvil's first dev account).
+    assert_eq!(
+        admin.address(),
+        dstack_contracts::parse_address("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266").unwrap()
+    );
+}

@@ -484,32 +484,32 @@ async fn ownership_moves_in_two_steps() {
     let k = chain.kms.kms;
     let kms = kms_contract(&chain);
     let stranger = Address::from(chain.stranger.address());
-    let as_stranger = DstackKms::new(Address::from(k), chain.stranger.provider());
     assert_not_owner(
         chain
             .stranger
-            .send(
-                "transferOwnership",
-                k,
-                as_stranger.transferOwnership(stranger),
-            )
+            .transfer_ownership(k, chain.stranger.address())
             .await,
     );
-    chain
+    let r = chain
         .owner
-        .send("transferOwnership", k, kms.transferOwnership(stranger))
+        .transfer_ownership(k, chain.stranger.address())
         .await
         .unwrap();
+    let started = event::<DstackKms::OwnershipTransferStarted>(&r);
+    assert_eq!(
+        (started.previousOwner, started.newOwner),
+        (Address::from(chain.owner.address()), stranger)
+    );
     // Until accepted, the old owner still governs.
     assert_eq!(
         kms.owner().call().await.unwrap(),
         Address::from(chain.owner.address())
     );
-    chain
-        .stranger
-        .send("acceptOwnership", k, as_stranger.acceptOwnership())
-        .await
-        .unwrap();
+    let r = chain.stranger.accept_ownership(k).await.unwrap();
+    assert_eq!(
+        event::<DstackKms::OwnershipTransferred>(&r).newOwner,
+        stranger
+    );
     assert_eq!(kms.owner().call().await.unwrap(), stranger);
     assert_not_owner(chain.owner.add_os_image_hash(k, OS).await);
     chain.stranger.add_os_image_hash(k, OS).await.unwrap();
