@@ -82,6 +82,37 @@ fn local_keys_survive_redeploy_and_belong_to_the_app() {
     assert_eq!(provider_again, provider);
     sup.dstack_ok(&["vm", "rm", "--force", "lk"]);
 
+    // An app that pins another provider stops at boot, naming the pin.
+    let pinned = std::fs::read_to_string(repo_root().join("examples/local-key/app-compose.json"))
+        .unwrap()
+        .replace(
+            r#""key_provider":"local""#,
+            &format!(
+                r#""key_provider":"local","key_provider_id":"{}""#,
+                "00".repeat(32)
+            ),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let pinned_path = dir.path().join("pinned.json");
+    std::fs::write(&pinned_path, pinned).unwrap();
+    let out = sup.dstack(&[
+        "vm",
+        "deploy",
+        &pinned_path.display().to_string(),
+        "--name",
+        "lk-pin",
+        "--timeout",
+        "300",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "a wrong pin booted:\n{text}");
+    assert!(text.contains("key_provider_id"), "{text}");
+    sup.dstack_ok(&["vm", "rm", "--force", "lk-pin"]);
+
     // Another app (its name differs, and it has an instance-id): another
     // compose-hash, another key; the instance-id seed is kept across
     // stop/start, so its key is too.
@@ -89,7 +120,6 @@ fn local_keys_survive_redeploy_and_belong_to_the_app() {
         .unwrap()
         .replace(r#""name":"local-key""#, r#""name":"local-key-b""#)
         .replace(r#","no_instance_id":true"#, "");
-    let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("app-compose.json");
     std::fs::write(&other, text).unwrap();
     let (other_key, other_provider) =
