@@ -123,3 +123,25 @@ async fn a_silent_host_times_out() {
     let err = quick.notify(&n).await;
     assert!(matches!(err, Err(HostApiError::Timeout { .. })));
 }
+
+#[tokio::test]
+async fn asks_for_the_sealing_key_with_the_quote_in_hex() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("host.sock");
+    let answer = r#"{"encrypted_key":"0102","provider_quote":"03","provider_collateral":"{}"}"#;
+    let mut seen = serve(&sock, "200 OK", answer.into());
+    let got = client(&sock)
+        .get_sealing_key(&GetSealingKeyRequest {
+            quote: vec![0xab, 0xcd],
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.encrypted_key, [1, 2]);
+    assert_eq!(got.provider_quote, [3]);
+    let req = seen.recv().await.unwrap();
+    assert_eq!(
+        req.request_line,
+        format!("POST {SEALING_KEY_PATH} HTTP/1.1")
+    );
+    assert_eq!(req.body, br#"{"quote":"abcd"}"#);
+}

@@ -190,8 +190,10 @@ async fn sealing_key<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> R
         Ok(Err(e)) => {
             let status = if e.is_bad_request() {
                 StatusCode::BAD_REQUEST
-            } else {
+            } else if matches!(e, KeyProviderError::Upstream { .. }) {
                 StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
             };
             tracing::warn!("GetSealingKey refused: {}", crate::error::error_chain(&e));
             error(status, crate::error::error_chain(&e))

@@ -14,7 +14,7 @@
 //!
 //! The local key provider (upstream's host API `GetSealingKey`, UPSTREAM §9),
 //! served by the sim host itself or forwarded to an upstream SGX provider:
-//! - `POST [`SEALING_KEY_PATH`]` ← [`GetSealingKeyRequest`] → [`GetSealingKeyResponse`]
+//! - `POST` [`SEALING_KEY_PATH`] (`/v1/sealing-key`) ← [`GetSealingKeyRequest`] → [`GetSealingKeyResponse`]
 //!
 //! The host identifies the calling VM by the vsock connection it arrived on,
 //! never by anything in the request.
