@@ -12,7 +12,7 @@ use dstack_ra_tls::{CertRequest, RaTlsCert, RaTlsError, RaTlsVerifier, VerifiedP
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::auth::PolicyFile;
+use crate::auth::{AuthBackend, AuthError};
 use crate::boot_info::{BootInfoError, MeasuredAt, boot_info};
 use crate::keystore::RootKeys;
 use crate::metrics::Metrics;
@@ -45,6 +45,9 @@ pub enum KmsError {
     /// The evidence does not make a valid boot info.
     #[error("the caller's boot info is invalid")]
     BootInfo(#[from] BootInfoError),
+    /// The authorisation backend could not answer.
+    #[error("authorisation backend unavailable")]
+    Auth(#[from] AuthError),
     /// The authorisation backend refused the boot.
     #[error("boot denied: {reason}")]
     Denied {
@@ -74,6 +77,7 @@ impl KmsError {
             },
             Self::Stale { .. } => "stale_request",
             Self::BootInfo(_) => "boot_info_invalid",
+            Self::Auth(_) => "auth_backend_failed",
             Self::Denied { .. } => "denied",
             Self::BadRequest(_) => "bad_request",
             Self::Internal(_) => "internal",
@@ -88,7 +92,7 @@ pub struct Kms {
     ca_spki: Vec<u8>,
     temp_ca_cert_pem: String,
     verifier: RaTlsVerifier,
-    policy: PolicyFile,
+    auth: AuthBackend,
     freshness: Duration,
     metrics: Metrics,
 }
@@ -106,7 +110,7 @@ impl Kms {
     pub fn new(
         keys: RootKeys,
         verifier: RaTlsVerifier,
-        policy: PolicyFile,
+        auth: AuthBackend,
     ) -> Result<Self, KmsError> {
         let root = ca_cert(keys.root.ca_key(), "Dstack KMS CA", 1)?;
         let temp = ca_cert(&keys.temp_ca_key, "Dstack Client Temp CA", 0)?;
@@ -117,7 +121,7 @@ impl Kms {
             temp_ca_cert_pem: pem("CERTIFICATE", &temp.cert_der),
             keys,
             verifier,
-            policy,
+            auth,
             freshness: DEFAULT_FRESHNESS,
             metrics: Metrics::default(),
         })
@@ -141,19 +145,20 @@ impl Kms {
     }
 
     /// `GetMeta`.
-    pub fn get_meta(&self) -> GetMetaResponse {
-        self.metrics.record("GetMeta", "ok");
-        GetMetaResponse {
+    pub async fn get_meta(&self) -> Result<GetMetaResponse, KmsError> {
+        let info = self.auth.info().await;
+        let info = self.count("GetMeta", info.map_err(KmsError::from))?;
+        Ok(GetMetaResponse {
             ca_cert: self.ca_cert_pem.clone(),
-            allow_any_upgrade: false,
+            allow_any_upgrade: info.is_dev,
             k256_pubkey: self.keys.root.k256_public_key().to_vec(),
             bootstrap_info: None,
-            is_dev: false,
-            gateway_app_id: Some(self.policy.gateway_app_id.clone()),
-            kms_contract_address: None,
-            chain_id: None,
-            app_auth_implementation: None,
-        }
+            is_dev: info.is_dev,
+            gateway_app_id: info.gateway_app_id,
+            kms_contract_address: info.kms_contract_address,
+            chain_id: info.chain_id,
+            app_auth_implementation: info.app_implementation,
+        })
     }
 
     /// `GetTempCaCert`.
@@ -200,41 +205,51 @@ impl Kms {
 
     /// `GetAppKey` for the caller whose RA-TLS client certificate is
     /// `client_cert` (DER), judged at `at`.
-    pub fn get_app_key(
+    pub async fn get_app_key(
         &self,
         client_cert: Option<&[u8]>,
         request: &GetAppKeyRequest,
         at: SystemTime,
     ) -> Result<AppKeyResponse, KmsError> {
-        self.counted("GetAppKey", || {
-            if request.api_version > 1 {
-                return Err(KmsError::BadRequest(format!(
-                    "unsupported api_version {}",
-                    request.api_version
-                )));
-            }
-            let (info, verdict) = self.authorise(client_cert, &request.vm_config, at, false)?;
-            let keys = self
-                .keys
-                .root
-                .app_keys(&info.app_id, &info.instance_id)
-                .map_err(|e| KmsError::Internal(e.to_string()))?;
-            Ok(AppKeyResponse {
-                ca_cert: self.ca_cert_pem.clone(),
-                disk_crypt_key: keys.disk_crypt_key.to_vec(),
-                env_crypt_key: keys.env_crypt_key.to_vec(),
-                k256_key: keys.k256_key.to_vec(),
-                k256_signature: keys.k256_signature,
-                tproxy_app_id: verdict.clone(),
-                gateway_app_id: verdict,
-                os_image_hash: info.os_image_hash,
-            })
+        let result = self.app_key(client_cert, request, at).await;
+        self.count("GetAppKey", result)
+    }
+
+    async fn app_key(
+        &self,
+        client_cert: Option<&[u8]>,
+        request: &GetAppKeyRequest,
+        at: SystemTime,
+    ) -> Result<AppKeyResponse, KmsError> {
+        if request.api_version > 1 {
+            return Err(KmsError::BadRequest(format!(
+                "unsupported api_version {}",
+                request.api_version
+            )));
+        }
+        let (info, gateway_app_id) = self
+            .authorise(client_cert, &request.vm_config, at, false)
+            .await?;
+        let keys = self
+            .keys
+            .root
+            .app_keys(&info.app_id, &info.instance_id)
+            .map_err(|e| KmsError::Internal(e.to_string()))?;
+        Ok(AppKeyResponse {
+            ca_cert: self.ca_cert_pem.clone(),
+            disk_crypt_key: keys.disk_crypt_key.to_vec(),
+            env_crypt_key: keys.env_crypt_key.to_vec(),
+            k256_key: keys.k256_key.to_vec(),
+            k256_signature: keys.k256_signature,
+            tproxy_app_id: gateway_app_id.clone(),
+            gateway_app_id,
+            os_image_hash: info.os_image_hash,
         })
     }
 
-    /// Verifies the caller and asks the policy; returns its boot info and
+    /// Verifies the caller and asks the backend; returns its boot info and
     /// gateway app id.
-    fn authorise(
+    async fn authorise(
         &self,
         client_cert: Option<&[u8]>,
         vm_config: &str,
@@ -245,7 +260,7 @@ impl Kms {
         self.check_fresh(cert, at)?;
         let peer: VerifiedPeer = self.verifier.verify_cert(cert, at)?;
         let info = boot_info(&peer, vm_config, MeasuredAt::Now)?;
-        let verdict = self.policy.decide(&info, is_kms);
+        let verdict = self.auth.decide(&info, is_kms).await?;
         if !verdict.is_allowed {
             return Err(KmsError::Denied {
                 reason: verdict.reason,
@@ -278,7 +293,10 @@ impl Kms {
         method: &'static str,
         call: impl FnOnce() -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
-        let result = call();
+        self.count(method, call())
+    }
+
+    fn count<T>(&self, method: &'static str, result: Result<T, KmsError>) -> Result<T, KmsError> {
         match &result {
             Ok(_) => self.metrics.record(method, "ok"),
             Err(e) => self.metrics.record(method, e.reason()),

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use dstack_attest::{
     Platform, QuoteVerifier, RuntimeEvent, SimAuthority, SimPlatform, SimTdIdentity,
 };
-use dstack_kms::auth::PolicyFile;
+use dstack_kms::auth::{AuthBackend, PolicyFile};
 use dstack_kms::keystore::RootKeys;
 use dstack_kms::{Kms, KmsError};
 use dstack_proto::kms::{AppId, GetAppKeyRequest};
@@ -68,7 +68,7 @@ fn kms(authority: &SimAuthority, collateral_from: &SimPlatform, keys: RootKeys) 
         hex::encode(COMPOSE)
     ))
     .unwrap();
-    Kms::new(keys, verifier, policy).unwrap()
+    Kms::new(keys, verifier, AuthBackend::Policy(policy)).unwrap()
 }
 
 fn request() -> GetAppKeyRequest {
@@ -78,8 +78,8 @@ fn request() -> GetAppKeyRequest {
     }
 }
 
-#[test]
-fn an_authorised_app_gets_upstreams_keys_and_others_are_refused() {
+#[tokio::test]
+async fn an_authorised_app_gets_upstreams_keys_and_others_are_refused() {
     let authority = Arc::new(SimAuthority::generate().unwrap());
     let td = app(&authority, &COMPOSE, &APP_ID);
     let keys = RootKeys::generate().unwrap();
@@ -89,6 +89,7 @@ fn an_authorised_app_gets_upstreams_keys_and_others_are_refused() {
     let now = SystemTime::now();
     let response = kms
         .get_app_key(Some(&client_cert(&td)), &request(), now)
+        .await
         .unwrap();
     assert_eq!(response.k256_key, expected.k256_key.to_vec());
     assert_eq!(response.disk_crypt_key, expected.disk_crypt_key.to_vec());
@@ -100,6 +101,7 @@ fn an_authorised_app_gets_upstreams_keys_and_others_are_refused() {
     // The same app gets the same keys on the next boot (a new cert, new quote).
     let again = kms
         .get_app_key(Some(&client_cert(&td)), &request(), now)
+        .await
         .unwrap();
     assert_eq!(again.k256_key, response.k256_key);
     assert_eq!(kms.metrics().get("GetAppKey", "ok"), 2);
@@ -108,6 +110,7 @@ fn an_authorised_app_gets_upstreams_keys_and_others_are_refused() {
     let other = app(&authority, &[0xee; 32], &APP_ID);
     let err = kms
         .get_app_key(Some(&client_cert(&other)), &request(), now)
+        .await
         .unwrap_err();
     assert!(
         matches!(&err, KmsError::Denied { reason } if reason == "compose hash not allowed"),
@@ -116,13 +119,13 @@ fn an_authorised_app_gets_upstreams_keys_and_others_are_refused() {
     assert_eq!(kms.metrics().get("GetAppKey", "denied"), 1);
 
     // No client certificate: no keys.
-    let err = kms.get_app_key(None, &request(), now).unwrap_err();
+    let err = kms.get_app_key(None, &request(), now).await.unwrap_err();
     assert!(matches!(err, KmsError::NoClientCertificate), "{err}");
     assert_eq!(kms.metrics().get("GetAppKey", "no_attestation"), 1);
 }
 
-#[test]
-fn untrusted_roots_tampering_staleness_and_bad_input_are_named_and_counted() {
+#[tokio::test]
+async fn untrusted_roots_tampering_staleness_and_bad_input_are_named_and_counted() {
     let authority = Arc::new(SimAuthority::generate().unwrap());
     let td = app(&authority, &COMPOSE, &APP_ID);
     let kms = kms(&authority, &td, RootKeys::generate().unwrap());
@@ -133,6 +136,7 @@ fn untrusted_roots_tampering_staleness_and_bad_input_are_named_and_counted() {
     let foreign = app(&stranger, &COMPOSE, &APP_ID);
     let err = kms
         .get_app_key(Some(&client_cert(&foreign)), &request(), now)
+        .await
         .unwrap_err();
     assert_eq!(err.reason(), "quote_rejected", "{err}");
 
@@ -140,7 +144,10 @@ fn untrusted_roots_tampering_staleness_and_bad_input_are_named_and_counted() {
     let mut cert = client_cert(&td);
     let at = cert.len() / 2;
     cert[at] ^= 1;
-    let err = kms.get_app_key(Some(&cert), &request(), now).unwrap_err();
+    let err = kms
+        .get_app_key(Some(&cert), &request(), now)
+        .await
+        .unwrap_err();
     assert!(
         [
             "quote_rejected",
@@ -154,7 +161,10 @@ fn untrusted_roots_tampering_staleness_and_bad_input_are_named_and_counted() {
     // A certificate (and so a quote) from long ago: a replayed request.
     let cert = client_cert(&td);
     let later = now + Duration::from_secs(3600);
-    let err = kms.get_app_key(Some(&cert), &request(), later).unwrap_err();
+    let err = kms
+        .get_app_key(Some(&cert), &request(), later)
+        .await
+        .unwrap_err();
     assert!(matches!(err, KmsError::Stale { .. }), "{err}");
     assert_eq!(kms.metrics().get("GetAppKey", "stale_request"), 1);
 
@@ -162,6 +172,7 @@ fn untrusted_roots_tampering_staleness_and_bad_input_are_named_and_counted() {
     let short = app(&authority, &COMPOSE, &APP_ID[..19]);
     let err = kms
         .get_app_key(Some(&client_cert(&short)), &request(), now)
+        .await
         .unwrap_err();
     assert_eq!(err.reason(), "boot_info_invalid", "{err}");
     assert!(format!("{:?}", err).contains("app_id"), "{err:?}");
@@ -182,12 +193,14 @@ fn untrusted_roots_tampering_staleness_and_bad_input_are_named_and_counted() {
     };
     assert!(
         kms.get_app_key(Some(&client_cert(&td)), &bad_version, now)
+            .await
             .is_err()
     );
 
     // The KMS keeps serving after all of that.
     assert!(
         kms.get_app_key(Some(&client_cert(&td)), &request(), now)
+            .await
             .is_ok()
     );
     let text = kms.metrics().render();
@@ -205,12 +218,12 @@ fn untrusted_roots_tampering_staleness_and_bad_input_are_named_and_counted() {
     }
 }
 
-#[test]
-fn env_public_key_is_signed_by_the_root_k256_key() {
+#[tokio::test]
+async fn env_public_key_is_signed_by_the_root_k256_key() {
     let authority = Arc::new(SimAuthority::generate().unwrap());
     let td = app(&authority, &COMPOSE, &APP_ID);
     let kms = kms(&authority, &td, RootKeys::generate().unwrap());
-    let meta = kms.get_meta();
+    let meta = kms.get_meta().await.unwrap();
     let env = kms
         .get_app_env_encrypt_pub_key(
             &AppId {

@@ -1,7 +1,5 @@
-//! Who may get keys: the authorisation backends a KMS asks after the
-//! caller's evidence checked out. A static policy file for a single
-//! operator is here; the on-chain (KmsAuth/AppAuth) and webhook backends
-//! answer the same question with the same [`BootInfo`].
+//! A static policy file for a single operator: the same rules KmsAuth and
+//! AppAuth hold on chain, in one JSON file.
 
 use std::collections::BTreeMap;
 use std::path::Path;
