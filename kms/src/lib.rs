@@ -6,6 +6,7 @@
 //! - [`boot_info`]: a caller's boot info from its verified evidence.
 //! - [`auth`]: authorisation backends (static policy file).
 //! - [`service`]: the KMS methods, transport-free, with [`metrics`].
+//! - [`server`]: the methods over HTTPS at upstream's pRPC paths.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod boot_info;
 pub mod keystore;
 pub mod metrics;
+pub mod server;
 pub mod service;
 
 pub use service::{Kms, KmsError};

@@ -17,6 +17,9 @@ use crate::boot_info::{BootInfoError, MeasuredAt, boot_info};
 use crate::keystore::RootKeys;
 use crate::metrics::Metrics;
 
+/// The special usage (OID .4) of a KMS RPC certificate.
+pub const RPC_USAGE: &str = "kms:rpc";
+
 /// How old a caller's client certificate may be: its quote was taken when
 /// it was issued, so an older one is a replayed or stale request.
 pub const DEFAULT_FRESHNESS: Duration = Duration::from_secs(10 * 60);
@@ -88,6 +91,7 @@ impl KmsError {
 /// A running KMS: its root keys, certificates, verifier and policy.
 pub struct Kms {
     keys: RootKeys,
+    ca_cert_der: Vec<u8>,
     ca_cert_pem: String,
     ca_spki: Vec<u8>,
     temp_ca_cert_pem: String,
@@ -117,6 +121,7 @@ impl Kms {
         let ca_spki = spki(&root.cert_der)?;
         Ok(Self {
             ca_cert_pem: pem("CERTIFICATE", &root.cert_der),
+            ca_cert_der: root.cert_der,
             ca_spki,
             temp_ca_cert_pem: pem("CERTIFICATE", &temp.cert_der),
             keys,
@@ -137,6 +142,45 @@ impl Kms {
     /// apps measure as `key-provider` `{"name":"kms","id":hex(this)}`.
     pub fn ca_spki(&self) -> &[u8] {
         &self.ca_spki
+    }
+
+    /// The root CA certificate (DER): what clients pin.
+    pub fn ca_cert_der(&self) -> &[u8] {
+        &self.ca_cert_der
+    }
+
+    /// The TLS configuration of the KMS RPC endpoint: a fresh key with a
+    /// certificate for `domain` (special usage `kms:rpc`, which guests
+    /// require) signed by the root CA, carrying `attestation` (`.8`) when the
+    /// KMS runs in a TEE; chain `[rpc, root CA]`.
+    pub fn rpc_server_config(
+        &self,
+        domain: &str,
+        attestation: Option<Vec<u8>>,
+    ) -> Result<rustls::ServerConfig, KmsError> {
+        let internal = |e: &dyn std::fmt::Display| KmsError::Internal(e.to_string());
+        let root_key = self
+            .keys
+            .root
+            .ca_key()
+            .to_pkcs8_der()
+            .map_err(|e| internal(&e))?;
+        let issuer = dstack_ra_tls::CertIssuer::new(self.ca_cert_der.clone(), root_key.as_bytes())
+            .map_err(|e| internal(&e))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| internal(&e))?;
+        let mut request = CertRequest::new(domain);
+        request.alt_names = vec![domain.to_owned()];
+        request.usage = Some(RPC_USAGE.to_owned());
+        request.client_auth = false;
+        request.attestation = attestation;
+        let cert =
+            RaTlsCert::build(&key, &request, None, Some(&issuer)).map_err(|e| internal(&e))?;
+        dstack_ra_tls::deferred_client_auth_server_config(
+            vec![cert.cert_der, self.ca_cert_der.clone()],
+            cert.key_der,
+        )
+        .map_err(|e| internal(&e))
     }
 
     /// The request counters.

@@ -162,21 +162,7 @@ fn read_event_log(path: &Path) -> anyhow::Result<Vec<Event>> {
 
 fn read_root(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = read_input(path)?;
-    if let Ok(text) = std::str::from_utf8(&bytes)
-        && text.contains("-----BEGIN CERTIFICATE-----")
-    {
-        use base64::Engine as _;
-        let body: String = text
-            .lines()
-            .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("-----END"))
-            .collect();
-        return base64::engine::general_purpose::STANDARD
-            .decode(body.trim())
-            .context("root certificate PEM is not valid base64");
-    }
-    Ok(bytes)
+    dstack_ra_tls::certificate_der(&bytes).context("root certificate PEM is not valid base64")
 }
 
 fn parse_time(text: &str) -> anyhow::Result<SystemTime> {

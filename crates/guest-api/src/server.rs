@@ -79,29 +79,8 @@ pub(crate) struct Call {
 impl Call {
     /// Decodes the arguments; missing fields take their defaults.
     pub(crate) fn args<T: DeserializeOwned>(&self) -> Result<T, ApiFailure> {
-        if self.get {
-            let config = serde_qs::Config::new(5, false);
-            return config
-                .deserialize_str(&self.query)
-                .map_err(|e| ApiFailure::bad_request(format!("invalid query string: {e}")));
-        }
-        let body: &[u8] = if self.body.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &self.body
-        };
-        // The path names the field a bad value was in, e.g. `report_data`.
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(
-            |e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                if inner.is_syntax() || inner.is_eof() || path == "." {
-                    ApiFailure::bad_request(format!("invalid JSON body: {inner}"))
-                } else {
-                    ApiFailure::bad_request(format!("invalid {path}: {inner}"))
-                }
-            },
-        )
+        dstack_proto::prpc::decode_args(self.get, &self.query, &self.body)
+            .map_err(ApiFailure::bad_request)
     }
 }
 

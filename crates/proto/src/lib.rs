@@ -14,6 +14,7 @@ pub mod guest;
 pub mod guest_api;
 pub mod host;
 pub mod kms;
+pub mod prpc;
 pub mod supervisor;
 
 /// The JSON body of every 4xx/5xx response: `{"error": "..."}` naming what is wrong.

@@ -278,6 +278,30 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// The DER of the first `CERTIFICATE` block in PEM `text`, or `None` if
+/// there is none or it is not valid base64.
+pub fn pem_certificate(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()
+        .filter(|der| !der.is_empty())
+}
+
+/// A root certificate given as PEM or DER bytes, as DER.
+pub fn certificate_der(bytes: &[u8]) -> Option<Vec<u8>> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => pem_certificate(text),
+        _ => (!bytes.is_empty()).then(|| bytes.to_vec()),
+    }
+}
+
 fn unix(t: i64) -> Result<time::OffsetDateTime, RaTlsError> {
     time::OffsetDateTime::from_unix_timestamp(t).map_err(|_| RaTlsError::InvalidValidity)
 }
@@ -292,6 +316,16 @@ fn push_ext(params: &mut CertificateParams, oid: &[u64], content: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pem_round_trips() {
+        let der = vec![0x30, 0x03, 0x02, 0x01, 0x05];
+        let text = super::pem("CERTIFICATE", &der);
+        assert_eq!(super::pem_certificate(&text), Some(der.clone()));
+        assert_eq!(super::certificate_der(text.as_bytes()), Some(der.clone()));
+        assert_eq!(super::certificate_der(&der), Some(der));
+        assert_eq!(super::pem_certificate("no pem here"), None);
+    }
+
     use x509_parser::prelude::{FromDer, X509Certificate};
 
     use super::*;

@@ -53,3 +53,100 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     })
 }
+
+/// A server presenting `chain` (leaf first) with `key_der` (PKCS#8), which
+/// asks clients for a certificate but lets them connect without one, and
+/// accepts any client certificate whose key the client proves it holds.
+/// The application must then check the certificate's evidence itself (e.g.
+/// with [`crate::RaTlsVerifier::verify_cert`]): that way a refused caller gets
+/// a named error in the response instead of a failed handshake, and calls
+/// that need no evidence (a KMS's `GetMeta`) work without a certificate.
+pub fn deferred_client_auth_server_config(
+    chain: Vec<Vec<u8>>,
+    key_der: Vec<u8>,
+) -> Result<ServerConfig, RaTlsError> {
+    let verifier = Arc::new(DeferredClientCert {
+        algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+    });
+    let chain = chain.into_iter().map(CertificateDer::from).collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
+    Ok(ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?)
+}
+
+/// A client presenting `chain`/`key_der` (when given) that trusts servers
+/// whose chain ends in `root_der` and names `server_name`, as a dstack guest
+/// trusts its KMS by the KMS root CA it pins.
+pub fn pinned_root_client_config(
+    root_der: &[u8],
+    client: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+) -> Result<ClientConfig, RaTlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(root_der.to_vec()))?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match client {
+        Some((chain, key)) => builder.with_client_auth_cert(
+            chain.into_iter().map(CertificateDer::from).collect(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )?,
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// Accepts any client certificate at the TLS layer; see
+/// [`deferred_client_auth_server_config`].
+#[derive(Debug)]
+struct DeferredClientCert {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for DeferredClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        // Deliberately no chain check: the evidence inside the certificate is
+        // what the application trusts, and it checks that per call.
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

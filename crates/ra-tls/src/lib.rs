@@ -15,9 +15,12 @@ mod verify;
 
 pub use app_info::{AppInfoDecodeError, CertAppInfo};
 pub use cert::{
-    CertIssuer, CertRequest, Evidence, RaTlsCert, key_pair_from_pkcs8, pem, report_data_for_spki,
+    CertIssuer, CertRequest, Evidence, RaTlsCert, certificate_der, key_pair_from_pkcs8, pem,
+    pem_certificate, report_data_for_spki,
 };
-pub use config::{client_config, server_config};
+pub use config::{
+    client_config, deferred_client_auth_server_config, pinned_root_client_config, server_config,
+};
 pub use verify::{PeerPolicy, RaTlsCertVerifier, RaTlsVerifier, VerifiedPeer};
 
 /// Why an RA-TLS certificate could not be issued or was refused.
