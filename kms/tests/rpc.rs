@@ -81,6 +81,7 @@ async fn call(
 ) -> (u16, String) {
     let config = pinned_root_client_config(
         &server.root_der,
+        "kms:rpc",
         client.map(|c| (vec![c.cert_der.clone()], c.key_der.clone())),
     )
     .unwrap();
@@ -198,9 +199,52 @@ async fn a_client_pinning_another_root_refuses_the_kms() {
     let td = app(&authority);
     let server = start(&authority, &td).await;
     let other = start(&authority, &td).await;
-    let config = pinned_root_client_config(&other.root_der, None).unwrap();
+    let config = pinned_root_client_config(&other.root_der, "kms:rpc", None).unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("kms.test").unwrap();
     assert!(connector.connect(name, tcp).await.is_err());
+}
+
+#[tokio::test]
+async fn the_guest_client_flow_gets_the_keys_and_checks_the_pin() {
+    use dstack_kms::client::{ClientError, KmsClient};
+    let authority = Arc::new(SimAuthority::generate().unwrap());
+    let td = app(&authority);
+    let server = start(&authority, &td).await;
+    let client = KmsClient::new(&format!("https://{}/prpc", server.addr)).unwrap();
+    let (keys, root) = client.app_keys(&td, "", &[]).await.unwrap();
+    assert_eq!(keys.k256_key, server.expected_k256);
+    assert_eq!(root.cert_der, server.root_der);
+    // Pinned to this KMS: fine; pinned to another: refused before any key request.
+    assert!(client.app_keys(&td, "", &root.spki).await.is_ok());
+    let err = client.app_keys(&td, "", &[1, 2, 3]).await.unwrap_err();
+    assert!(matches!(err, ClientError::RootMismatch { .. }), "{err}");
+    let meta = client.meta(&root).await.unwrap();
+    assert_eq!(meta.k256_pubkey.len(), 33);
+    // A refused app gets the KMS's reason.
+    let other = SimPlatform::new(authority.clone(), SimTdIdentity::default(), vec![]).unwrap();
+    for (name, payload) in [
+        ("app-id", APP_ID.to_vec()),
+        ("compose-hash", vec![0xee; 32]),
+        ("instance-id", vec![7; 20]),
+    ] {
+        other
+            .emit_event(&RuntimeEvent {
+                name: name.into(),
+                payload,
+            })
+            .unwrap();
+    }
+    let err = client.app_keys(&other, "", &[]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("compose hash not allowed"),
+        "{err}"
+    );
+    // Nothing listens: a named transport error.
+    let dead = KmsClient::new("https://127.0.0.1:1").unwrap();
+    assert!(matches!(
+        dead.app_keys(&td, "", &[]).await,
+        Err(ClientError::Transport { .. })
+    ));
 }

@@ -76,18 +76,26 @@ pub fn deferred_client_auth_server_config(
         .with_single_cert(chain, key)?)
 }
 
-/// A client presenting `chain`/`key_der` (when given) that trusts servers
-/// whose chain ends in `root_der` and names `server_name`, as a dstack guest
-/// trusts its KMS by the KMS root CA it pins.
+/// A client presenting `client` (`(chain, PKCS#8 key)`, when given) that
+/// trusts a server only if its leaf is signed by the root certificate
+/// `root_der` and carries the special usage `usage` (e.g. `kms:rpc`), as a
+/// dstack guest trusts its KMS: by the KMS root it pins, not by host name
+/// (KMS URLs are often bare IPs behind port forwards).
 pub fn pinned_root_client_config(
     root_der: &[u8],
+    usage: &str,
     client: Option<(Vec<Vec<u8>>, Vec<u8>)>,
 ) -> Result<ClientConfig, RaTlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(root_der.to_vec()))?;
+    let verifier = Arc::new(PinnedRoot {
+        root_der: root_der.to_vec(),
+        usage: usage.to_owned(),
+        algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+    });
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
+        .dangerous()
+        // Safe here: PinnedRoot checks the leaf's signature by the pinned root.
+        .with_custom_certificate_verifier(verifier);
     Ok(match client {
         Some((chain, key)) => builder.with_client_auth_cert(
             chain.into_iter().map(CertificateDer::from).collect(),
@@ -95,6 +103,136 @@ pub fn pinned_root_client_config(
         )?,
         None => builder.with_no_client_auth(),
     })
+}
+
+/// See [`pinned_root_client_config`].
+#[derive(Debug)]
+struct PinnedRoot {
+    root_der: Vec<u8>,
+    usage: String,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl PinnedRoot {
+    fn check(&self, leaf: &[u8], now: rustls::pki_types::UnixTime) -> Result<(), String> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, root) = X509Certificate::from_der(&self.root_der)
+            .map_err(|e| format!("pinned root is malformed: {e}"))?;
+        let (_, cert) = X509Certificate::from_der(leaf)
+            .map_err(|e| format!("certificate is malformed: {e}"))?;
+        cert.verify_signature(Some(root.public_key()))
+            .map_err(|_| "certificate is not signed by the pinned root".to_owned())?;
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let validity = cert.validity();
+        if now < validity.not_before.timestamp() || now > validity.not_after.timestamp() {
+            return Err("certificate is expired or not yet valid".into());
+        }
+        let usage = crate::verify::extension(&cert, crate::oids::CERT_USAGE)?;
+        if usage.as_deref() != Some(self.usage.as_bytes()) {
+            return Err(format!(
+                "certificate usage is {:?}, expected {:?}",
+                usage.map(|u| String::from_utf8_lossy(&u).into_owned()),
+                self.usage
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedRoot {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.check(end_entity.as_ref(), now)
+            .map(|()| rustls::client::danger::ServerCertVerified::assertion())
+            .map_err(|reason| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                    rustls::OtherError(Arc::new(RaTlsError::PolicyRejected(reason))),
+                ))
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A client that does not check the server at all, for the one call whose
+/// answer it checks itself afterwards: fetching a KMS's root CA before
+/// pinning it (the root is then bound by `key_provider_id` or measured).
+pub fn unverified_client_config() -> Result<ClientConfig, RaTlsError> {
+    let verifier = Arc::new(AnyServer {
+        algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+    });
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// See [`unverified_client_config`].
+#[derive(Debug)]
+struct AnyServer {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// Accepts any client certificate at the TLS layer; see

@@ -20,6 +20,7 @@ pub use cert::{
 };
 pub use config::{
     client_config, deferred_client_auth_server_config, pinned_root_client_config, server_config,
+    unverified_client_config,
 };
 pub use verify::{PeerPolicy, RaTlsCertVerifier, RaTlsVerifier, VerifiedPeer};
 

@@ -119,6 +119,22 @@ fn read_extensions(cert_der: &[u8]) -> Result<Extensions, RaTlsError> {
     Ok(out)
 }
 
+/// The content of `cert`'s extension `oid` (unwrapped from its OCTET STRING).
+pub(crate) fn extension(
+    cert: &X509Certificate<'_>,
+    oid: &[u64],
+) -> Result<Option<Vec<u8>>, String> {
+    for ext in cert.extensions() {
+        let Some(arcs) = ext.oid.iter() else { continue };
+        if arcs.eq(oid.iter().copied()) {
+            return yasna::parse_der(ext.value, |r| r.read_bytes())
+                .map(Some)
+                .map_err(|_| format!("extension {oid:?} is not an OCTET STRING"));
+        }
+    }
+    Ok(None)
+}
+
 impl RaTlsVerifier {
     /// A verifier checking quotes with `quotes` (its trust anchor and TCB policy).
     pub fn new(quotes: QuoteVerifier) -> Self {
