@@ -80,12 +80,23 @@ pub fn key_provider_local(mr_enclave: &[u8]) -> String {
     )
 }
 
-/// Refuses the providers this guest cannot use (KMS until a KMS exists, TPM).
-pub fn check_key_provider_supported(app: &AppCompose) -> Result<KeyProviderKind, MeasureError> {
+/// The `key-provider` payload of a KMS: its root CA's SubjectPublicKeyInfo
+/// (DER, hex) as the id, as upstream measures it.
+pub fn key_provider_kms(root_spki: &[u8]) -> String {
+    format!(r#"{{"name":"kms","id":"{}"}}"#, hex::encode(root_spki))
+}
+
+/// Refuses the providers this guest cannot use: KMS when the host hands
+/// over no KMS URL, and TPM.
+pub fn check_key_provider_supported(
+    app: &AppCompose,
+    kms_urls: &[String],
+) -> Result<KeyProviderKind, MeasureError> {
     match app.key_provider() {
         kind @ (KeyProviderKind::None | KeyProviderKind::Local) => Ok(kind),
+        KeyProviderKind::Kms if !kms_urls.is_empty() => Ok(KeyProviderKind::Kms),
         KeyProviderKind::Kms => Err(MeasureError::KeyProvider(
-            "the app asks for KMS keys (kms_enabled), but this host configures no KMS".into(),
+            "the app asks for KMS keys (kms_enabled), but this host configures no KMS (deploy with --kms URL)".into(),
         )),
         KeyProviderKind::Tpm => Err(MeasureError::KeyProvider(
             "the app asks for the TPM key provider, which dstack-rs does not support".into(),
@@ -243,12 +254,21 @@ mod tests {
     #[test]
     fn none_and_local_providers_are_available() {
         let kms = JSON.replace('}', r#","kms_enabled":true}"#);
-        let err = check_key_provider_supported(&AppCompose::parse(&kms).unwrap().0).unwrap_err();
+        let kms_app = AppCompose::parse(&kms).unwrap().0;
+        let err = check_key_provider_supported(&kms_app, &[]).unwrap_err();
         assert!(err.to_string().contains("no KMS"), "{err}");
+        assert_eq!(
+            check_key_provider_supported(&kms_app, &["https://10.0.2.2:8000".into()]).unwrap(),
+            KeyProviderKind::Kms
+        );
+        assert_eq!(
+            key_provider_kms(&[0x30, 0x59]),
+            r#"{"name":"kms","id":"3059"}"#
+        );
         let local = JSON.replace('}', r#","key_provider":"local"}"#);
         let app = AppCompose::parse(&local).unwrap().0;
         assert_eq!(
-            check_key_provider_supported(&app).unwrap(),
+            check_key_provider_supported(&app, &[]).unwrap(),
             KeyProviderKind::Local
         );
         assert_eq!(

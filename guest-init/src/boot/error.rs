@@ -37,6 +37,15 @@ pub enum BootError {
     /// The local key provider.
     #[error("getting the app keys from the local key provider failed")]
     LocalKey(#[source] Box<crate::local_key::LocalKeyError>),
+    /// Every KMS refused or could not be reached; the last one's error.
+    #[error("getting the app keys from the KMS failed (tried {tried} URL(s))")]
+    Kms {
+        /// How many KMS URLs were tried.
+        tried: usize,
+        /// The last failure.
+        #[source]
+        source: Box<dstack_kms::client::ClientError>,
+    },
     /// The guest API (dstack.sock).
     #[error("starting the guest API failed")]
     GuestApi(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -71,8 +71,28 @@ pub struct Boot {
 /// A 32-byte app-key seed, wiped when dropped.
 type KeySeed = Zeroizing<[u8; 32]>;
 
-/// The measured app and the key provider's seed (`None` for `none`).
-type Measured = (AppMeasurement, Option<KeySeed>);
+/// Where the app's keys come from. `Debug` shows no key.
+enum KeySource {
+    /// The `none` provider: a fresh random seed.
+    Random,
+    /// A provider's 32-byte seed (local).
+    Seed(KeySeed),
+    /// Keys released by a KMS.
+    Kms(Box<dstack_proto::kms::AppKeyResponse>),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Random => "KeySource::Random",
+            Self::Seed(_) => "KeySource::Seed",
+            Self::Kms(_) => "KeySource::Kms",
+        })
+    }
+}
+
+/// The measured app and where its keys come from.
+type Measured = (AppMeasurement, KeySource);
 
 fn ms(since: Instant) -> u128 {
     since.elapsed().as_millis()
@@ -350,7 +370,7 @@ impl Boot {
         let host = HostClient::new(self.cfg.host.clone(), Duration::from_secs(60));
         let runtime = tokio::runtime::Handle::current();
         let task = tokio::task::spawn_blocking(move || -> Result<Measured, BootError> {
-            let kind = measure::check_key_provider_supported(&app)?;
+            let kind = measure::check_key_provider_supported(&app, &bundle.sys_config.kms_urls)?;
             let pinned = measure::pinned_key_provider_id(&app)?;
             let derived = identity::derive(
                 bundle.app_compose.as_bytes(),
@@ -389,7 +409,24 @@ impl Boot {
             let platform = platform
                 .ok_or_else(|| BootError::GuestApi("no TEE platform was selected".into()))?;
             measure::measure_identity(&*platform, &measured)?;
-            let seed = match kind {
+            let source = match kind {
+                KeyProviderKind::Kms => {
+                    let started = Instant::now();
+                    notifier.send(events::BOOT_PROGRESS, "requesting app keys from the KMS");
+                    let (keys, root) = kms_keys(
+                        &runtime,
+                        &*platform,
+                        &bundle.sys_config.kms_urls,
+                        &bundle.sys_config.vm_config,
+                        &pinned,
+                    )?;
+                    measure::check_key_provider_id(&pinned, &root.spki)?;
+                    // Upstream measures the image the KMS vouched for before the provider.
+                    measure::emit(&*platform, names::OS_IMAGE_HASH, &keys.os_image_hash)?;
+                    measured.key_provider_info = measure::key_provider_kms(&root.spki);
+                    tracing::info!("app keys from the KMS ({} ms)", ms(started));
+                    KeySource::Kms(Box::new(keys))
+                }
                 KeyProviderKind::Local => {
                     let started = Instant::now();
                     let mut fetch = |request: GetSealingKeyRequest| {
@@ -404,16 +441,16 @@ impl Boot {
                         hex::encode(local.mr_enclave),
                         ms(started)
                     );
-                    Some(local.seed)
+                    KeySource::Seed(local.seed)
                 }
                 _ => {
                     measure::check_key_provider_id(&pinned, &[])?;
-                    None
+                    KeySource::Random
                 }
             };
             measure::measure_key_provider(&*platform, &app, &measured)?;
             state.set_key_provider(measured.key_provider_info.clone());
-            Ok((measured, seed))
+            Ok((measured, source))
         });
         self.identity = Some(task);
     }
@@ -427,7 +464,7 @@ impl Boot {
                 "the app identity was never derived".into(),
             ));
         };
-        let (measured, seed) = identity.await??;
+        let (measured, source) = identity.await??;
         self.emit(names::STORAGE_FS, measure::STORAGE_FS.as_bytes().to_vec())
             .await?;
         self.emit(names::SYSTEM_READY, Vec::new()).await?;
@@ -453,11 +490,16 @@ impl Boot {
         let dir = self.cfg.guest_socket_dir.clone();
         let started = Instant::now();
         let api = tokio::task::spawn_blocking(move || -> Result<GuestApi, BootError> {
-            let seed = match seed {
-                Some(seed) => seed,
-                None => Zeroizing::new(identity::random_seed32().map_err(BootError::Identity)?),
-            };
-            let keys = AppKeys::from_seed(&seed).map_err(|e| BootError::GuestApi(e.into()))?;
+            let keys = match source {
+                KeySource::Random => {
+                    let seed =
+                        Zeroizing::new(identity::random_seed32().map_err(BootError::Identity)?);
+                    AppKeys::from_seed(&seed)
+                }
+                KeySource::Seed(seed) => AppKeys::from_seed(&seed),
+                KeySource::Kms(keys) => app_keys_from_kms(&keys),
+            }
+            .map_err(|e| BootError::GuestApi(e.into()))?;
             GuestApi::new(platform, app, keys).map_err(|e| BootError::GuestApi(e.into()))
         })
         .await??;
@@ -527,6 +569,57 @@ impl Boot {
 }
 
 /// A DMI identification string (upstream's cloud_vendor/cloud_product).
+/// Asks each KMS in turn for the app's keys; the first answer wins.
+fn kms_keys(
+    runtime: &tokio::runtime::Handle,
+    platform: &dyn Platform,
+    urls: &[String],
+    vm_config: &str,
+    pinned: &[u8],
+) -> Result<
+    (
+        dstack_proto::kms::AppKeyResponse,
+        dstack_kms::client::KmsRoot,
+    ),
+    BootError,
+> {
+    let mut last = None;
+    for url in urls {
+        let result = dstack_kms::client::KmsClient::new(url)
+            .map(|client| runtime.block_on(client.app_keys(platform, vm_config, pinned)))
+            .and_then(|r| r);
+        match result {
+            Ok(found) => return Ok(found),
+            Err(e) => {
+                tracing::warn!("KMS {url}: {}", dstack_proto::error_chain(&e));
+                last = Some(e);
+            }
+        }
+    }
+    Err(BootError::Kms {
+        tried: urls.len(),
+        source: Box::new(
+            last.unwrap_or_else(|| dstack_kms::client::ClientError::Url("no KMS URL".into())),
+        ),
+    })
+}
+
+/// App keys from a KMS answer. The P-256 app key (which signs the app's
+/// certificates until the KMS's SignCert is used) derives from the
+/// KMS-issued k256 key, so it too is stable for the app.
+fn app_keys_from_kms(
+    keys: &dstack_proto::kms::AppKeyResponse,
+) -> Result<AppKeys, dstack_keys::KeyError> {
+    let app_key = dstack_keys::derive_p256_key_pair_from_bytes(&keys.k256_key, &[b"app-key"])?;
+    AppKeys::from_parts(
+        app_key,
+        keys.disk_crypt_key.clone(),
+        &keys.k256_key,
+        keys.env_crypt_key.clone(),
+        keys.k256_signature.clone(),
+    )
+}
+
 fn dmi(name: &str) -> String {
     std::fs::read_to_string(Path::new("/sys/class/dmi/id").join(name))
         .map(|s| s.trim().to_owned())
