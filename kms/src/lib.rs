@@ -4,7 +4,7 @@
 //!
 //! - [`keystore`]: the root keys on disk, written once, all or nothing.
 //! - [`boot_info`]: a caller's boot info from its verified evidence.
-//! - [`auth`]: authorisation backends (static policy file).
+//! - [`auth`]: authorisation backends (policy file, auth webhook, KmsAuth contract).
 //! - [`service`]: the KMS methods, transport-free, with [`metrics`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
