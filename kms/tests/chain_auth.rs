@@ -2,13 +2,20 @@
 //! contracts and the KMS's next decision follows.
 #![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use dstack_attest::{
+    Platform, QuoteVerifier, RuntimeEvent, SimAuthority, SimPlatform, SimTdIdentity,
+};
 use dstack_contracts::admin::{Admin, KmsDeployment, NewApp};
 use dstack_contracts::alloy::primitives::Address;
 use dstack_contracts::anvil::Anvil;
 use dstack_kms::auth::{AuthBackend, AuthError, ChainBackend};
-use dstack_proto::kms::BootInfo;
+use dstack_kms::keystore::RootKeys;
+use dstack_kms::{Kms, KmsError};
+use dstack_proto::kms::{BootInfo, GetAppKeyRequest};
+use dstack_ra_tls::{CertRequest, RaTlsCert, RaTlsVerifier};
 
 const OS: [u8; 32] = [0x05; 32];
 const COMPOSE: [u8; 32] = [0xc0; 32];
@@ -231,4 +238,75 @@ async fn unreachable_rpc_is_a_backend_error() {
             other => panic!("expected a chain Backend error, got {other:?}"),
         }
     }
+}
+
+/// A simulated app booted with `app_id` and `compose_hash`, measured as
+/// dstack-init measures them.
+fn sim_app(authority: &Arc<SimAuthority>, app_id: [u8; 20], compose_hash: [u8; 32]) -> SimPlatform {
+    let td = SimPlatform::new(authority.clone(), SimTdIdentity::default(), vec![]).unwrap();
+    for (name, payload) in [
+        ("system-preparing", vec![]),
+        ("app-id", app_id.to_vec()),
+        ("compose-hash", compose_hash.to_vec()),
+        ("instance-id", vec![0x1d; 20]),
+        ("boot-mr-done", vec![]),
+        ("key-provider", br#"{"name":"kms","id":""}"#.to_vec()),
+    ] {
+        td.emit_event(&RuntimeEvent {
+            name: name.into(),
+            payload,
+        })
+        .unwrap();
+    }
+    td
+}
+
+fn client_cert(td: &SimPlatform) -> Vec<u8> {
+    let mut request = CertRequest::new("dstack-guest-agent");
+    request.server_auth = false;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    request.not_before = Some(i64::try_from(now).unwrap());
+    RaTlsCert::issue(td, &request, None).unwrap().cert_der
+}
+
+#[tokio::test]
+async fn a_kms_releases_keys_only_while_the_contract_allows_the_app() {
+    let c = chain().await;
+    let authority = Arc::new(SimAuthority::generate().unwrap());
+    let td = sim_app(&authority, c.app_id, COMPOSE);
+    let verifier = RaTlsVerifier::new(QuoteVerifier::new(authority.root_der().to_vec()))
+        .with_collateral(td.collateral().unwrap().unwrap());
+    let kms = Kms::new(RootKeys::generate().unwrap(), verifier, c.auth).unwrap();
+    let request = GetAppKeyRequest {
+        api_version: 1,
+        vm_config: format!(r#"{{"os_image_hash":"{}"}}"#, hex::encode(OS)),
+    };
+
+    let keys = kms
+        .get_app_key(Some(&client_cert(&td)), &request, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(keys.gateway_app_id, "gw-app");
+
+    c.owner
+        .remove_compose_hash(c.app_id, COMPOSE)
+        .await
+        .unwrap();
+    let err = kms
+        .get_app_key(Some(&client_cert(&td)), &request, SystemTime::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, KmsError::Denied { reason } if reason == "Compose hash not allowed"),
+        "{err}"
+    );
+
+    // GetMeta publishes what the contract says.
+    let meta = kms.get_meta().await.unwrap();
+    assert_eq!(meta.chain_id, Some(31337));
+    assert_eq!(meta.gateway_app_id.as_deref(), Some("gw-app"));
+    assert!(!meta.is_dev);
 }

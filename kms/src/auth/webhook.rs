@@ -101,13 +101,21 @@ impl Endpoint {
         if host.is_empty() {
             return Err(bad("missing host"));
         }
+        // `Uri` drops a port it cannot read as u16 (`:99999`); falling back
+        // to 80 then would ask some other service.
+        let port = match authority.as_str().rsplit_once(':') {
+            Some((_, text)) if !text.contains(']') => text
+                .parse::<u16>()
+                .map_err(|_| bad("the port is not a number up to 65535"))?,
+            _ => 80,
+        };
         Ok(Self {
             url: url.to_owned(),
             host: host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_owned(),
-            port: authority.port_u16().unwrap_or(80),
+            port,
             authority: authority.as_str().to_owned(),
             path: uri
                 .path_and_query()
@@ -580,6 +588,8 @@ mod tests {
             "ftp://auth.example",
             "http://user:pw@auth.example",
             "http://auth.example/?token=1",
+            "http://auth.example:99999",
+            "http://auth.example:",
             "not a url",
             "",
         ] {
