@@ -120,13 +120,12 @@ pub(crate) fn parse_url(url: &str) -> Result<alloy::transports::http::reqwest::U
     };
     let parsed =
         alloy::transports::http::reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-    #[cfg(feature = "https")]
-    {
-        // reqwest without a built-in provider panics when building a client
-        // unless one is installed process-wide; an Err only means another
-        // part of the process installed one first.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+    // reqwest built with TLS but no provider panics when building a client
+    // unless one is installed process-wide. Our `https` feature turns that
+    // on, and so may another crate in the same build (feature unification:
+    // e.g. a guest binary whose OCI client uses reqwest's rustls). An Err
+    // only means another part of the process installed one first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match parsed.scheme() {
         "http" => Ok(parsed),
         "https" if cfg!(feature = "https") => Ok(parsed),

@@ -4,16 +4,14 @@
 //!
 //! - [`keystore`]: the root keys on disk, written once, all or nothing.
 //! - [`boot_info`]: a caller's boot info from its verified evidence.
-//! - [`auth`]: authorisation backends (static policy file).
+//! - [`auth`]: authorisation backends (policy file, auth webhook, KmsAuth contract).
 //! - [`service`]: the KMS methods, transport-free, with [`metrics`].
-//! - [`client`]: how a guest or the CLI calls a KMS.
 //! - [`server`]: the methods over HTTPS at upstream's pRPC paths.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod boot_info;
-pub mod client;
 pub mod keystore;
 pub mod metrics;
 pub mod server;

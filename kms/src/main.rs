@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dstack_attest::{Collateral, QuoteVerifier};
 use dstack_kms::Kms;
-use dstack_kms::auth::{AuthBackend, PolicyFile};
+use dstack_kms::auth::AuthBackend;
 use dstack_kms::keystore::{KeyStore, RootKeys};
 use dstack_ra_tls::RaTlsVerifier;
 
@@ -56,7 +56,9 @@ struct ServeArgs {
     /// DNS name of the RPC certificate.
     #[arg(long, env = "DSTACK_KMS_DOMAIN", default_value = "kms.local")]
     domain: String,
-    /// Authorisation backend: `policy:/path/policy.json`.
+    /// Authorisation backend: `policy:/path/policy.json`,
+    /// `webhook:http://host:port/path` (upstream's auth API) or
+    /// `chain:<rpc-url>#<KmsAuth contract address>`.
     #[arg(long, env = "DSTACK_KMS_AUTH")]
     auth: String,
     /// Trust quotes under this root certificate (PEM or DER) instead of
@@ -96,10 +98,7 @@ fn public_info(keys: &RootKeys) -> serde_json::Value {
 
 fn serve(store: &KeyStore, args: ServeArgs) -> anyhow::Result<()> {
     let keys = store.load()?;
-    let auth = match args.auth.split_once(':') {
-        Some(("policy", path)) => AuthBackend::Policy(PolicyFile::load(path.as_ref())?),
-        _ => anyhow::bail!("--auth {:?}: expected policy:/path/policy.json", args.auth),
-    };
+    let auth = AuthBackend::from_spec(&args.auth)?;
     let quotes = match &args.quote_root {
         Some(path) => {
             let bytes = std::fs::read(path)

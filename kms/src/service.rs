@@ -18,7 +18,7 @@ use crate::keystore::RootKeys;
 use crate::metrics::Metrics;
 
 /// The special usage (OID .4) of a KMS RPC certificate.
-pub const RPC_USAGE: &str = "kms:rpc";
+pub const RPC_USAGE: &str = dstack_proto::kms::RPC_CERT_USAGE;
 
 /// How old a caller's client certificate may be: its quote was taken when
 /// it was issued, so an older one is a replayed or stale request.

@@ -208,7 +208,7 @@ async fn a_client_pinning_another_root_refuses_the_kms() {
 
 #[tokio::test]
 async fn the_guest_client_flow_gets_the_keys_and_checks_the_pin() {
-    use dstack_kms::client::{ClientError, KmsClient};
+    use dstack_kms_client::{ClientError, KmsClient};
     let authority = Arc::new(SimAuthority::generate().unwrap());
     let td = app(&authority);
     let server = start(&authority, &td).await;

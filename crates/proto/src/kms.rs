@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::guest_api::hex_bytes;
 
+/// The special usage (RA-TLS OID .4) of a KMS RPC certificate; guests
+/// refuse a KMS server certificate without it.
+pub const RPC_CERT_USAGE: &str = "kms:rpc";
+
 /// `GetAppKey` arguments.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -247,9 +251,11 @@ pub struct BootInfo {
     pub advisory_ids: Vec<String>,
 }
 
-/// The auth backend's verdict (`bootAuth` response).
+/// The auth backend's verdict (`bootAuth` response). Every field is
+/// required when decoding, as upstream's KMS requires them: an answer
+/// missing `isAllowed` is a broken backend, not a refusal.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase")]
 pub struct BootAuthResponse {
     /// Whether the boot may get keys.
     pub is_allowed: bool,
@@ -257,4 +263,63 @@ pub struct BootAuthResponse {
     pub gateway_app_id: String,
     /// Why not, when refused.
     pub reason: String,
+}
+
+/// What an auth webhook says about itself (`GET <auth_url>/`, upstream's
+/// `AuthApiInfoResponse`). auth-eth and auth-simple also send the legacy
+/// `appAuthImplementation`, which is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthApiInfo {
+    /// `ok` when the backend can answer.
+    pub status: String,
+    /// The KmsAuth contract the backend reads.
+    pub kms_contract_addr: String,
+    /// The chain's RPC endpoint as the backend publishes it (scheme and
+    /// host only with auth-eth; absent with auth-simple).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub eth_rpc_url: String,
+    /// The gateway app id.
+    pub gateway_app_id: String,
+    /// The chain id.
+    pub chain_id: u64,
+    /// The AppAuth implementation new apps are deployed with.
+    pub app_implementation: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_auth_response_needs_every_field() {
+        let ok: BootAuthResponse =
+            serde_json::from_str(r#"{"isAllowed":true,"gatewayAppId":"gw","reason":""}"#).unwrap();
+        assert!(ok.is_allowed);
+        assert!(serde_json::from_str::<BootAuthResponse>("{}").is_err());
+        assert!(
+            serde_json::from_str::<BootAuthResponse>(r#"{"reason":"x","gatewayAppId":""}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn auth_api_info_reads_auth_eth_answer() {
+        // auth-eth's `GET /` (server.ts), legacy field included.
+        let info: AuthApiInfo = serde_json::from_str(
+            r#"{"status":"ok","kmsContractAddr":"0xabc","ethRpcUrl":"http://rpc:8545",
+                "gatewayAppId":"gw","chainId":31337,"appAuthImplementation":"0xdef",
+                "appImplementation":"0xdef"}"#,
+        )
+        .unwrap();
+        assert_eq!(info.chain_id, 31337);
+        assert_eq!(info.app_implementation, "0xdef");
+        assert_eq!(info.eth_rpc_url, "http://rpc:8545");
+        // auth-simple sends no ethRpcUrl.
+        let info: AuthApiInfo = serde_json::from_str(
+            r#"{"status":"ok","kmsContractAddr":"","gatewayAppId":"","chainId":0,"appImplementation":""}"#,
+        )
+        .unwrap();
+        assert!(info.eth_rpc_url.is_empty());
+    }
 }

@@ -44,7 +44,7 @@ pub enum BootError {
         tried: usize,
         /// The last failure.
         #[source]
-        source: Box<dstack_kms::client::ClientError>,
+        source: Box<dstack_kms_client::ClientError>,
     },
     /// The guest API (dstack.sock).
     #[error("starting the guest API failed")]

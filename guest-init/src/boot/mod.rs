@@ -579,13 +579,13 @@ fn kms_keys(
 ) -> Result<
     (
         dstack_proto::kms::AppKeyResponse,
-        dstack_kms::client::KmsRoot,
+        dstack_kms_client::KmsRoot,
     ),
     BootError,
 > {
     let mut last = None;
     for url in urls {
-        let result = dstack_kms::client::KmsClient::new(url)
+        let result = dstack_kms_client::KmsClient::new(url)
             .map(|client| runtime.block_on(client.app_keys(platform, vm_config, pinned)))
             .and_then(|r| r);
         match result {
@@ -599,7 +599,7 @@ fn kms_keys(
     Err(BootError::Kms {
         tried: urls.len(),
         source: Box::new(
-            last.unwrap_or_else(|| dstack_kms::client::ClientError::Url("no KMS URL".into())),
+            last.unwrap_or_else(|| dstack_kms_client::ClientError::Url("no KMS URL".into())),
         ),
     })
 }

@@ -3,6 +3,8 @@
 //! `GetAppKey` over mutual TLS with an RA-TLS client certificate signed by
 //! the temporary CA, trusting only a server whose certificate the KMS root
 //! signed for usage `kms:rpc`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::service::RPC_USAGE;
+use dstack_proto::kms::RPC_CERT_USAGE as RPC_USAGE;
 
 /// How long one KMS call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
