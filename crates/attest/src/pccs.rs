@@ -7,9 +7,11 @@
 //!
 //! The GETs are the ones dcap-qvl's `CollateralClient` makes (same paths,
 //! query parameters, issuer-chain headers and body shapes), done here with
-//! hyper over plain HTTP: dcap-qvl's client is only available with reqwest,
-//! rustls, hickory-dns and quinn, which do not belong in the static guest
-//! PID1. `https://` URLs go through dcap-qvl's client when the
+//! hyper over plain HTTP: dcap-qvl's client (and even its `HttpClient`
+//! trait) exists only with its `report` feature, which turns on reqwest's
+//! aws-lc-rs TLS (a C crypto library next to the ring we use), the
+//! platform certificate verifier and hickory-dns; none belongs in the
+//! static guest PID1. `https://` URLs go through dcap-qvl's client when the
 //! `pccs-https` feature is on (hosts: the CLI, the KMS), and are refused
 //! with [`PccsError::Url`] otherwise.
 //!
