@@ -276,3 +276,60 @@ fn sim_quote_verifies_only_with_the_sim_root_and_replays() {
         text(&out).1
     );
 }
+
+/// `--pccs` against the supervisor's sim PCCS, served on loopback: the same
+/// fetch a verifier does against Intel's PCS on hardware.
+#[test]
+fn sim_quote_verifies_with_collateral_from_the_sim_pccs() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Arc::new(SimAuthority::generate().unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let pccs = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(dstack_supervisor::sim_pccs::serve(
+        listener,
+        authority.clone(),
+    ));
+
+    let td = SimPlatform::new(authority.clone(), SimTdIdentity::default(), vec![]).unwrap();
+    let quote_path = dir.path().join("quote.bin");
+    std::fs::write(&quote_path, td.quote(&[0x02; 64]).unwrap()).unwrap();
+    let root_path = dir.path().join("root.pem");
+    std::fs::write(&root_path, authority.root_pem()).unwrap();
+
+    let out = dstack(&[
+        "quote",
+        "verify",
+        p(&quote_path),
+        "--pccs",
+        &pccs,
+        "--root",
+        p(&root_path),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("tcb status:    UpToDate"), "{stdout}");
+
+    // Another host's sim PCCS: collateral arrives but is not under this root.
+    let other = SimAuthority::generate().unwrap();
+    std::fs::write(&root_path, other.root_pem()).unwrap();
+    let out = dstack(&[
+        "quote",
+        "verify",
+        p(&quote_path),
+        "--pccs",
+        &pccs,
+        "--root",
+        p(&root_path),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
+
+    // Nobody listening: a named fetch error, not a verification verdict.
+    drop(runtime);
+    let out = dstack(&["quote", "verify", p(&quote_path), "--pccs", &pccs]);
+    let (_, stderr) = text(&out);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr.contains("unreachable"), "{stderr}");
+}

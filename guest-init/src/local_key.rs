@@ -8,11 +8,17 @@
 //! follows the image, the VM shape and the app's identity (app-id,
 //! compose-hash, instance-id): call this after `boot-mr-done` and before
 //! `key-provider` is measured, as upstream does.
+//!
+//! The provider's SGX quote is checked against collateral from the PCCS in
+//! `SysConfig.pccs_url` (Intel's PCS or the operator's PCCS on TDX hosts, the
+//! supervisor's sim PCCS on sim hosts), so both paths run the same code.
+//! Collateral the host sends along is used only when no PCCS is configured:
+//! it is signed, so it is as trustworthy, but upstream's provider sends none.
 
 use dstack_attest::quote::EnclaveReport;
 use dstack_attest::{
-    Collateral, CollateralError, Platform, PlatformError, PlatformKind, Quote, QuoteParseError,
-    QuoteVerifier, Report, VerifyError,
+    Collateral, CollateralError, PccsError, Platform, PlatformError, PlatformKind, Quote,
+    QuoteParseError, QuoteVerifier, Report, VerifyError,
 };
 use dstack_keys::sealing::{RecipientKey, SealingError, check_evidence};
 use dstack_proto::host::{GetSealingKeyRequest, GetSealingKeyResponse};
@@ -51,11 +57,14 @@ pub enum LocalKeyError {
     /// The provider's evidence is not an SGX enclave's.
     #[error("the key provider's quote is not an SGX quote")]
     NotSgx,
-    /// No collateral came with the provider's quote.
+    /// No PCCS is configured and the host sent no collateral.
     #[error(
-        "the host sent no collateral for the key provider's quote (fetching it from a PCCS is not supported yet)"
+        "no PCCS to fetch the key provider's collateral from: the host set no pccs_url (dstack-supervisor --pccs-url) and sent no collateral"
     )]
-    NoCollateral,
+    NoPccs,
+    /// The PCCS gave no collateral for the provider's quote.
+    #[error("cannot get collateral for the key provider's quote")]
+    Pccs(#[source] PccsError),
     /// The collateral is unreadable.
     #[error("the key provider's collateral is malformed")]
     Collateral(#[source] CollateralError),
@@ -70,11 +79,16 @@ pub enum LocalKeyError {
     Sealing(#[source] SealingError),
 }
 
+/// Collateral for a quote, from the PCCS (in the guest, a cache in front of it).
+pub type CollateralSource<'a> = &'a mut dyn FnMut(&[u8]) -> Result<Collateral, PccsError>;
+
 /// Asks the provider (through `fetch`, the host API) for this TD's sealing
-/// key, checks the provider's evidence and opens the key. Blocks on the TEE.
+/// key, checks the provider's evidence against collateral from `pccs` (`None`:
+/// no PCCS configured) and opens the key. Blocks on the TEE and the PCCS.
 pub fn request(
     platform: &dyn Platform,
     fetch: &mut dyn FnMut(GetSealingKeyRequest) -> Result<GetSealingKeyResponse, HostApiError>,
+    pccs: Option<CollateralSource<'_>>,
 ) -> Result<LocalKey, LocalKeyError> {
     let recipient = RecipientKey::generate();
     let quote = platform
@@ -84,7 +98,7 @@ pub fn request(
         quote: quote.clone(),
     })
     .map_err(LocalKeyError::Host)?;
-    let provider = verify_provider(platform.kind(), &quote, &response)?;
+    let provider = verify_provider(platform.kind(), &quote, &response, pccs)?;
     check_evidence(&response.encrypted_key, &provider.report_data)
         .map_err(LocalKeyError::Sealing)?;
     let seed = recipient
@@ -103,12 +117,14 @@ fn verify_provider(
     kind: PlatformKind,
     own_quote: &[u8],
     response: &GetSealingKeyResponse,
+    pccs: Option<CollateralSource<'_>>,
 ) -> Result<EnclaveReport, LocalKeyError> {
-    if response.provider_collateral.is_empty() {
-        return Err(LocalKeyError::NoCollateral);
-    }
-    let collateral =
-        Collateral::from_json(&response.provider_collateral).map_err(LocalKeyError::Collateral)?;
+    let collateral = match pccs {
+        Some(fetch) => fetch(&response.provider_quote).map_err(LocalKeyError::Pccs)?,
+        None if response.provider_collateral.is_empty() => return Err(LocalKeyError::NoPccs),
+        None => Collateral::from_json(&response.provider_collateral)
+            .map_err(LocalKeyError::Collateral)?,
+    };
     let verifier = match kind {
         PlatformKind::Tdx => QuoteVerifier::intel(),
         PlatformKind::Sim => {
@@ -178,10 +194,10 @@ mod tests {
         let authority = Arc::new(SimAuthority::generate().unwrap());
         let td = platform(authority.clone());
         let mut fetch = |r: GetSealingKeyRequest| Ok(provide(&authority, &r.quote));
-        let first = request(&td, &mut fetch).unwrap();
+        let first = request(&td, &mut fetch, None).unwrap();
         assert_eq!(first.mr_enclave, [0xee; 32]);
         // Same TD, fresh ephemeral key: same sealing key.
-        let again = request(&td, &mut fetch).unwrap();
+        let again = request(&td, &mut fetch, None).unwrap();
         assert_eq!(*first.seed, *again.seed);
         let expected = derive_sealing_key(
             &[9; 32],
@@ -205,7 +221,7 @@ mod tests {
             response.provider_quote = other.provider_quote;
             Ok(response)
         };
-        let err = request(&td, &mut swapped).unwrap_err();
+        let err = request(&td, &mut swapped, None).unwrap_err();
         assert!(
             matches!(err, LocalKeyError::Sealing(SealingError::Evidence { .. })),
             "{err:?}"
@@ -221,7 +237,7 @@ mod tests {
             response.provider_collateral = foreign.sgx_collateral(Utc::now()).unwrap().to_json();
             Ok(response)
         };
-        let err = request(&td, &mut forged).unwrap_err();
+        let err = request(&td, &mut forged, None).unwrap_err();
         assert!(matches!(err, LocalKeyError::ProviderVerify(_)), "{err:?}");
 
         // No collateral (what an upstream provider sends).
@@ -230,8 +246,8 @@ mod tests {
             response.provider_collateral.clear();
             Ok(response)
         };
-        let err = request(&td, &mut bare).unwrap_err();
-        assert!(matches!(err, LocalKeyError::NoCollateral), "{err:?}");
+        let err = request(&td, &mut bare, None).unwrap_err();
+        assert!(matches!(err, LocalKeyError::NoPccs), "{err:?}");
 
         // The host refuses.
         let mut refused = |_r: GetSealingKeyRequest| {
@@ -241,7 +257,37 @@ mod tests {
                 message: "no provider".into(),
             })
         };
-        let err = request(&td, &mut refused).unwrap_err();
+        let err = request(&td, &mut refused, None).unwrap_err();
         assert!(matches!(err, LocalKeyError::Host(_)), "{err:?}");
+    }
+
+    #[test]
+    fn collateral_comes_from_the_pccs_when_one_is_configured() {
+        let authority = Arc::new(SimAuthority::generate().unwrap());
+        let td = platform(authority.clone());
+        // The host's collateral is unusable: only the PCCS's can make this pass.
+        let mut fetch = |r: GetSealingKeyRequest| {
+            let mut response = provide(&authority, &r.quote);
+            response.provider_collateral = "{}".into();
+            Ok(response)
+        };
+        let mut asked = Vec::new();
+        let mut pccs = |quote: &[u8]| {
+            asked.push(Quote::parse(quote).unwrap().report.clone());
+            Ok(authority.sgx_collateral(Utc::now()).unwrap())
+        };
+        let key = request(&td, &mut fetch, Some(&mut pccs)).unwrap();
+        assert_eq!(key.mr_enclave, [0xee; 32]);
+        // It was asked for the provider's SGX quote, not the TD's own.
+        assert!(matches!(asked.as_slice(), [Report::Sgx(_)]), "{asked:?}");
+
+        let mut down = |_: &[u8]| {
+            Err(PccsError::Unreachable {
+                url: "http://10.0.2.2:8083/sgx/certification/v4/pckcrl".into(),
+                reason: "connection refused".into(),
+            })
+        };
+        let err = request(&td, &mut fetch, Some(&mut down)).unwrap_err();
+        assert!(matches!(err, LocalKeyError::Pccs(_)), "{err:?}");
     }
 }

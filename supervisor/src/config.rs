@@ -29,6 +29,9 @@ pub struct Config {
     /// Upstream's SGX local key provider (`host:port`) behind GetSealingKey;
     /// `None`: the supervisor plays it on sim hosts, and TDX hosts have none.
     pub local_key_provider: Option<String>,
+    /// The PCCS URL handed to guests (`SysConfig.pccs_url`); empty: none.
+    /// On sim hosts, the sim PCCS as guests reach it through user-net.
+    pub guest_pccs_url: String,
 }
 
 impl Config {
@@ -135,6 +138,18 @@ pub fn insecure_registries(aliases: &[RegistryAlias]) -> Vec<String> {
     out
 }
 
+/// Checks a `--pccs-url`: guests fetch from it with plain HTTP, or HTTPS where they can.
+pub fn check_pccs_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("PCCS URL {url:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(format!("PCCS URL {url:?} has no host"));
+    }
+    Ok(())
+}
+
 /// Longest state-dir path whose deepest socket (`vms/<id>/vsock_10000`)
 /// still fits in `sockaddr_un.sun_path` (108 bytes with the NUL).
 pub const MAX_STATE_DIR_LEN: usize = 107 - "/vms/01234567/vsock_10000".len();
@@ -192,6 +207,22 @@ mod tests {
             insecure_registries(&default_registry_aliases()),
             vec!["10.0.2.2:5000".to_string()]
         );
+    }
+
+    #[test]
+    fn pccs_urls() {
+        assert!(check_pccs_url("http://10.0.2.2:8083").is_ok());
+        assert!(check_pccs_url("https://api.trustedservices.intel.com").is_ok());
+        for bad in [
+            "",
+            "10.0.2.2:8083",
+            "http://",
+            "http:///x",
+            "ftp://p",
+            "http://a b",
+        ] {
+            assert!(check_pccs_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

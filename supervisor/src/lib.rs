@@ -9,6 +9,7 @@
 //! - The OS edges it drives: [`qemu`] (command line, processes, QMP),
 //!   [`vsock`] (the vhost-user backend), [`hostapi`] (what guests ask of the
 //!   host), [`sim_tee`] (the TDX module it plays on hosts without TDX),
+//!   [`sim_pccs`] (the PCCS serving that module's collateral),
 //!   [`key_provider`] (the local key provider behind GetSealingKey),
 //!   [`guest_client`] (what the host asks of guests), [`serial`] and
 //!   [`logs`] (rotated logs), [`state`] (files on disk).
@@ -25,6 +26,7 @@ pub mod key_provider;
 pub mod logs;
 pub mod qemu;
 pub mod serial;
+pub mod sim_pccs;
 pub mod sim_tee;
 pub mod state;
 mod sys;

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the simulated TEE's root CA certificate (PEM): verifiers must
     /// be given it explicitly (`dstack quote verify --root`) to accept
     /// quotes from this host's simulated TDs.
@@ -82,6 +82,16 @@ struct RunArgs {
     /// without TDX the supervisor plays a simulated one; TDX hosts have none].
     #[arg(long)]
     local_key_provider: Option<String>,
+    /// Serve the simulated TEE's PCCS (collateral for its quotes) on this
+    /// TCP address; port 0 picks a free one. Hosts without TDX only
+    /// [default: 127.0.0.1:8083, skipped with a warning if taken].
+    #[arg(long)]
+    sim_pccs_listen: Option<SocketAddr>,
+    /// PCCS URL handed to guests (`.sys-config.json` `pccs_url`) [default:
+    /// on hosts without TDX the sim PCCS as guests reach it,
+    /// http://10.0.2.2:PORT; on TDX hosts none].
+    #[arg(long)]
+    pccs_url: Option<String>,
 }
 
 /// Exit codes (STYLE rule 6): scripts and service managers can tell a bad
@@ -127,7 +137,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = match cli.command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         Command::SimRoot(args) => return finish(sim_tee(args, false)),
         Command::SimCollateral(args) => return finish(sim_tee(args, true)),
     };
@@ -254,6 +264,19 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             }
         },
     };
+    if let Some(url) = &args.pccs_url {
+        config::check_pccs_url(url)
+            .map_err(anyhow::Error::msg)
+            .exit_with(Exit::Config)?;
+    }
+    if accel == accel::Accel::Tdx && args.sim_pccs_listen.is_some() {
+        return Err(Failure(
+            Exit::Config,
+            anyhow::anyhow!(
+                "--sim-pccs-listen is for hosts without TDX (this host runs VMs with tdx)"
+            ),
+        ));
+    }
     let registry_aliases = if args.registry_aliases.is_empty() {
         config::default_registry_aliases()
     } else {
@@ -266,6 +289,17 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     let socket = args
         .socket
         .unwrap_or_else(|| config::default_socket(&state_dir));
+    let sim_pccs = match accel {
+        accel::Accel::Tdx => None,
+        _ => bind_sim_pccs(args.sim_pccs_listen).await?,
+    };
+    let guest_pccs_url = match (args.pccs_url, &sim_pccs) {
+        (Some(url), _) => url,
+        (None, Some(listener)) => {
+            dstack_supervisor::sim_pccs::guest_url(listener.local_addr()?.port())
+        }
+        (None, None) => String::new(),
+    };
     let config = Config {
         state_dir,
         accel,
@@ -273,6 +307,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         vsock,
         registry_aliases,
         local_key_provider: args.local_key_provider,
+        guest_pccs_url,
         stop_timeouts: StopTimeouts::default(),
         log_max_bytes: config::DEFAULT_LOG_MAX_BYTES,
     };
@@ -290,6 +325,15 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     };
     let supervisor = Supervisor::open(config).await.exit_with(Exit::State)?;
     let app = api::router(supervisor.clone());
+    let pccs = match (sim_pccs, supervisor.sim_authority()) {
+        (Some(listener), Some(authority)) => {
+            tracing::info!(addr = %listener.local_addr()?, guests = %supervisor.config().guest_pccs_url, "sim PCCS listening");
+            Some(tokio::spawn(dstack_supervisor::sim_pccs::serve(
+                listener, authority,
+            )))
+        }
+        _ => None,
+    };
     tracing::info!(socket = %socket.display(), "API listening");
 
     let unix = tokio::spawn(server::serve_unix(listener, app.clone()));
@@ -300,7 +344,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         }
         _ => None,
     };
-    let result = wait_for_exit(unix, tcp).await;
+    let result = wait_for_exit(unix, tcp, pccs).await;
     supervisor.detach();
     let _ = fs::remove_file(&socket);
     result
@@ -310,23 +354,52 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
 async fn wait_for_exit(
     unix: tokio::task::JoinHandle<std::io::Result<()>>,
     tcp: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pccs: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 ) -> Result<(), Failure> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let tcp = async {
-        match tcp {
+    let optional = |task: Option<tokio::task::JoinHandle<_>>| async {
+        match task {
             Some(task) => task.await,
             None => std::future::pending().await,
         }
     };
+    let (tcp, pccs) = (optional(tcp), optional(pccs));
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: exiting, VMs keep running"),
         _ = int.recv() => tracing::info!("SIGINT: exiting, VMs keep running"),
         result = unix => { result??; bail_runtime("the unix socket server stopped")?; }
         result = tcp => { result??; bail_runtime("the TCP server stopped")?; }
+        result = pccs => { result??; bail_runtime("the sim PCCS stopped")?; }
     }
     Ok(())
+}
+
+/// Binds the sim PCCS: an explicit address must work; the default may be
+/// taken (another supervisor on this machine), and then guests get no PCCS.
+async fn bind_sim_pccs(
+    flag: Option<SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>, Failure> {
+    let explicit = flag.is_some();
+    let addr = flag.unwrap_or_else(|| {
+        dstack_supervisor::sim_pccs::DEFAULT_LISTEN
+            .parse()
+            .expect("the default address parses")
+    });
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if explicit => Err(Failure(
+            Exit::Config,
+            anyhow::anyhow!("cannot listen on {addr} (--sim-pccs-listen): {e}"),
+        )),
+        Err(e) => {
+            tracing::warn!(
+                "sim PCCS not served: cannot listen on {addr} ({e}); guests get no pccs_url (pass --sim-pccs-listen)"
+            );
+            Ok(None)
+        }
+    }
 }
 
 fn bail_runtime(what: &str) -> Result<(), Failure> {

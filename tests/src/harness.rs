@@ -145,6 +145,8 @@ impl Supervisor {
             .arg(self.state.path())
             .arg("--socket")
             .arg(self.socket())
+            // Tests run supervisors side by side: each its own sim PCCS port.
+            .args(["--sim-pccs-listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

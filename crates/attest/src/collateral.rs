@@ -32,13 +32,8 @@ pub enum CollateralError {
     },
     /// Fetching from the PCCS failed.
     #[cfg(feature = "pccs")]
-    #[error("cannot fetch collateral from PCCS {url}: {message}")]
-    Fetch {
-        /// The PCCS base URL.
-        url: String,
-        /// dcap-qvl's error chain.
-        message: String,
-    },
+    #[error(transparent)]
+    Pccs(#[from] crate::pccs::PccsError),
 }
 
 /// Collateral for one quote, with its validity window.
@@ -91,20 +86,12 @@ impl Collateral {
         serde_json::to_string_pretty(&self.raw).unwrap_or_default()
     }
 
-    /// Fetch collateral for `quote` from a PCCS (or Intel PCS) base URL.
+    /// Fetch collateral for `quote` from a PCCS (or Intel PCS) base URL,
+    /// uncached; verifiers that check more than one quote use
+    /// [`crate::pccs::CollateralCache`].
     #[cfg(feature = "pccs")]
     pub async fn fetch(pccs_url: &str, quote: &[u8]) -> Result<Self, CollateralError> {
-        let fetch_error = |e: anyhow::Error| CollateralError::Fetch {
-            url: pccs_url.to_string(),
-            message: format!("{e:#}"),
-        };
-        let client = dcap_qvl::collateral::CollateralClient::with_default_http(pccs_url)
-            .map_err(fetch_error)?;
-        client
-            .fetch(quote)
-            .await
-            .map(Self::from_raw)
-            .map_err(fetch_error)
+        Ok(crate::pccs::fetch_for_quote(pccs_url, quote).await?)
     }
 
     /// The dcap-qvl form, for verification.

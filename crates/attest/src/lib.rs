@@ -8,6 +8,8 @@ pub mod attestation;
 pub mod collateral;
 pub mod eventlog;
 pub mod measures;
+#[cfg(feature = "pccs")]
+pub mod pccs;
 pub mod platform;
 pub mod quote;
 pub mod rtmr;
@@ -21,6 +23,8 @@ pub use attestation::{AttestationDecodeError, AttestationV0};
 pub use collateral::{Collateral, CollateralError};
 pub use eventlog::{Event, EventLogError, ReplayMismatch, RuntimeEvent};
 pub use measures::Measures;
+#[cfg(feature = "pccs")]
+pub use pccs::{CollateralCache, PccsError};
 pub use platform::{GuestPlatform, Platform, PlatformError, PlatformKind, RUNTIME_LOG, TeeDevice};
 pub use quote::{Quote, QuoteParseError, Report, TdReport};
 pub use rtmr::{Measurement, Rtmrs};

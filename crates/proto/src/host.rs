@@ -66,7 +66,9 @@ pub struct SysConfig {
     /// Gateway URLs (empty: no gateway).
     #[serde(default)]
     pub gateway_urls: Vec<String>,
-    /// PCCS URL for collateral.
+    /// Base URL of the PCCS (Intel's PCCS API v4) the guest fetches quote
+    /// collateral from; on sim hosts the supervisor's sim PCCS,
+    /// `http://10.0.2.2:<port>`. Empty: none.
     #[serde(default)]
     pub pccs_url: String,
     /// The VM shape as a JSON string (upstream's `vm_config`).

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dstack_attest::Platform;
 use dstack_attest::eventlog::names;
+use dstack_attest::{CollateralCache, Platform};
 use dstack_compose::{AppCompose, Compose, KeyProviderKind};
 use dstack_guest_api::{AppInfo, Flavor, GuestApi};
 use dstack_keys::AppKeys;
@@ -21,6 +21,7 @@ use crate::control::Control;
 use crate::disk::{self, DiskOutcome};
 use crate::hostapi::HostClient;
 use crate::hostshared;
+use crate::local_key::LocalKeyError;
 use crate::logship::LogShipper;
 use crate::measure::{self, AppMeasurement};
 use crate::modules::{self, ModuleOutcome};
@@ -330,7 +331,14 @@ impl Boot {
             disk::wait_for_device(&device, Duration::from_secs(5))?;
             disk::prepare(&*sys, &device, &target, &disk::mke2fs)
         });
-        self.spawn_identity(bundle, app);
+        // The identity task may fetch collateral from the PCCS: not before the network is up.
+        let (net_up, net_ready) = tokio::sync::watch::channel(false);
+        self.spawn_identity(bundle, app, net_ready);
+        let net = async move {
+            let result = net.await;
+            let _ = net_up.send(true);
+            result
+        };
         let (net, disk) = tokio::join!(net, disk);
         // Note a mount even if the network failed, so shutdown unmounts it.
         let disk = disk?;
@@ -362,7 +370,12 @@ impl Boot {
     /// background: a fresh instance-id seed may wait for the kernel's
     /// entropy pool (a second under TCG without RDRAND), and nothing before
     /// the containers needs it.
-    fn spawn_identity(&mut self, bundle: &ConfigBundle, app: AppCompose) {
+    fn spawn_identity(
+        &mut self,
+        bundle: &ConfigBundle,
+        app: AppCompose,
+        mut net_ready: tokio::sync::watch::Receiver<bool>,
+    ) {
         let (bundle, shared_dir) = (bundle.clone(), self.cfg.host_shared_dir.clone());
         let (state, notifier) = (self.state.clone(), self.notifier.clone());
         let platform = self.platform.clone();
@@ -432,7 +445,27 @@ impl Boot {
                     let mut fetch = |request: GetSealingKeyRequest| {
                         runtime.block_on(host.get_sealing_key(&request))
                     };
-                    let local = local_key::request(&*platform, &mut fetch)
+                    let pccs_url = &bundle.sys_config.pccs_url;
+                    let cache = (!pccs_url.is_empty())
+                        .then(|| CollateralCache::new(pccs_url.clone()))
+                        .transpose()
+                        .map_err(|e| BootError::LocalKey(Box::new(LocalKeyError::Pccs(e))))?;
+                    let mut via_cache;
+                    let source: Option<local_key::CollateralSource<'_>> = match &cache {
+                        Some(cache) => {
+                            via_cache = |quote: &[u8]| {
+                                runtime.block_on(async {
+                                    // A failed network setup drops the sender: fetch
+                                    // anyway, and let the PCCS error name the problem.
+                                    let _ = net_ready.wait_for(|up| *up).await;
+                                    cache.get(quote).await
+                                })
+                            };
+                            Some(&mut via_cache)
+                        }
+                        None => None,
+                    };
+                    let local = local_key::request(&*platform, &mut fetch, source)
                         .map_err(|e| BootError::LocalKey(Box::new(e)))?;
                     measure::check_key_provider_id(&pinned, &local.mr_enclave)?;
                     measured.key_provider_info = measure::key_provider_local(&local.mr_enclave);

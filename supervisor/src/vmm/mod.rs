@@ -107,6 +107,11 @@ impl Supervisor {
         Ok(supervisor)
     }
 
+    /// The simulated TEE's authority; `None` on TDX hosts.
+    pub fn sim_authority(&self) -> Option<Arc<SimAuthority>> {
+        self.sim.clone()
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &Config {
         &self.config

@@ -322,6 +322,11 @@ impl SimAuthority {
         &self.state.root_cert
     }
 
+    /// The FMSPC of the simulated platform (its PCK certificate and TCB info agree).
+    pub fn fmspc(&self) -> [u8; 6] {
+        SIM_FMSPC
+    }
+
     /// The root certificate as PEM.
     pub fn root_pem(&self) -> String {
         pem(&self.state.root_cert)

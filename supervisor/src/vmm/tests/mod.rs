@@ -75,6 +75,7 @@ impl Host {
             },
             registry_aliases: default_registry_aliases(),
             local_key_provider: None,
+            guest_pccs_url: String::new(),
             stop_timeouts: StopTimeouts {
                 guest: Duration::from_secs(1),
                 acpi: Duration::from_secs(1),

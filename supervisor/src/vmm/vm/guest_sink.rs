@@ -38,6 +38,7 @@ impl GuestSink for Vm {
             sys_config: SysConfig {
                 registry_aliases: self.registry_aliases.clone(),
                 insecure_registries: self.insecure_registries.clone(),
+                pccs_url: self.pccs_url.clone(),
                 vm_config,
                 ..SysConfig::new(manifest.id, manifest.name)
             },
@@ -130,6 +131,7 @@ pub(super) mod tests {
             "{\"a\":1}".into(),
             1 << 20,
             crate::config::default_registry_aliases(),
+            "http://10.0.2.2:8083".into(),
         )
     }
 
@@ -151,6 +153,7 @@ pub(super) mod tests {
         assert_eq!(bundle.sys_config.vm_name, "web");
         assert_eq!(bundle.sys_config.insecure_registries, ["10.0.2.2:5000"]);
         assert_eq!(bundle.sys_config.registry_aliases.len(), 2);
+        assert_eq!(bundle.sys_config.pccs_url, "http://10.0.2.2:8083");
         assert!(
             bundle
                 .sys_config

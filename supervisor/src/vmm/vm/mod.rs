@@ -77,6 +77,8 @@ pub(crate) struct Vm {
     key_provider: Mutex<Option<Arc<KeyProvider>>>,
     registry_aliases: Vec<RegistryAlias>,
     insecure_registries: Vec<String>,
+    /// The PCCS URL the guest gets (empty: none).
+    pccs_url: String,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,6 +101,7 @@ impl Vm {
         app_compose: String,
         log_max_bytes: u64,
         registry_aliases: Vec<RegistryAlias>,
+        pccs_url: String,
     ) -> Self {
         let guest = GuestStatus::load(&dir.events());
         Self {
@@ -110,6 +113,7 @@ impl Vm {
             ))),
             insecure_registries: crate::config::insecure_registries(&registry_aliases),
             registry_aliases,
+            pccs_url,
             dir,
             app_compose,
             manifest: Mutex::new(manifest),
