@@ -32,6 +32,8 @@ pub struct Config {
     /// The PCCS URL handed to guests (`SysConfig.pccs_url`); empty: none.
     /// On sim hosts, the sim PCCS as guests reach it through user-net.
     pub guest_pccs_url: String,
+    /// KMS URLs handed to guests whose deploy names none.
+    pub kms_urls: Vec<String>,
 }
 
 impl Config {
@@ -169,6 +171,23 @@ pub fn check_state_dir(dir: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A KMS URL as guests use it: `https://HOST:PORT` (a trailing `/prpc` allowed).
+pub fn parse_kms_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("KMS URL {url:?} must start with https://"))?;
+    let rest = rest.trim_end_matches('/');
+    let rest = rest.strip_suffix("/prpc").unwrap_or(rest);
+    match rest.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && !rest.contains('/') && port.parse::<u16>().is_ok() =>
+        {
+            Ok(url.to_owned())
+        }
+        _ => Err(format!("KMS URL {url:?} is not https://HOST:PORT")),
+    }
 }
 
 #[cfg(test)]

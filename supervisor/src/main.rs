@@ -92,6 +92,11 @@ struct RunArgs {
     /// http://10.0.2.2:PORT; on TDX hosts none].
     #[arg(long)]
     pccs_url: Option<String>,
+    /// The default KMS (`https://host:port`, as guests reach it, e.g.
+    /// https://10.0.2.2:8000 for a KMS on this host); repeatable. A deploy's
+    /// own `--kms` replaces it.
+    #[arg(long = "kms-url", value_parser = config::parse_kms_url)]
+    kms_urls: Vec<String>,
 }
 
 /// Exit codes (STYLE rule 6): scripts and service managers can tell a bad
@@ -308,6 +313,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         registry_aliases,
         local_key_provider: args.local_key_provider,
         guest_pccs_url,
+        kms_urls: args.kms_urls,
         stop_timeouts: StopTimeouts::default(),
         log_max_bytes: config::DEFAULT_LOG_MAX_BYTES,
     };

@@ -83,6 +83,10 @@ pub fn check_request(req: &DeployRequest) -> Result<(), VmmError> {
             format!("must be at most {MAX_USER_CONFIG} bytes"),
         ));
     }
+    for (i, url) in req.kms_urls.iter().enumerate() {
+        crate::config::parse_kms_url(url)
+            .map_err(|e| VmmError::invalid(format!("kms_urls[{i}]"), e))?;
+    }
     check_ports(&req.ports)
 }
 
@@ -155,6 +159,26 @@ mod tests {
             host_address: addr.into(),
             host_port: host,
             vm_port: vm,
+        }
+    }
+
+    #[test]
+    fn kms_urls_must_be_https_host_port() {
+        let mut req = request();
+        req.kms_urls = vec![
+            "https://10.0.2.2:8000".into(),
+            "https://kms.example:443/prpc".into(),
+        ];
+        check_request(&req).unwrap();
+        for bad in [
+            "http://10.0.2.2:8000",
+            "https://kms",
+            "https://:1",
+            "https://a:1/x",
+        ] {
+            req.kms_urls = vec![bad.into()];
+            let err = check_request(&req).unwrap_err();
+            assert!(err.to_string().contains("kms_urls[0]"), "{bad}: {err}");
         }
     }
 

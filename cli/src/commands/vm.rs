@@ -54,6 +54,11 @@ pub(crate) struct DeployArgs {
     /// Publish a guest port: [ADDR:]HOST_PORT:VM_PORT (repeatable).
     #[arg(long = "port", short = 'p')]
     ports: Vec<String>,
+    /// KMS the app gets its keys from, as the guest reaches it
+    /// (https://HOST:PORT; repeatable, tried in order) [default: the
+    /// supervisor's --kms-url].
+    #[arg(long)]
+    kms: Vec<String>,
     /// Return once the VM is created, without waiting for the app.
     #[arg(long)]
     no_wait: bool,
@@ -261,6 +266,7 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
         encrypted_env: String::new(),
         user_config: String::new(),
         stopped: false,
+        kms_urls: args.kms.clone(),
     };
     let vm: VmInfo = client.call(Method::POST, "/v1/vms", Some(&request)).await?;
     if !args.json {

@@ -81,6 +81,10 @@ pub struct DeployRequest {
     /// Create the VM without starting it.
     #[serde(default)]
     pub stopped: bool,
+    /// KMS URLs (`https://host:port`) the guest asks for its keys, in order;
+    /// empty: the supervisor's default KMS, if it has one.
+    #[serde(default)]
+    pub kms_urls: Vec<String>,
 }
 
 fn one() -> u32 {

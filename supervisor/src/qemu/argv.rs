@@ -206,6 +206,7 @@ mod tests {
             cid: 7,
             created_at_ms: 0,
             desired: Desired::Running,
+            kms_urls: vec![],
         }
     }
 

@@ -51,6 +51,9 @@ pub struct Manifest {
     pub created_at_ms: u64,
     /// Desired state.
     pub desired: Desired,
+    /// KMS URLs handed to the guest (`SysConfig.kms_urls`).
+    #[serde(default)]
+    pub kms_urls: Vec<String>,
 }
 
 impl Manifest {
@@ -92,6 +95,7 @@ mod tests {
             cid: 3,
             created_at_ms: 1,
             desired: Desired::Running,
+            kms_urls: vec![],
         };
         manifest.save(&path).unwrap();
         assert_eq!(Manifest::load(&path).unwrap(), manifest);

@@ -49,6 +49,11 @@ impl Supervisor {
             } else {
                 Desired::Running
             },
+            kms_urls: if request.kms_urls.is_empty() {
+                self.config.kms_urls.clone()
+            } else {
+                request.kms_urls.clone()
+            },
         };
         let dir = match self.create_vm_dir(&manifest, &request.app_compose) {
             Ok(dir) => dir,

@@ -76,6 +76,7 @@ impl Host {
             registry_aliases: default_registry_aliases(),
             local_key_provider: None,
             guest_pccs_url: String::new(),
+            kms_urls: Vec::new(),
             stop_timeouts: StopTimeouts {
                 guest: Duration::from_secs(1),
                 acpi: Duration::from_secs(1),

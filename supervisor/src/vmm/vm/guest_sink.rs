@@ -39,6 +39,7 @@ impl GuestSink for Vm {
                 registry_aliases: self.registry_aliases.clone(),
                 insecure_registries: self.insecure_registries.clone(),
                 pccs_url: self.pccs_url.clone(),
+                kms_urls: manifest.kms_urls.clone(),
                 vm_config,
                 ..SysConfig::new(manifest.id, manifest.name)
             },
@@ -123,6 +124,7 @@ pub(super) mod tests {
             cid: 3,
             created_at_ms: 0,
             desired: Desired::Running,
+            kms_urls: vec!["https://10.0.2.2:8000".into()],
         };
         manifest.save(&dir.join("manifest.json")).unwrap();
         Vm::new(
@@ -154,6 +156,7 @@ pub(super) mod tests {
         assert_eq!(bundle.sys_config.insecure_registries, ["10.0.2.2:5000"]);
         assert_eq!(bundle.sys_config.registry_aliases.len(), 2);
         assert_eq!(bundle.sys_config.pccs_url, "http://10.0.2.2:8083");
+        assert_eq!(bundle.sys_config.kms_urls, ["https://10.0.2.2:8000"]);
         assert!(
             bundle
                 .sys_config
