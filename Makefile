@@ -18,7 +18,7 @@ deps:
 	scripts/install-deps
 
 build:
-	cargo build --locked -p dstack-cli -p dstack-supervisor -p dstack-e2e --bins
+	cargo build --locked -p dstack-cli -p dstack-supervisor -p dstack-kms -p dstack-e2e --bins
 	cargo build --locked -p dstack-init --release --target $(MUSL)
 
 # The OS image, rebuilt when dstack-init changes (same inputs give the same bytes).

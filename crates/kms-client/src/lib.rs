@@ -129,7 +129,10 @@ impl KmsClient {
     /// The app's keys: an RA-TLS client certificate quoted on `platform`
     /// and signed by the temporary CA, then `GetAppKey` to a server signed by
     /// `root`. `pinned` (the app's `key_provider_id`), when not empty, must
-    /// be the root's SPKI.
+    /// be the root's SPKI. The platform is called from this task: with a
+    /// platform that blocks on its own runtime, use the three steps
+    /// ([`KmsClient::temp_ca`], [`client_certificate`],
+    /// [`KmsClient::app_keys_with`]) instead.
     pub async fn app_keys(
         &self,
         platform: &dyn Platform,
@@ -137,13 +140,20 @@ impl KmsClient {
         pinned: &[u8],
     ) -> Result<(AppKeyResponse, KmsRoot), ClientError> {
         let (temp, root) = self.temp_ca().await?;
-        if !pinned.is_empty() && pinned != root.spki {
-            return Err(ClientError::RootMismatch {
-                expected: hex::encode(pinned),
-                found: hex::encode(&root.spki),
-            });
-        }
+        check_pin(&root, pinned)?;
         let client = client_certificate(platform, &temp, vm_config)?;
+        let keys = self.app_keys_with(&root, &client, vm_config).await?;
+        Ok((keys, root))
+    }
+
+    /// `GetAppKey` presenting `client` (from [`client_certificate`]) to a
+    /// server signed by `root`.
+    pub async fn app_keys_with(
+        &self,
+        root: &KmsRoot,
+        client: &RaTlsCert,
+        vm_config: &str,
+    ) -> Result<AppKeyResponse, ClientError> {
         let config = dstack_ra_tls::pinned_root_client_config(
             &root.cert_der,
             RPC_USAGE,
@@ -158,7 +168,7 @@ impl KmsClient {
         {
             return Err(self.garbage("GetAppKey's ca_cert is not the root it pinned"));
         }
-        Ok((keys, root))
+        Ok(keys)
     }
 
     fn root_of(&self, pem: &str) -> Result<KmsRoot, ClientError> {
@@ -249,10 +259,22 @@ impl KmsClient {
     }
 }
 
+/// Upstream's `verify_key_provider_id`: a pinned KMS (the app-compose's
+/// `key_provider_id`, when not empty) must be this root's SPKI.
+pub fn check_pin(root: &KmsRoot, pinned: &[u8]) -> Result<(), ClientError> {
+    if !pinned.is_empty() && pinned != root.spki {
+        return Err(ClientError::RootMismatch {
+            expected: hex::encode(pinned),
+            found: hex::encode(&root.spki),
+        });
+    }
+    Ok(())
+}
+
 /// An RA-TLS client certificate for a fresh key, issued now, quoted on
 /// `platform`, signed by the KMS's temporary CA (upstream's flow; the KMS
 /// trusts the quote, not the CA).
-fn client_certificate(
+pub fn client_certificate(
     platform: &dyn Platform,
     temp: &GetTempCaCertResponse,
     vm_config: &str,

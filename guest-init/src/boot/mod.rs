@@ -616,11 +616,20 @@ fn kms_keys(
     ),
     BootError,
 > {
+    use dstack_kms_client::{KmsClient, check_pin, client_certificate};
+    // The platform blocks on the runtime itself (the sim TEE asks the host),
+    // so it is called between the network steps, never inside them.
+    let fetch = |url: &str| {
+        let client = KmsClient::new(url)?;
+        let (temp, root) = runtime.block_on(client.temp_ca())?;
+        check_pin(&root, pinned)?;
+        let cert = client_certificate(platform, &temp, vm_config)?;
+        let keys = runtime.block_on(client.app_keys_with(&root, &cert, vm_config))?;
+        Ok::<_, dstack_kms_client::ClientError>((keys, root))
+    };
     let mut last = None;
     for url in urls {
-        let result = dstack_kms_client::KmsClient::new(url)
-            .map(|client| runtime.block_on(client.app_keys(platform, vm_config, pinned)))
-            .and_then(|r| r);
+        let result = fetch(url);
         match result {
             Ok(found) => return Ok(found),
             Err(e) => {

@@ -1,0 +1,224 @@
+//! `key_provider = kms` end to end: a real `dstack-kms` (bootstrapped, a
+//! policy file, the supervisor's sim root and collateral) and apps in real
+//! CVMs (QEMU TCG) that fetch their keys over RA-TLS with the official
+//! Python SDK calling GetKey. The same app gets the same key after `vm rm`
+//! and a redeploy, the KMS signs it (`signature_chain[1]`), and an app the
+//! policy does not allow stops its boot naming the reason.
+//!
+//! The KMS runs on the host here; the KMS-as-a-CVM test comes with its image.
+#![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dstack_e2e::harness::{Supervisor, bin_dir, free_port, push_example, repo_root};
+use sha2::{Digest, Sha256};
+
+const DONE: Duration = Duration::from_secs(600);
+
+/// A `dstack-kms serve` process, killed on drop.
+struct KmsProcess {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for KmsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kms(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin_dir().join("dstack-kms"))
+        .arg("--state-dir")
+        .arg(dir.join("kms-state"))
+        .args(args)
+        .output()
+        .expect("dstack-kms runs (cargo build -p dstack-kms)");
+    assert!(
+        out.status.success(),
+        "dstack-kms {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn supervisor_output(sup: &Supervisor, verb: &str) -> Vec<u8> {
+    let out = Command::new(bin_dir().join("dstack-supervisor"))
+        .args([verb, "--state-dir"])
+        .arg(sup.state.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{verb}");
+    out.stdout
+}
+
+/// Starts the KMS allowing `app_id` with `compose_hashes`; returns the process and its port.
+fn start_kms(sup: &Supervisor, allowed: &[(&str, &str)]) -> (KmsProcess, u16) {
+    let dir = sup.state.path();
+    let public = kms(dir, &["bootstrap"]);
+    assert!(public.contains("k256_pubkey"), "{public}");
+    // A second bootstrap is refused and changes nothing.
+    let again = Command::new(bin_dir().join("dstack-kms"))
+        .arg("--state-dir")
+        .arg(dir.join("kms-state"))
+        .arg("bootstrap")
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already has root keys"));
+    assert_eq!(kms(dir, &["info"]), public);
+
+    std::fs::write(dir.join("sim-root.pem"), supervisor_output(sup, "sim-root")).unwrap();
+    std::fs::write(
+        dir.join("sim-collateral.json"),
+        supervisor_output(sup, "sim-collateral"),
+    )
+    .unwrap();
+    let apps: serde_json::Map<String, serde_json::Value> = allowed
+        .iter()
+        .map(|(app, hash)| {
+            (
+                (*app).to_owned(),
+                serde_json::json!({ "compose_hashes": [hash] }),
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.join("policy.json"),
+        serde_json::json!({ "apps": apps }).to_string(),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = dir.join("kms.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(bin_dir().join("dstack-kms"))
+        .arg("--state-dir")
+        .arg(dir.join("kms-state"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--auth"])
+        .arg(format!("policy:{}", dir.join("policy.json").display()))
+        .arg("--quote-root")
+        .arg(dir.join("sim-root.pem"))
+        .arg("--collateral")
+        .arg(dir.join("sim-collateral.json"))
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "KMS did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (KmsProcess { child, log }, port)
+}
+
+/// The first 20 bytes of SHA-256 of the file (hex), and the whole hash:
+/// the app id of an app that pins none, and its compose hash.
+fn app_id_and_hash(file: &Path) -> (String, String) {
+    let hash = Sha256::digest(std::fs::read(file).unwrap());
+    (hex::encode(&hash[..20]), hex::encode(hash))
+}
+
+/// Waits for the app's `KEY`/`CHAIN` lines; returns (key, chain[1], provider).
+fn read_key(sup: &Supervisor, name: &str) -> (String, String, String) {
+    let deadline = Instant::now() + DONE;
+    while Instant::now() < deadline {
+        let logs = sup.dstack_ok(&["vm", "logs", "-n", "500", "--service", "app", name]);
+        let key = logs.lines().find_map(|l| l.strip_prefix("app | KEY "));
+        let chain = logs.lines().find_map(|l| l.strip_prefix("app | CHAIN 2 "));
+        if let (Some(key), Some(chain)) = (key, chain) {
+            let info = sup.dstack_ok(&["vm", "info", name]);
+            let provider = info
+                .lines()
+                .find_map(|l| l.strip_prefix("key provider:"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            return (key.trim().into(), chain.trim().into(), provider);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!(
+        "{name} printed no key; vm info:\n{}\nlogs:\n{}",
+        sup.dstack_ok(&["vm", "info", name]),
+        sup.dstack_ok(&["vm", "logs", "-n", "200", name])
+    );
+}
+
+fn deploy(sup: &Supervisor, file: &Path, name: &str, kms_port: u16) -> std::process::Output {
+    sup.dstack(&[
+        "vm",
+        "deploy",
+        &file.display().to_string(),
+        "--name",
+        name,
+        "--memory",
+        "2G",
+        "--timeout",
+        "600",
+        "--kms",
+        &format!("https://10.0.2.2:{kms_port}"),
+    ])
+}
+
+#[test]
+fn kms_keys_are_stable_signed_and_only_for_allowed_apps() {
+    push_example("python-sdk").unwrap();
+    let sup = Supervisor::start("kms").unwrap();
+    let app = repo_root().join("examples/kms-key/app-compose.json");
+    let (app_id, compose_hash) = app_id_and_hash(&app);
+
+    // A second app, registered with another compose hash than its own.
+    let text = std::fs::read_to_string(&app).unwrap();
+    let other = sup.state.path().join("other-app-compose.json");
+    std::fs::write(&other, text.replace("\"kms-key\"", "\"kms-other\"")).unwrap();
+    let (other_id, _) = app_id_and_hash(&other);
+    let (kms_process, port) = start_kms(
+        &sup,
+        &[(&app_id, &compose_hash), (&other_id, &"ab".repeat(32))],
+    );
+
+    let out = deploy(&sup, &app, "kk", port);
+    assert!(
+        out.status.success(),
+        "{}\nKMS log:\n{}\nserial:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&kms_process.log).unwrap_or_default(),
+        String::from_utf8_lossy(
+            &sup.dstack(&["vm", "logs", "-n", "80", "--serial", "kk"])
+                .stdout
+        )
+    );
+    let (key, kms_signature, provider) = read_key(&sup, "kk");
+    assert_eq!(key.len(), 64, "{key}");
+    assert_eq!(
+        kms_signature.len(),
+        130,
+        "a 65-byte KMS signature: {kms_signature}"
+    );
+    assert!(
+        provider.starts_with(r#"{"name":"kms","id":"3059"#),
+        "{provider}"
+    );
+
+    // Same app after rm and redeploy (a new instance): the same key.
+    sup.dstack_ok(&["vm", "rm", "--force", "kk"]);
+    assert!(deploy(&sup, &app, "kk", port).status.success());
+    let (again, signature_again, _) = read_key(&sup, "kk");
+    assert_eq!(again, key);
+    assert_eq!(signature_again, kms_signature);
+
+    // Not allowed: the boot stops naming the KMS's reason.
+    let out = deploy(&sup, &other, "ko", port);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("compose hash not allowed"), "{text}");
+}
