@@ -66,8 +66,13 @@ struct ServeArgs {
     #[arg(long, env = "DSTACK_KMS_QUOTE_ROOT")]
     quote_root: Option<PathBuf>,
     /// Quote collateral (dcap-qvl JSON) for callers' quotes.
-    #[arg(long, env = "DSTACK_KMS_COLLATERAL")]
-    collateral: PathBuf,
+    #[arg(long, env = "DSTACK_KMS_COLLATERAL", required_unless_present = "pccs")]
+    collateral: Option<PathBuf>,
+    /// Fetch callers' collateral from this PCCS (cached until its next
+    /// update): Intel's PCS, an operator's PCCS, or on development hosts the
+    /// supervisor's sim PCCS.
+    #[arg(long, env = "DSTACK_KMS_PCCS", conflicts_with = "collateral")]
+    pccs: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,10 +114,16 @@ fn serve(store: &KeyStore, args: ServeArgs) -> anyhow::Result<()> {
         }
         None => QuoteVerifier::intel(),
     };
-    let collateral = Collateral::load(&args.collateral)
-        .with_context(|| format!("cannot load --collateral {}", args.collateral.display()))?;
-    let verifier = RaTlsVerifier::new(quotes).with_collateral(collateral);
-    let kms = Kms::new(keys, verifier, auth)?;
+    let mut verifier = RaTlsVerifier::new(quotes);
+    if let Some(path) = &args.collateral {
+        let collateral = Collateral::load(path)
+            .with_context(|| format!("cannot load --collateral {}", path.display()))?;
+        verifier = verifier.with_collateral(collateral);
+    }
+    let mut kms = Kms::new(keys, verifier, auth)?;
+    if let Some(url) = &args.pccs {
+        kms = kms.with_pccs(dstack_attest::pccs::CollateralCache::new(url.clone())?);
+    }
     let tls = Arc::new(kms.rpc_server_config(&args.domain, None)?);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {

@@ -48,6 +48,9 @@ pub enum KmsError {
     /// The evidence does not make a valid boot info.
     #[error("the caller's boot info is invalid")]
     BootInfo(#[from] BootInfoError),
+    /// Collateral for the caller's quote could not be fetched.
+    #[error("cannot get collateral for the caller's quote")]
+    Collateral(#[from] dstack_attest::pccs::PccsError),
     /// The authorisation backend could not answer.
     #[error("authorisation backend unavailable")]
     Auth(#[from] AuthError),
@@ -81,6 +84,7 @@ impl KmsError {
             Self::Stale { .. } => "stale_request",
             Self::BootInfo(_) => "boot_info_invalid",
             Self::Auth(_) => "auth_backend_failed",
+            Self::Collateral(_) => "collateral_unavailable",
             Self::Denied { .. } => "denied",
             Self::BadRequest(_) => "bad_request",
             Self::Internal(_) => "internal",
@@ -96,6 +100,7 @@ pub struct Kms {
     ca_spki: Vec<u8>,
     temp_ca_cert_pem: String,
     verifier: RaTlsVerifier,
+    collateral: Option<dstack_attest::pccs::CollateralCache>,
     auth: AuthBackend,
     freshness: Duration,
     metrics: Metrics,
@@ -126,10 +131,18 @@ impl Kms {
             temp_ca_cert_pem: pem("CERTIFICATE", &temp.cert_der),
             keys,
             verifier,
+            collateral: None,
             auth,
             freshness: DEFAULT_FRESHNESS,
             metrics: Metrics::default(),
         })
+    }
+
+    /// Fetch collateral for callers' quotes from a PCCS (cached until its
+    /// next update) instead of the verifier's fixed collateral.
+    pub fn with_pccs(mut self, cache: dstack_attest::pccs::CollateralCache) -> Self {
+        self.collateral = Some(cache);
+        self
     }
 
     /// Accept client certificates issued at most `freshness` ago.
@@ -302,7 +315,11 @@ impl Kms {
     ) -> Result<(BootInfo, String), KmsError> {
         let cert = client_cert.ok_or(KmsError::NoClientCertificate)?;
         self.check_fresh(cert, at)?;
-        let peer: VerifiedPeer = self.verifier.verify_cert(cert, at)?;
+        let collateral = match &self.collateral {
+            Some(cache) => Some(cache.get(&dstack_ra_tls::certificate_quote(cert)?).await?),
+            None => None,
+        };
+        let peer: VerifiedPeer = self.verifier.verify_cert_with(cert, at, collateral)?;
         let info = boot_info(&peer, vm_config, MeasuredAt::Now)?;
         let verdict = self.auth.decide(&info, is_kms).await?;
         if !verdict.is_allowed {

@@ -244,3 +244,55 @@ async fn env_public_key_is_signed_by_the_root_k256_key() {
     assert!(temp.temp_ca_key.starts_with("-----BEGIN PRIVATE KEY-----"));
     assert_eq!(temp.ca_cert, meta.ca_cert);
 }
+
+/// Collateral fetched from a PCCS (the sim TEE's), not configured: the
+/// same key release, and a PCCS that is gone is a named, counted refusal.
+#[tokio::test]
+async fn collateral_comes_from_a_pccs() {
+    let authority = Arc::new(SimAuthority::generate().unwrap());
+    let td = app(&authority, &COMPOSE, &APP_ID);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let pccs = tokio::spawn(dstack_supervisor::sim_pccs::serve(
+        listener,
+        authority.clone(),
+    ));
+
+    let verifier = RaTlsVerifier::new(QuoteVerifier::new(authority.root_der().to_vec()));
+    let policy = PolicyFile::parse(&format!(
+        r#"{{"apps":{{"{}":{{"compose_hashes":["{}"]}}}}}}"#,
+        hex::encode(APP_ID),
+        hex::encode(COMPOSE)
+    ))
+    .unwrap();
+    let kms = Kms::new(
+        RootKeys::generate().unwrap(),
+        verifier,
+        AuthBackend::Policy(policy),
+    )
+    .unwrap()
+    .with_pccs(dstack_attest::pccs::CollateralCache::new(url).unwrap());
+    let now = SystemTime::now();
+    kms.get_app_key(Some(&client_cert(&td)), &request(), now)
+        .await
+        .unwrap();
+    // Cached: a second caller needs no fetch, and works with the PCCS gone.
+    pccs.abort();
+    let _ = pccs.await;
+    kms.get_app_key(Some(&client_cert(&td)), &request(), now)
+        .await
+        .unwrap();
+
+    let gone = Kms::new(
+        RootKeys::generate().unwrap(),
+        RaTlsVerifier::new(QuoteVerifier::new(authority.root_der().to_vec())),
+        AuthBackend::Policy(PolicyFile::default()),
+    )
+    .unwrap()
+    .with_pccs(dstack_attest::pccs::CollateralCache::new("http://127.0.0.1:1").unwrap());
+    let err = gone
+        .get_app_key(Some(&client_cert(&td)), &request(), now)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "collateral_unavailable", "{err}");
+}

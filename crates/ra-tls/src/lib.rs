@@ -22,7 +22,7 @@ pub use config::{
     client_config, deferred_client_auth_server_config, pinned_root_client_config, server_config,
     unverified_client_config,
 };
-pub use verify::{PeerPolicy, RaTlsCertVerifier, RaTlsVerifier, VerifiedPeer};
+pub use verify::{PeerPolicy, RaTlsCertVerifier, RaTlsVerifier, VerifiedPeer, certificate_quote};
 
 /// Why an RA-TLS certificate could not be issued or was refused.
 #[derive(Debug, thiserror::Error)]

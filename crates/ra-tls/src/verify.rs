@@ -135,6 +135,17 @@ pub(crate) fn extension(
     Ok(None)
 }
 
+/// The quote an RA-TLS certificate carries (`.8`, else the legacy `.1`):
+/// what a verifier fetches collateral for before checking the certificate.
+pub fn certificate_quote(cert_der: &[u8]) -> Result<Vec<u8>, RaTlsError> {
+    let ext = read_extensions(cert_der)?;
+    match (&ext.attestation, ext.quote) {
+        (Some(bytes), _) => Ok(AttestationV0::from_bytes(bytes)?.quote),
+        (None, Some(quote)) => Ok(quote),
+        (None, None) => Err(RaTlsError::MissingQuote),
+    }
+}
+
 impl RaTlsVerifier {
     /// A verifier checking quotes with `quotes` (its trust anchor and TCB policy).
     pub fn new(quotes: QuoteVerifier) -> Self {
@@ -163,6 +174,18 @@ impl RaTlsVerifier {
 
     /// Check an RA-TLS certificate at `at`.
     pub fn verify_cert(&self, cert_der: &[u8], at: SystemTime) -> Result<VerifiedPeer, RaTlsError> {
+        self.verify_cert_with(cert_der, at, None)
+    }
+
+    /// [`RaTlsVerifier::verify_cert`] with `collateral` for this quote (e.g.
+    /// from a PCCS, for [`certificate_quote`]), taking precedence over the
+    /// verifier's own.
+    pub fn verify_cert_with(
+        &self,
+        cert_der: &[u8],
+        at: SystemTime,
+        collateral: Option<Collateral>,
+    ) -> Result<VerifiedPeer, RaTlsError> {
         let ext = read_extensions(cert_der)?;
         let now = at
             .duration_since(UNIX_EPOCH)
@@ -197,15 +220,16 @@ impl RaTlsVerifier {
                 (quote, event_log, String::new(), false)
             }
         };
-        let collateral = match (&ext.collateral, &self.collateral) {
-            (Some(bytes), _) => {
+        let collateral = match (collateral, &ext.collateral, &self.collateral) {
+            (Some(given), _, _) => given,
+            (None, Some(bytes), _) => {
                 let text = std::str::from_utf8(bytes).map_err(|_| {
                     RaTlsError::Certificate("collateral extension is not UTF-8".into())
                 })?;
                 Collateral::from_json(text).map_err(|e| RaTlsError::Certificate(e.to_string()))?
             }
-            (None, Some(c)) => c.clone(),
-            (None, None) => return Err(RaTlsError::MissingCollateral),
+            (None, None, Some(c)) => c.clone(),
+            (None, None, None) => return Err(RaTlsError::MissingCollateral),
         };
         let verified = self.quotes.verify_at(&quote, &collateral, at)?;
         if verified.quote.report_data() != &report_data_for_spki(&ext.spki) {
