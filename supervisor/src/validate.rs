@@ -83,6 +83,12 @@ pub fn check_request(req: &DeployRequest) -> Result<(), VmmError> {
             format!("must be at most {MAX_USER_CONFIG} bytes"),
         ));
     }
+    if !req.app_id.is_empty() && hex::decode(&req.app_id).map(|b| b.len()) != Ok(20) {
+        return Err(VmmError::invalid(
+            "app_id",
+            format!("{:?} is not 20 bytes of hex", req.app_id),
+        ));
+    }
     for (i, url) in req.kms_urls.iter().enumerate() {
         crate::config::parse_kms_url(url)
             .map_err(|e| VmmError::invalid(format!("kms_urls[{i}]"), e))?;

@@ -55,8 +55,9 @@ fn supervisor_output(sup: &Supervisor, verb: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// Starts the KMS allowing `app_id` with `compose_hashes`; returns the process and its port.
-fn start_kms(sup: &Supervisor, allowed: &[(&str, &str)]) -> (KmsProcess, u16) {
+/// Starts the KMS allowing each app id with its compose hashes; returns the
+/// process and its port.
+fn start_kms(sup: &Supervisor, allowed: &[(&str, &[&str])]) -> (KmsProcess, u16) {
     let dir = sup.state.path();
     let public = kms(dir, &["bootstrap"]);
     assert!(public.contains("k256_pubkey"), "{public}");
@@ -79,10 +80,10 @@ fn start_kms(sup: &Supervisor, allowed: &[(&str, &str)]) -> (KmsProcess, u16) {
     .unwrap();
     let apps: serde_json::Map<String, serde_json::Value> = allowed
         .iter()
-        .map(|(app, hash)| {
+        .map(|(app, hashes)| {
             (
                 (*app).to_owned(),
-                serde_json::json!({ "compose_hashes": [hash] }),
+                serde_json::json!({ "compose_hashes": hashes }),
             )
         })
         .collect();
@@ -150,10 +151,22 @@ fn read_key(sup: &Supervisor, name: &str) -> (String, String, String) {
 }
 
 fn deploy(sup: &Supervisor, file: &Path, name: &str, kms_port: u16) -> std::process::Output {
-    sup.dstack(&[
+    deploy_as(sup, file, name, kms_port, &[])
+}
+
+fn deploy_as(
+    sup: &Supervisor,
+    file: &Path,
+    name: &str,
+    kms_port: u16,
+    extra: &[&str],
+) -> std::process::Output {
+    let kms = format!("https://10.0.2.2:{kms_port}");
+    let file = file.display().to_string();
+    let mut args = vec![
         "vm",
         "deploy",
-        &file.display().to_string(),
+        &file,
         "--name",
         name,
         "--memory",
@@ -161,8 +174,10 @@ fn deploy(sup: &Supervisor, file: &Path, name: &str, kms_port: u16) -> std::proc
         "--timeout",
         "600",
         "--kms",
-        &format!("https://10.0.2.2:{kms_port}"),
-    ])
+        &kms,
+    ];
+    args.extend_from_slice(extra);
+    sup.dstack(&args)
 }
 
 #[test]
@@ -177,9 +192,17 @@ fn kms_keys_are_stable_signed_and_only_for_allowed_apps() {
     let other = sup.state.path().join("other-app-compose.json");
     std::fs::write(&other, text.replace("\"kms-key\"", "\"kms-other\"")).unwrap();
     let (other_id, _) = app_id_and_hash(&other);
+    // Version 2 of the first app: another compose hash under the same app id.
+    let v2 = sup.state.path().join("v2-app-compose.json");
+    std::fs::write(&v2, text.replace("\"kms-key\"", "\"kms-key-v2\"")).unwrap();
+    let (_, v2_hash) = app_id_and_hash(&v2);
+    let bogus = "ab".repeat(32);
     let (kms_process, port) = start_kms(
         &sup,
-        &[(&app_id, &compose_hash), (&other_id, &"ab".repeat(32))],
+        &[
+            (&app_id, &[&compose_hash, &v2_hash]),
+            (&other_id, &[&bogus]),
+        ],
     );
 
     let out = deploy(&sup, &app, "kk", port);
@@ -211,6 +234,18 @@ fn kms_keys_are_stable_signed_and_only_for_allowed_apps() {
     let (again, signature_again, _) = read_key(&sup, "kk");
     assert_eq!(again, key);
     assert_eq!(signature_again, kms_signature);
+
+    // An upgrade: the new compose hash, deployed as the same app, keeps the keys.
+    sup.dstack_ok(&["vm", "rm", "--force", "kk"]);
+    let out = deploy_as(&sup, &v2, "kk", port, &["--app-id", &app_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (upgraded, _, _) = read_key(&sup, "kk");
+    assert_eq!(upgraded, key);
+    sup.dstack_ok(&["vm", "rm", "--force", "kk"]);
 
     // Not allowed: the boot stops naming the KMS's reason.
     let out = deploy(&sup, &other, "ko", port);

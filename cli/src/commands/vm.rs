@@ -59,6 +59,10 @@ pub(crate) struct DeployArgs {
     /// supervisor's --kms-url].
     #[arg(long)]
     kms: Vec<String>,
+    /// Deploy as this app (hex app id): with --kms, an upgrade of that app,
+    /// which keeps its keys if the KMS allows the new compose hash.
+    #[arg(long)]
+    app_id: Option<String>,
     /// Return once the VM is created, without waiting for the app.
     #[arg(long)]
     no_wait: bool,
@@ -267,6 +271,7 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
         user_config: String::new(),
         stopped: false,
         kms_urls: args.kms.clone(),
+        app_id: args.app_id.clone().unwrap_or_default(),
     };
     let vm: VmInfo = client.call(Method::POST, "/v1/vms", Some(&request)).await?;
     if !args.json {

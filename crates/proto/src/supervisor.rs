@@ -85,6 +85,12 @@ pub struct DeployRequest {
     /// empty: the supervisor's default KMS, if it has one.
     #[serde(default)]
     pub kms_urls: Vec<String>,
+    /// Pins the app id (hex, 20 bytes): with a KMS, this deploy is an
+    /// upgrade of that app and gets its keys; without one it must be the
+    /// compose's own (the first 20 bytes of its compose-hash). Empty: the
+    /// compose's own.
+    #[serde(default)]
+    pub app_id: String,
 }
 
 fn one() -> u32 {

@@ -13,8 +13,39 @@ use rand::Rng;
 use super::Supervisor;
 use super::vm::{Vm, now_ms};
 use crate::error::VmmError;
-use crate::state::{Desired, Manifest, VmDir, write_atomic};
+use crate::state::{Desired, Manifest, VmDir, write_atomic, write_json_atomic};
 use crate::validate::{self, overlaps, port_is_free};
+use dstack_proto::host::InstanceInfo;
+
+/// The deployer's app-id pin, as the instance info the guest reads (upstream
+/// `app_id` rules: with a KMS a pin names the app being upgraded; without
+/// one it must be the compose's own).
+fn pinned_app_id(
+    request: &DeployRequest,
+    kms_urls: &[String],
+) -> Result<Option<InstanceInfo>, VmmError> {
+    if request.app_id.is_empty() {
+        return Ok(None);
+    }
+    let app_id =
+        hex::decode(&request.app_id).map_err(|_| VmmError::invalid("app_id", "must be hex"))?;
+    let own = dstack_compose::app_id(&dstack_compose::compose_hash(
+        request.app_compose.as_bytes(),
+    ));
+    if kms_urls.is_empty() && app_id != own {
+        return Err(VmmError::invalid(
+            "app_id",
+            format!(
+                "without a KMS an app's id is its compose's own ({}); pinning another needs --kms",
+                hex::encode(own)
+            ),
+        ));
+    }
+    Ok(Some(InstanceInfo {
+        app_id,
+        ..InstanceInfo::default()
+    }))
+}
 
 /// Prefix of a VM directory being assembled; removed at start-up if found.
 pub(super) const STAGING_PREFIX: &str = ".deploy-";
@@ -25,6 +56,12 @@ impl Supervisor {
         AppCompose::parse(&request.app_compose)
             .map_err(|e| VmmError::invalid("app_compose", e.to_string()))?;
         let image = self.images.resolve(&request.image)?;
+        let kms_urls = if request.kms_urls.is_empty() {
+            self.config.kms_urls.clone()
+        } else {
+            request.kms_urls.clone()
+        };
+        let pinned = pinned_app_id(&request, &kms_urls)?;
 
         // Held until the VM is in the map, so two deploys cannot both pass
         // the name and port checks.
@@ -49,13 +86,9 @@ impl Supervisor {
             } else {
                 Desired::Running
             },
-            kms_urls: if request.kms_urls.is_empty() {
-                self.config.kms_urls.clone()
-            } else {
-                request.kms_urls.clone()
-            },
+            kms_urls,
         };
-        let dir = match self.create_vm_dir(&manifest, &request.app_compose) {
+        let dir = match self.create_vm_dir(&manifest, &request.app_compose, pinned.as_ref()) {
             Ok(dir) => dir,
             Err(e) => {
                 self.release_cid(&id);
@@ -152,7 +185,12 @@ impl Supervisor {
 
     /// Writes the VM's files into a staging directory and renames it into
     /// place, so the VM directory appears complete or not at all.
-    fn create_vm_dir(&self, manifest: &Manifest, app_compose: &str) -> Result<VmDir, VmmError> {
+    fn create_vm_dir(
+        &self,
+        manifest: &Manifest,
+        app_compose: &str,
+        pinned: Option<&InstanceInfo>,
+    ) -> Result<VmDir, VmmError> {
         let vms_dir = self.config.vms_dir();
         let staging = VmDir::at(vms_dir.join(format!("{STAGING_PREFIX}{}", manifest.id)));
         let result = (|| {
@@ -163,6 +201,11 @@ impl Supervisor {
             write_atomic(&staging.app_compose(), app_compose.as_bytes())
                 .map_err(VmmError::io("write", staging.app_compose()))?;
             create_sparse(&staging.disk(), u64::from(manifest.disk_gb) << 30)?;
+            if let Some(info) = pinned {
+                // The guest takes a 20-byte app_id here as the deployer's pin.
+                write_json_atomic(&staging.instance_info(), info)
+                    .map_err(VmmError::io("write", staging.instance_info()))?;
+            }
             manifest
                 .save(&staging.manifest())
                 .map_err(VmmError::io("write", staging.manifest()))?;
@@ -200,4 +243,33 @@ fn create_sparse(path: &Path, bytes: u64) -> Result<(), VmmError> {
         .map_err(VmmError::io("create", path))?;
     file.set_len(bytes).map_err(VmmError::io("size", path))?;
     file.sync_all().map_err(VmmError::io("sync", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(app_id: &str) -> DeployRequest {
+        serde_json::from_value(serde_json::json!({
+            "name": "web", "app_compose": "{\"name\":\"x\"}", "app_id": app_id,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pinned_app_id_needs_a_kms_unless_it_is_the_composes_own() {
+        assert_eq!(pinned_app_id(&request(""), &[]).unwrap(), None);
+        let own = hex::encode(dstack_compose::app_id(&dstack_compose::compose_hash(
+            b"{\"name\":\"x\"}",
+        )));
+        let info = pinned_app_id(&request(&own), &[]).unwrap().unwrap();
+        assert_eq!(hex::encode(&info.app_id), own);
+        assert!(info.instance_id_seed.is_empty());
+        let other = "11".repeat(20);
+        let err = pinned_app_id(&request(&other), &[]).unwrap_err();
+        assert!(err.to_string().contains("needs --kms"), "{err}");
+        let kms = ["https://10.0.2.2:8000".to_owned()];
+        let info = pinned_app_id(&request(&other), &kms).unwrap().unwrap();
+        assert_eq!(info.app_id, vec![0x11; 20]);
+    }
 }
