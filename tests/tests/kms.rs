@@ -92,6 +92,13 @@ fn start_kms(sup: &Supervisor, allowed: &[(&str, &[&str])]) -> (KmsProcess, u16)
         serde_json::json!({ "apps": apps }).to_string(),
     )
     .unwrap();
+    serve_kms(sup)
+}
+
+/// Serves the KMS from its state dir (root keys, policy, sim root and
+/// collateral already there) on a fresh port.
+fn serve_kms(sup: &Supervisor) -> (KmsProcess, u16) {
+    let dir = sup.state.path();
     let port = free_port();
     let log = dir.join("kms.log");
     let file = std::fs::File::create(&log).unwrap();
@@ -245,6 +252,14 @@ fn kms_keys_are_stable_signed_and_only_for_allowed_apps() {
     );
     let (upgraded, _, _) = read_key(&sup, "kk");
     assert_eq!(upgraded, key);
+    sup.dstack_ok(&["vm", "rm", "--force", "kk"]);
+
+    // The KMS restarts from its state dir: same root keys, same app keys.
+    drop(kms_process);
+    let (_restarted, port) = serve_kms(&sup);
+    assert!(deploy(&sup, &app, "kk", port).status.success());
+    let (after_restart, _, _) = read_key(&sup, "kk");
+    assert_eq!(after_restart, key);
     sup.dstack_ok(&["vm", "rm", "--force", "kk"]);
 
     // Not allowed: the boot stops naming the KMS's reason.
