@@ -39,6 +39,9 @@ enum Command {
     /// Build and list OS images.
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
+    /// Inspect a KMS.
+    #[command(subcommand)]
+    Kms(commands::kms::KmsCommand),
     /// Serve dstack's guest API (dstack.sock, tappd.sock) on this host with
     /// a simulated TEE, for running apps and the dstack SDKs without a CVM.
     Simulator(simulator::SimulatorArgs),
@@ -74,6 +77,7 @@ fn run(cli: Cli) -> Result<(), commands::Failure> {
         Command::Quote(cmd) => commands::quote::run(cmd),
         Command::Vm(cmd) => runtime()?.block_on(commands::vm::run(cmd, api)),
         Command::Image(cmd) => runtime()?.block_on(commands::image::run(cmd, api)),
+        Command::Kms(cmd) => runtime()?.block_on(commands::kms::run(cmd)),
         Command::Simulator(args) => Ok(runtime()?.block_on(simulator::run(args))?),
     }
 }

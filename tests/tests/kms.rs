@@ -234,6 +234,15 @@ fn kms_keys_are_stable_signed_and_only_for_allowed_apps() {
         provider.starts_with(r#"{"name":"kms","id":"3059"#),
         "{provider}"
     );
+    // What an operator pins: `dstack kms info` names the same root.
+    let kms_url = format!("https://127.0.0.1:{port}");
+    let info: serde_json::Value =
+        serde_json::from_str(&sup.dstack_ok(&["kms", "info", &kms_url, "--json"])).unwrap();
+    let pin = info["key_provider_id"].as_str().unwrap().to_owned();
+    assert_eq!(provider, format!(r#"{{"name":"kms","id":"{pin}"}}"#));
+    sup.dstack_ok(&["kms", "info", &kms_url, "--pin", &pin]);
+    let wrong = sup.dstack(&["kms", "info", &kms_url, "--pin", "3059"]);
+    assert!(!wrong.status.success());
 
     // Same app after rm and redeploy (a new instance): the same key.
     sup.dstack_ok(&["vm", "rm", "--force", "kk"]);

@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub(crate) mod image;
+pub(crate) mod kms;
 pub(crate) mod quote;
 pub(crate) mod vm;
 
