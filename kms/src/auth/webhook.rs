@@ -7,6 +7,7 @@
 //! fresh client per call: the webhook is asked once per key release, so a
 //! pool would buy little and a stale pooled connection would cost a retry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dstack_proto::kms::{AuthApiInfo, BootAuthResponse, BootInfo};
@@ -49,14 +50,13 @@ pub enum WebhookError {
         /// Why.
         reason: &'static str,
     },
-    /// TLS to the webhook is not implemented yet.
-    #[error(
-        "webhook URL {url:?}: https is not supported yet; serve the auth API over http on \
-         localhost or a private network, or put a TLS-terminating proxy next to the KMS"
-    )]
-    HttpsUnsupported {
+    /// An https URL, but the system has no CA certificates to check it with.
+    #[error("webhook URL {url:?}: no system CA certificates to verify https with ({reason})")]
+    NoRoots {
         /// The URL as given.
         url: String,
+        /// Why none were loaded.
+        reason: String,
     },
 }
 
@@ -67,8 +67,10 @@ struct Endpoint {
     url: String,
     /// Host to connect to (IPv6 without brackets).
     host: String,
-    /// TCP port (80 when the URL has none).
+    /// TCP port (80, or 443 for https, when the URL has none).
     port: u16,
+    /// TLS (https), checked against the system's CA certificates.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// The `Host` header: the URL's authority.
     authority: String,
     /// The request target (origin form).
@@ -82,16 +84,15 @@ impl Endpoint {
             reason,
         };
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(WebhookError::HttpsUnsupported {
-                    url: url.to_owned(),
-                });
-            }
-            Some(_) => return Err(bad("the scheme must be http")),
-            None => return Err(bad("missing http:// scheme")),
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => None,
+            Some("https") => Some(system_tls().map_err(|reason| WebhookError::NoRoots {
+                url: url.to_owned(),
+                reason,
+            })?),
+            Some(_) => return Err(bad("the scheme must be http or https")),
+            None => return Err(bad("missing http:// or https:// scheme")),
+        };
         let authority = uri.authority().ok_or_else(|| bad("missing host"))?;
         // Credentials would end up in every error message and log line.
         if authority.as_str().contains('@') {
@@ -107,6 +108,7 @@ impl Endpoint {
             Some((_, text)) if !text.contains(']') => text
                 .parse::<u16>()
                 .map_err(|_| bad("the port is not a number up to 65535"))?,
+            _ if tls.is_some() => 443,
             _ => 80,
         };
         Ok(Self {
@@ -116,6 +118,7 @@ impl Endpoint {
                 .trim_end_matches(']')
                 .to_owned(),
             port,
+            tls,
             authority: authority.as_str().to_owned(),
             path: uri
                 .path_and_query()
@@ -268,7 +271,52 @@ async fn exchange(
     let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", endpoint.authority))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match &endpoint.tls {
+        None => send(TokioIo::new(stream), endpoint, method, body).await,
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone())
+                .map_err(|_| format!("{:?} is not a TLS server name", endpoint.host))?;
+            let stream = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS with {} failed: {e}", endpoint.authority))?;
+            send(TokioIo::new(stream), endpoint, method, body).await
+        }
+    }
+}
+
+/// The system's CA certificates as a TLS client configuration, loaded once.
+fn system_tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let loaded = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(loaded.certs);
+            if added == 0 {
+                return Err(format!("none found; errors: {:?}", loaded.errors));
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
+/// One request over an established connection.
+async fn send<I>(
+    io: I,
+    endpoint: &Endpoint,
+    method: Method,
+    body: Vec<u8>,
+) -> Result<(StatusCode, Bytes), String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| format!("HTTP handshake failed: {e}"))?;
     // The connection's own error also surfaces through send_request.
@@ -571,18 +619,31 @@ mod tests {
         assert!(reason.contains(r#"reports status "error""#), "{reason}");
     }
 
+    /// An https endpoint is checked with TLS: a server that speaks plain
+    /// HTTP there fails the call with a TLS error, it is never read.
+    #[tokio::test]
+    async fn https_endpoints_are_reached_over_tls() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+            }
+        });
+        let webhook = WebhookBackend::new(&format!("https://localhost:{}", addr.port())).unwrap();
+        let reason = backend_reason(webhook.decide(&boot(), false).await);
+        assert!(reason.contains("TLS"), "{reason}");
+    }
+
     #[test]
     fn urls_are_checked_when_built() {
         let bad = |url: &str| WebhookBackend::new(url).unwrap_err();
-        assert!(matches!(
-            bad("https://auth.example"),
-            WebhookError::HttpsUnsupported { .. }
-        ));
-        assert!(
-            bad("https://auth.example")
-                .to_string()
-                .contains("https is not supported yet")
-        );
+        let https = WebhookBackend::new("https://auth.example").unwrap();
+        assert_eq!(https.app.port, 443);
+        assert!(https.app.tls.is_some());
         for url in [
             "auth.example:8000",
             "ftp://auth.example",
