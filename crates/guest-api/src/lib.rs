@@ -36,6 +36,8 @@ mod certs;
 mod dstack;
 mod server;
 mod tappd;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -9,7 +9,7 @@ use dstack_attest::eventlog::{check_replay, parse_event_log_json};
 use dstack_attest::{
     Event, Platform, Quote, Rtmrs, RuntimeEvent, SimAuthority, SimPlatform, SimTdIdentity,
 };
-use dstack_guest_api::{AppInfo, Flavor, GuestApi};
+use dstack_guest_api::testing::{SimBoot, SimGuest};
 use dstack_keys::AppKeys;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256, Sha512};
@@ -18,84 +18,16 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 const SEED: [u8; 32] = [0x11; 32];
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    dstack: PathBuf,
-    tappd: PathBuf,
-    platform: Arc<SimPlatform>,
-    app: AppInfo,
-}
-
-async fn start() -> Fixture {
-    let boot: Vec<Event> = (0u8..3)
-        .map(|imr| Event {
-            imr: u32::from(imr),
-            event_type: 0x8000_0003,
-            digest: vec![imr + 1; 48],
-            event: String::new(),
-            event_payload: vec![0xaa; 4],
-        })
-        .collect();
+async fn start() -> SimGuest {
     let authority = Arc::new(SimAuthority::generate().unwrap());
-    let platform = Arc::new(
-        SimPlatform::new(
-            authority,
-            SimTdIdentity {
-                mr_td: [0x42; 48],
-                ..SimTdIdentity::default()
-            },
-            boot,
-        )
-        .unwrap(),
-    );
-    let compose = r#"{"name":"test-app","runner":"docker-compose"}"#;
-    let compose_hash: [u8; 32] = Sha256::digest(compose.as_bytes()).into();
-    for (name, payload) in [
-        ("system-preparing", vec![]),
-        ("app-id", compose_hash[..20].to_vec()),
-        ("compose-hash", compose_hash.to_vec()),
-        ("instance-id", vec![9; 20]),
-        ("boot-mr-done", vec![]),
-        ("key-provider", br#"{"name":"none","id":""}"#.to_vec()),
-        ("storage-fs", b"ext4".to_vec()),
-        ("system-ready", vec![]),
-    ] {
-        platform
-            .emit_event(&RuntimeEvent {
-                name: name.into(),
-                payload,
-            })
-            .unwrap();
-    }
-    let app = AppInfo {
-        app_id: compose_hash[..20].to_vec(),
-        instance_id: vec![9; 20],
-        compose_hash,
-        app_name: "test-app".into(),
-        app_compose: compose.into(),
-        vm_config: r#"{"os_image_hash":""}"#.into(),
-        os_image_hash: vec![5; 32],
-        key_provider_info: r#"{"name":"none","id":""}"#.into(),
-        cloud_vendor: "vendor".into(),
-        cloud_product: "product".into(),
-    };
-    let keys = AppKeys::from_seed(&SEED).unwrap();
-    let dyn_platform: Arc<dyn Platform> = platform.clone();
-    let api = Arc::new(GuestApi::new(dyn_platform, app.clone(), keys).unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let dstack = dir.path().join("dstack.sock");
-    let tappd = dir.path().join("tappd.sock");
-    let listener = tokio::net::UnixListener::bind(&dstack).unwrap();
-    tokio::spawn(api.clone().serve(listener, Flavor::Dstack));
-    let listener = tokio::net::UnixListener::bind(&tappd).unwrap();
-    tokio::spawn(api.serve(listener, Flavor::Tappd));
-    Fixture {
-        _dir: dir,
-        dstack,
-        tappd,
-        platform,
-        app,
-    }
+    SimGuest::start(
+        authority,
+        SimBoot {
+            seed: SEED,
+            ..SimBoot::default()
+        },
+    )
+    .unwrap()
 }
 
 /// One HTTP/1.1 exchange; returns the status and the JSON body.
