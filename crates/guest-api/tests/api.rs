@@ -1,14 +1,12 @@
 #![allow(clippy::tests_outside_test_module)]
 //! The guest API driven over real unix sockets, backed by the simulated TEE.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use dstack_attest::AttestationV0;
 use dstack_attest::eventlog::{check_replay, parse_event_log_json};
-use dstack_attest::{
-    Event, Platform, Quote, Rtmrs, RuntimeEvent, SimAuthority, SimPlatform, SimTdIdentity,
-};
+use dstack_attest::{Platform, Quote, Rtmrs, SimAuthority};
 use dstack_guest_api::testing::{SimBoot, SimGuest};
 use dstack_keys::AppKeys;
 use serde_json::{Value, json};
