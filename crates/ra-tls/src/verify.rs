@@ -220,29 +220,27 @@ impl RaTlsVerifier {
                 (quote, event_log, String::new(), false)
             }
         };
-        let collateral = match (collateral, &ext.collateral, &self.collateral) {
-            (Some(given), _, _) => given,
-            (None, Some(bytes), _) => {
+        let collateral = match (collateral, &ext.collateral) {
+            (Some(given), _) => Some(given),
+            (None, Some(bytes)) => {
                 let text = std::str::from_utf8(bytes).map_err(|_| {
                     RaTlsError::Certificate("collateral extension is not UTF-8".into())
                 })?;
-                Collateral::from_json(text).map_err(|e| RaTlsError::Certificate(e.to_string()))?
+                Some(
+                    Collateral::from_json(text)
+                        .map_err(|e| RaTlsError::Certificate(e.to_string()))?,
+                )
             }
-            (None, None, Some(c)) => c.clone(),
-            (None, None, None) => return Err(RaTlsError::MissingCollateral),
+            (None, None) => None,
         };
-        let verified = self.quotes.verify_at(&quote, &collateral, at)?;
-        if verified.quote.report_data() != &report_data_for_spki(&ext.spki) {
-            return Err(RaTlsError::KeyBindingMismatch);
-        }
-        if let Some(td) = verified.quote.td_report() {
-            verify_runtime_digests(&mut event_log)?;
-            if stripped {
-                check_runtime_replay(&event_log, &Rtmrs(td.rtmr))?;
-            } else {
-                check_replay(&event_log, &Rtmrs(td.rtmr))?;
-            }
-        }
+        let verified = self.check_evidence(
+            &quote,
+            &mut event_log,
+            stripped,
+            &report_data_for_spki(&ext.spki),
+            collateral,
+            at,
+        )?;
         let app_info = ext
             .app_info
             .as_deref()
@@ -266,6 +264,78 @@ impl RaTlsVerifier {
         }
         recent.push_back(peer.clone());
         Ok(peer)
+    }
+
+    /// Check a bare versioned attestation (what `Attest` returns, and what
+    /// a KMS bootstrap answer carries) whose quote must bind `report_data`,
+    /// at `at`, with `collateral` for its quote if given (else the
+    /// verifier's own). The peer has no certificate fields; `cert_sha256`
+    /// is the SHA-256 of the attestation bytes.
+    pub fn verify_attestation_with(
+        &self,
+        attestation: &[u8],
+        report_data: &[u8; 64],
+        at: SystemTime,
+        collateral: Option<Collateral>,
+    ) -> Result<VerifiedPeer, RaTlsError> {
+        let decoded = AttestationV0::from_bytes(attestation)?;
+        let mut event_log = decoded.event_log;
+        // A stripped attestation (as in `.8`) has no boot events besides
+        // RTMR0's ACPI data; a full one (`Attest`'s) replays all four.
+        let stripped = !event_log.iter().any(|e| e.imr == 1 || e.imr == 2);
+        let verified = self.check_evidence(
+            &decoded.quote,
+            &mut event_log,
+            stripped,
+            report_data,
+            collateral,
+            at,
+        )?;
+        let peer = VerifiedPeer {
+            quote: verified,
+            event_log,
+            vm_config: decoded.config,
+            app_info: None,
+            app_id: None,
+            usage: None,
+            cert_sha256: Sha256::digest(attestation).into(),
+        };
+        if let Some(policy) = &self.policy {
+            policy(&peer).map_err(RaTlsError::PolicyRejected)?;
+        }
+        Ok(peer)
+    }
+
+    /// The checks every piece of evidence passes: the quote under the
+    /// trust anchor and TCB policy, its report_data, and the event log
+    /// replayed against its RTMRs (RTMR3 only for a stripped log).
+    fn check_evidence(
+        &self,
+        quote: &[u8],
+        event_log: &mut [Event],
+        stripped: bool,
+        report_data: &[u8; 64],
+        collateral: Option<Collateral>,
+        at: SystemTime,
+    ) -> Result<VerifiedQuote, RaTlsError> {
+        let collateral = match (collateral, &self.collateral) {
+            (Some(given), _) => given,
+            (None, Some(own)) => own.clone(),
+            (None, None) => return Err(RaTlsError::MissingCollateral),
+        };
+        let verified = self.quotes.verify_at(quote, &collateral, at)?;
+        if verified.quote.report_data() != report_data {
+            return Err(RaTlsError::KeyBindingMismatch);
+        }
+        if let Some(td) = verified.quote.td_report() {
+            verify_runtime_digests(event_log)?;
+            if stripped {
+                check_runtime_replay(event_log, &Rtmrs(td.rtmr))?;
+            } else {
+                check_replay(event_log, &Rtmrs(td.rtmr))?;
+            }
+        }
+        Ok(verified)
     }
 
     /// The verified peer behind a certificate this verifier accepted recently

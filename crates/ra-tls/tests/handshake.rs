@@ -240,3 +240,38 @@ fn leaf_without_collateral_verifies_with_the_verifiers_collateral() {
     assert_eq!(peer.event_log[0].event, "system-ready");
     assert_eq!(peer.event_log[0].digest.len(), 48);
 }
+
+/// A bare attestation (what `Attest` returns) verifies against the
+/// report_data it must bind, and nothing else.
+#[test]
+fn bare_attestation_verifies_only_for_its_report_data() {
+    let authority = Arc::new(SimAuthority::generate().unwrap());
+    let td = platform(&authority, 0x77);
+    let report_data = [0x42; 64];
+    let attestation = dstack_attest::AttestationV0::new(
+        td.quote(&report_data).unwrap(),
+        td.event_log().unwrap(),
+        report_data,
+        "{}".into(),
+    )
+    .to_bytes();
+    let verifier = RaTlsVerifier::new(QuoteVerifier::new(authority.root_der().to_vec()))
+        .with_collateral(td.collateral().unwrap().unwrap());
+    let peer = verifier
+        .verify_attestation_with(&attestation, &report_data, SystemTime::now(), None)
+        .unwrap();
+    assert_eq!(peer.quote.quote.report_data(), &report_data);
+    assert_eq!(peer.vm_config, "{}");
+    assert!(peer.event_log.iter().any(|e| e.event == "system-ready"));
+    assert!(matches!(
+        verifier.verify_attestation_with(&attestation, &[0x43; 64], SystemTime::now(), None),
+        Err(RaTlsError::KeyBindingMismatch)
+    ));
+    let other_root = SimAuthority::generate().unwrap();
+    let untrusted = RaTlsVerifier::new(QuoteVerifier::new(other_root.root_der().to_vec()))
+        .with_collateral(td.collateral().unwrap().unwrap());
+    assert!(matches!(
+        untrusted.verify_attestation_with(&attestation, &report_data, SystemTime::now(), None),
+        Err(RaTlsError::Quote(_))
+    ));
+}
