@@ -4,14 +4,20 @@
 //! per-file writes could leave after a crash (dstack PRs #873, #1268) — and
 //! a second bootstrap finds the file and is refused.
 //!
-//! The directory is the KMS CVM's own disk, which the guest seals with its
-//! key provider; this module never sees that key and never logs a secret.
+//! In a KMS CVM the file is sealed: AES-256-GCM under a key the CVM's guest
+//! API derives for the KMS (bound to its measurements under
+//! `key_provider = local`), so the host that holds the disk reads nothing
+//! and cannot plant keys of its own: a sealed store refuses an unsealed
+//! file. On a development host the file is plain JSON (0600). This module
+//! never logs a secret.
 
 use std::path::{Path, PathBuf};
 
 use dstack_keys::KmsRootKeys;
+use dstack_proto::kms::BootstrapResponse;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// The root-keys file inside the KMS state directory.
 pub const ROOT_KEYS_FILE: &str = "root-keys.json";
@@ -39,6 +45,22 @@ pub enum KeyStoreError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The sealed file does not open with this CVM's sealing key.
+    #[error("the root keys in {} do not unseal with this CVM's key (another CVM's, or altered)", path.display())]
+    Unseal {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Sealed keys on a host, or unsealed keys in a CVM.
+    #[error("the root keys in {} are {found}, but this KMS {expected}", path.display())]
+    SealMismatch {
+        /// The file.
+        path: PathBuf,
+        /// What the file holds.
+        found: &'static str,
+        /// What this KMS requires.
+        expected: &'static str,
     },
     /// A stored or imported key is unusable.
     #[error("{what} is invalid: {reason}")]
@@ -116,6 +138,11 @@ impl RootKeys {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredKeys {
+    /// The bootstrap answer (public keys and their attestation), kept with
+    /// the keys so both are written in one step; absent for onboarded or
+    /// imported keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bootstrap_info: Option<BootstrapResponse>,
     /// Root CA key, PKCS#8 PEM.
     root_ca_key: String,
     /// Root k256 key, hex.
@@ -124,10 +151,42 @@ struct StoredKeys {
     temp_ca_key: String,
 }
 
+/// The sealed form of the file: nonce and AES-256-GCM ciphertext of the
+/// [`StoredKeys`] JSON, with [`SEAL_AAD`] as associated data.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedKeys {
+    #[serde(with = "hex")]
+    nonce: Vec<u8>,
+    #[serde(with = "hex")]
+    ciphertext: Vec<u8>,
+}
+
+/// What the file holds: sealed (in a CVM) or plain (on a host).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum OnDisk {
+    Sealed { sealed: SealedKeys },
+    Plain(StoredKeys),
+}
+
+/// Associated data of the sealed file: names what the ciphertext is.
+const SEAL_AAD: &[u8] = b"dstack-kms root keys v1";
+
 /// The KMS state directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KeyStore {
     dir: PathBuf,
+    seal_key: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("dir", &self.dir)
+            .field("sealed", &self.seal_key.is_some())
+            .finish()
+    }
 }
 
 /// Where a test may make a write fail, to check that no half state remains.
@@ -154,7 +213,20 @@ impl KeyStore {
             })?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            seal_key: None,
         })
+    }
+
+    /// Seal the root keys with `key` (the KMS CVM's sealing key): stored
+    /// keys are encrypted, and only sealed keys are loaded.
+    pub fn sealed_with(mut self, key: Zeroizing<[u8; 32]>) -> Self {
+        self.seal_key = Some(key);
+        self
+    }
+
+    /// Whether this store seals its keys.
+    pub fn is_sealed(&self) -> bool {
+        self.seal_key.is_some()
     }
 
     /// The root-keys file.
@@ -184,11 +256,7 @@ impl KeyStore {
             }
         };
         let what = path.display().to_string();
-        let stored: StoredKeys =
-            serde_json::from_str(&text).map_err(|e| KeyStoreError::InvalidKey {
-                what: what.clone(),
-                reason: e.to_string(),
-            })?;
+        let stored = self.open_file(&path, &text)?;
         let pem = |text: &str, name: &str| {
             p256::SecretKey::from_pkcs8_pem(text).map_err(|e| KeyStoreError::InvalidKey {
                 what: format!("{what}: {name}"),
@@ -206,15 +274,67 @@ impl KeyStore {
         })
     }
 
+    /// The bootstrap answer stored with the keys (`None` for keys that were
+    /// onboarded or imported, or when there are no keys).
+    pub fn bootstrap_info(&self) -> Result<Option<BootstrapResponse>, KeyStoreError> {
+        let path = self.path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(self.open_file(&path, &text)?.bootstrap_info),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(KeyStoreError::Io {
+                operation: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    fn open_file(&self, path: &Path, text: &str) -> Result<StoredKeys, KeyStoreError> {
+        let invalid = |reason: String| KeyStoreError::InvalidKey {
+            what: path.display().to_string(),
+            reason,
+        };
+        let on_disk: OnDisk = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        match (on_disk, &self.seal_key) {
+            (OnDisk::Plain(stored), None) => Ok(stored),
+            (OnDisk::Sealed { sealed }, Some(key)) => {
+                let plain = unseal(key, &sealed).ok_or_else(|| KeyStoreError::Unseal {
+                    path: path.to_path_buf(),
+                })?;
+                serde_json::from_slice(&plain).map_err(|e| invalid(e.to_string()))
+            }
+            (OnDisk::Plain(_), Some(_)) => Err(KeyStoreError::SealMismatch {
+                path: path.to_path_buf(),
+                found: "not sealed",
+                expected: "runs in a CVM and accepts only keys sealed by it",
+            }),
+            (OnDisk::Sealed { .. }, None) => Err(KeyStoreError::SealMismatch {
+                path: path.to_path_buf(),
+                found: "sealed to a CVM",
+                expected: "has no sealing key (run it in its CVM, with --guest-api)",
+            }),
+        }
+    }
+
     /// Stores `keys` once: refused if keys exist; all or nothing.
     pub fn store_new(&self, keys: &RootKeys) -> Result<(), KeyStoreError> {
-        self.store_new_with_fault(keys, None)
+        self.store_new_with_fault(keys, None, None)
+    }
+
+    /// Stores bootstrapped `keys` with their bootstrap answer, in one write.
+    pub fn store_bootstrapped(
+        &self,
+        keys: &RootKeys,
+        info: &BootstrapResponse,
+    ) -> Result<(), KeyStoreError> {
+        self.store_new_with_fault(keys, Some(info), None)
     }
 
     /// [`KeyStore::store_new`], failing at `fault` (for crash tests).
     pub fn store_new_with_fault(
         &self,
         keys: &RootKeys,
+        bootstrap_info: Option<&BootstrapResponse>,
         fault: Option<FaultPoint>,
     ) -> Result<(), KeyStoreError> {
         let path = self.path();
@@ -238,16 +358,18 @@ impl KeyStore {
                 })
         };
         let stored = StoredKeys {
+            bootstrap_info: bootstrap_info.cloned(),
             root_ca_key: pem(keys.root.ca_key(), "root CA key")?,
             root_k256_key: hex::encode(&keys.root.k256_key()[..]),
             temp_ca_key: pem(&keys.temp_ca_key, "temp CA key")?,
         };
-        let bytes = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&stored).map_err(|e| {
-            KeyStoreError::InvalidKey {
-                what: "root keys".into(),
-                reason: e.to_string(),
-            }
-        })?);
+        let plain = Zeroizing::new(to_json(&stored)?);
+        let bytes = match &self.seal_key {
+            None => plain,
+            Some(key) => Zeroizing::new(to_json(&OnDisk::Sealed {
+                sealed: seal(key, &plain)?,
+            })?),
+        };
         if fault == Some(FaultPoint::BeforeRename) {
             // What a crash between writing and renaming leaves: a stray
             // temporary file next to no keys.
@@ -265,6 +387,49 @@ impl KeyStore {
             source,
         })
     }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, KeyStoreError> {
+    serde_json::to_vec_pretty(value).map_err(|e| KeyStoreError::InvalidKey {
+        what: "root keys".into(),
+        reason: e.to_string(),
+    })
+}
+
+fn seal(key: &[u8; 32], plain: &[u8]) -> Result<SealedKeys, KeyStoreError> {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let failed = |reason: &str| KeyStoreError::InvalidKey {
+        what: "sealing key".into(),
+        reason: reason.into(),
+    };
+    let mut nonce = [0u8; 12];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    let key = LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, key).map_err(|_| failed("not an AES-256 key"))?,
+    );
+    let mut buffer = plain.to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(SEAL_AAD),
+        &mut buffer,
+    )
+    .map_err(|_| failed("encryption failed"))?;
+    Ok(SealedKeys {
+        nonce: nonce.to_vec(),
+        ciphertext: buffer,
+    })
+}
+
+fn unseal(key: &[u8; 32], sealed: &SealedKeys) -> Option<Zeroizing<Vec<u8>>> {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).ok()?);
+    let nonce = Nonce::try_assume_unique_for_key(&sealed.nonce).ok()?;
+    let mut buffer = Zeroizing::new(sealed.ciphertext.clone());
+    let plain = key
+        .open_in_place(nonce, Aad::from(SEAL_AAD), &mut buffer)
+        .ok()?
+        .to_vec();
+    Some(Zeroizing::new(plain))
 }
 
 fn read_to_string(path: &Path) -> Result<String, KeyStoreError> {
@@ -324,7 +489,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let store = KeyStore::open(dir.path()).unwrap();
             let keys = RootKeys::generate().unwrap();
-            assert!(store.store_new_with_fault(&keys, Some(fault)).is_err());
+            assert!(
+                store
+                    .store_new_with_fault(&keys, None, Some(fault))
+                    .is_err()
+            );
             assert!(!store.has_keys(), "{fault:?}");
             assert!(matches!(store.load(), Err(KeyStoreError::NotBootstrapped)));
             // Bootstrap can run again and then serves all keys.
@@ -365,6 +534,56 @@ mod tests {
         std::fs::write(dir.path().join("root-ca.key"), "not a key").unwrap();
         let err = RootKeys::from_upstream_dir(dir.path()).unwrap_err();
         assert!(err.to_string().contains("root-ca.key"), "{err}");
+    }
+
+    #[test]
+    fn sealed_keys_open_only_with_their_key_and_never_mix_with_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Zeroizing::new([0x33; 32]);
+        let store = KeyStore::open(dir.path()).unwrap().sealed_with(key.clone());
+        let keys = RootKeys::generate().unwrap();
+        let info = BootstrapResponse {
+            ca_pubkey: vec![1, 2],
+            k256_pubkey: keys.root.k256_public_key().to_vec(),
+            attestation: vec![3],
+        };
+        store.store_bootstrapped(&keys, &info).unwrap();
+        let text = std::fs::read_to_string(store.path()).unwrap();
+        assert!(text.contains("\"sealed\""), "{text}");
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        assert!(!text.contains(&hex::encode(&keys.root.k256_key()[..])));
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.root.k256_public_key(), keys.root.k256_public_key());
+        assert_eq!(store.bootstrap_info().unwrap(), Some(info));
+
+        // Another CVM's key (or an altered file) does not open it.
+        let other = KeyStore::open(dir.path())
+            .unwrap()
+            .sealed_with(Zeroizing::new([0x34; 32]));
+        assert!(matches!(other.load(), Err(KeyStoreError::Unseal { .. })));
+        let mut altered: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ct = altered["sealed"]["ciphertext"].as_str().unwrap().to_owned();
+        let flipped = format!("{}{}", if &ct[..1] == "0" { "1" } else { "0" }, &ct[1..]);
+        altered["sealed"]["ciphertext"] = flipped.into();
+        std::fs::write(store.path(), altered.to_string()).unwrap();
+        assert!(matches!(store.load(), Err(KeyStoreError::Unseal { .. })));
+        std::fs::write(store.path(), &text).unwrap();
+
+        // A host cannot read sealed keys, and a CVM refuses plain ones
+        // (which the host could have planted).
+        let plain = KeyStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            plain.load(),
+            Err(KeyStoreError::SealMismatch { .. })
+        ));
+        let planted = tempfile::tempdir().unwrap();
+        KeyStore::open(planted.path())
+            .unwrap()
+            .store_new(&RootKeys::generate().unwrap())
+            .unwrap();
+        let cvm = KeyStore::open(planted.path()).unwrap().sealed_with(key);
+        let err = cvm.load().unwrap_err();
+        assert!(err.to_string().contains("not sealed"), "{err}");
     }
 
     #[test]

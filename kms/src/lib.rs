@@ -7,6 +7,7 @@
 //! - [`auth`]: authorisation backends (policy file, auth webhook, KmsAuth contract).
 //! - [`service`]: the KMS methods, transport-free, with [`metrics`].
 //! - [`server`]: the methods over HTTPS at upstream's pRPC paths.
+//! - [`tee`]: what the KMS asks of the CVM it runs in (sealing key, evidence).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -16,5 +17,6 @@ pub mod keystore;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod tee;
 
 pub use service::{Kms, KmsError};

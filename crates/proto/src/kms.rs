@@ -214,6 +214,34 @@ pub struct OnboardResponse {
     pub k256_pubkey: Vec<u8>,
 }
 
+/// `Onboard.GetAttestationInfo` answer: what an operator registers in
+/// KmsAuth (`addKmsAggregatedMr`, `addKmsDevice`, `addOsImageHash`) before
+/// bootstrapping or onboarding this KMS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AttestationInfoResponse {
+    /// The device id (32 bytes).
+    #[serde(with = "hex_bytes")]
+    pub device_id: Vec<u8>,
+    /// The aggregated measurement (32 bytes).
+    #[serde(with = "hex_bytes")]
+    pub mr_aggregated: Vec<u8>,
+    /// The OS image hash from the VM config (32 bytes, or empty).
+    #[serde(with = "hex_bytes")]
+    pub os_image_hash: Vec<u8>,
+    /// `dstack-tdx`.
+    pub tee_variant: String,
+    /// The operator's name for this site (may be empty).
+    pub site_name: String,
+    /// The chain the auth backend reads (empty if none).
+    pub eth_rpc_url: String,
+    /// The KmsAuth contract (empty if none).
+    pub kms_contract_address: String,
+    /// The platform's raw device identity (PPID; empty on the sim TEE).
+    #[serde(with = "hex_bytes")]
+    pub ppid: Vec<u8>,
+}
+
 /// What the KMS tells its auth backend about a booting app or KMS
 /// (upstream's `PolicyBootInfo`; camelCase JSON, hex without `0x`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
