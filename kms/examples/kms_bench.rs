@@ -67,7 +67,14 @@ async fn main() {
         AuthBackend::Policy(policy),
     )
     .unwrap();
-    let tls = Arc::new(kms.rpc_server_config("kms.bench", None).unwrap());
+    let tls = Arc::new(
+        kms.rpc_server_config(
+            &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+            "kms.bench",
+            None,
+        )
+        .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     tokio::spawn(dstack_kms::server::serve(listener, Arc::new(kms), tls));

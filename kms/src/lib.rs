@@ -4,8 +4,10 @@
 //!
 //! - [`keystore`]: the root keys on disk, written once, all or nothing.
 //! - [`boot_info`]: a caller's boot info from its verified evidence.
+//! - [`evidence`]: one check of quotes, event logs and key bindings.
 //! - [`auth`]: authorisation backends (policy file, auth webhook, KmsAuth contract).
 //! - [`service`]: the KMS methods, transport-free, with [`metrics`].
+//! - [`onboard`]: bootstrap or onboard a KMS without keys.
 //! - [`server`]: the methods over HTTPS at upstream's pRPC paths.
 //! - [`tee`]: what the KMS asks of the CVM it runs in (sealing key, evidence).
 #![forbid(unsafe_code)]
@@ -13,8 +15,10 @@
 
 pub mod auth;
 pub mod boot_info;
+pub mod evidence;
 pub mod keystore;
 pub mod metrics;
+pub mod onboard;
 pub mod server;
 pub mod service;
 pub mod tee;

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::onboard::Onboarding;
 use crate::{Kms, KmsError};
 
 /// The largest request body accepted.
@@ -66,67 +67,201 @@ pub async fn serve(listener: TcpListener, kms: Arc<Kms>, tls: Arc<rustls::Server
     }
 }
 
+/// Serves `onboarding` over plain HTTP on `listener` until `Finish`
+/// succeeds; returns the listener for the KMS API. Connections still open
+/// then are dropped.
+pub async fn serve_onboarding(listener: TcpListener, onboarding: Arc<Onboarding>) -> TcpListener {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = onboarding.finished() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                eprintln!("dstack-kms: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let onboarding = onboarding.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let onboarding = onboarding.clone();
+                async move { Ok::<_, Infallible>(handle_onboarding(&onboarding, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+    // Let the `Finish` answer go out before the connections are dropped.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    connections.abort_all();
+    listener
+}
+
+/// One onboarding request.
+pub async fn handle_onboarding(
+    onboarding: &Onboarding,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/" {
+        let body = serde_json::json!({
+            "status": "onboarding",
+            "methods": ["Bootstrap", "Onboard", "GetAttestationInfo", "Finish"],
+        });
+        return response(
+            StatusCode::OK,
+            "application/json",
+            body.to_string().into_bytes(),
+        );
+    }
+    let call = match PrpcCall::read(req, "Onboard").await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    let result = match call.method.as_str() {
+        "Bootstrap" => match call.args() {
+            Ok(request) => onboarding.bootstrap(&request).await.map(|r| to_json(&r)),
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        },
+        "Onboard" => match call.args() {
+            Ok(request) => onboarding.onboard(&request).await.map(|r| to_json(&r)),
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        },
+        "GetAttestationInfo" => onboarding.attestation_info().await.map(|r| to_json(&r)),
+        "Finish" => onboarding.finish().map(|()| b"{}".to_vec()),
+        _ => return call.not_found(),
+    };
+    match result {
+        Ok(body) => response(StatusCode::OK, "application/json", body),
+        Err(e) => {
+            eprintln!(
+                "dstack-kms: {} refused: {}",
+                call.method,
+                dstack_proto::error_chain(&e)
+            );
+            error(StatusCode::BAD_REQUEST, dstack_proto::error_chain(&e))
+        }
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
+}
+
 /// One request: the answer's status and JSON (or text) body.
 pub async fn handle(
     kms: &Kms,
     client_cert: Option<&[u8]>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_owned();
-    if path == "/metrics" {
+    if req.uri().path() == "/metrics" {
         return response(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             kms.metrics().render().into_bytes(),
         );
     }
-    let get = match *req.method() {
-        Method::GET => true,
-        Method::POST => false,
-        _ => return error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST".into()),
+    let call = match PrpcCall::read(req, "KMS").await {
+        Ok(call) => call,
+        Err(response) => return response,
     };
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let json_query = query.split('&').any(|p| p == "json");
-    let json_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-            );
-        }
-    };
-    if !get && !json_query && !json_type && !body.iter().all(u8::is_ascii_whitespace) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "protobuf bodies are not supported: send JSON (add ?json or Content-Type: application/json)"
-                .into(),
-        );
-    }
-    let query = query
-        .split('&')
-        .filter(|p| *p != "json")
-        .collect::<Vec<_>>()
-        .join("&");
-    let Some(method) = dstack_proto::prpc::method_name(&path, "KMS") else {
-        return error(StatusCode::NOT_FOUND, format!("no method at {path}"));
-    };
-    match call(kms, client_cert, method, get, &query, &body).await {
+    match dispatch(kms, client_cert, &call).await {
         Ok(body) => response(StatusCode::OK, "application/json", body),
-        Err(Failure::NotFound) => error(StatusCode::NOT_FOUND, format!("no method at {path}")),
+        Err(Failure::NotFound) => call.not_found(),
         Err(Failure::BadArgs(message)) => {
-            kms.metrics().record(static_name(method), "bad_request");
+            kms.metrics()
+                .record(static_name(&call.method), "bad_request");
             error(StatusCode::BAD_REQUEST, message)
         }
         Err(Failure::Kms(e)) => error(StatusCode::BAD_REQUEST, dstack_proto::error_chain(&e)),
+    }
+}
+
+/// A pRPC call as upstream's clients send it: `/prpc/<Service>.<Method>`
+/// or `/prpc/<Method>`, a JSON body (`?json` or a JSON content type) or a
+/// GET query string.
+#[derive(Debug)]
+pub(crate) struct PrpcCall {
+    path: String,
+    /// The method name.
+    pub(crate) method: String,
+    get: bool,
+    query: String,
+    body: Bytes,
+}
+
+impl PrpcCall {
+    /// Reads `req` addressed to `service`; a refusal is the error answer.
+    pub(crate) async fn read(
+        req: Request<Incoming>,
+        service: &str,
+    ) -> Result<Self, Response<Full<Bytes>>> {
+        let path = req.uri().path().to_owned();
+        let get = match *req.method() {
+            Method::GET => true,
+            Method::POST => false,
+            _ => {
+                return Err(error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "use GET or POST".into(),
+                ));
+            }
+        };
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let json_query = query.split('&').any(|p| p == "json");
+        let json_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                ));
+            }
+        };
+        if !get && !json_query && !json_type && !body.iter().all(u8::is_ascii_whitespace) {
+            return Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "protobuf bodies are not supported: send JSON (add ?json or Content-Type: application/json)"
+                    .into(),
+            ));
+        }
+        let query = query
+            .split('&')
+            .filter(|p| *p != "json")
+            .collect::<Vec<_>>()
+            .join("&");
+        let Some(method) = dstack_proto::prpc::method_name(&path, service) else {
+            return Err(error(StatusCode::NOT_FOUND, format!("no method at {path}")));
+        };
+        Ok(Self {
+            method: method.to_owned(),
+            path,
+            get,
+            query,
+            body,
+        })
+    }
+
+    /// The call's arguments.
+    pub(crate) fn args<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        dstack_proto::prpc::decode_args(self.get, &self.query, &self.body)
+    }
+
+    /// The answer to a method this service does not have.
+    pub(crate) fn not_found(&self) -> Response<Full<Bytes>> {
+        error(StatusCode::NOT_FOUND, format!("no method at {}", self.path))
     }
 }
 
@@ -142,30 +277,32 @@ impl From<KmsError> for Failure {
     }
 }
 
-async fn call(
+async fn dispatch(
     kms: &Kms,
     client_cert: Option<&[u8]>,
-    method: &str,
-    get: bool,
-    query: &str,
-    body: &[u8],
+    call: &PrpcCall,
 ) -> Result<Vec<u8>, Failure> {
-    match method {
+    match call.method.as_str() {
         "GetMeta" => json(&kms.get_meta().await?),
         "GetTempCaCert" => json(&kms.get_temp_ca_cert()?),
         "GetAppEnvEncryptPubKey" => {
-            let request =
-                dstack_proto::prpc::decode_args(get, query, body).map_err(Failure::BadArgs)?;
+            let request = call.args().map_err(Failure::BadArgs)?;
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             json(&kms.get_app_env_encrypt_pub_key(&request, now)?)
         }
         "GetAppKey" => {
-            let request =
-                dstack_proto::prpc::decode_args(get, query, body).map_err(Failure::BadArgs)?;
+            let request = call.args().map_err(Failure::BadArgs)?;
             json(
                 &kms.get_app_key(client_cert, &request, SystemTime::now())
+                    .await?,
+            )
+        }
+        "GetKmsKey" => {
+            let request = call.args().map_err(Failure::BadArgs)?;
+            json(
+                &kms.get_kms_key(client_cert, &request, SystemTime::now())
                     .await?,
             )
         }
@@ -178,6 +315,7 @@ fn static_name(method: &str) -> &'static str {
     match method {
         "GetAppEnvEncryptPubKey" => "GetAppEnvEncryptPubKey",
         "GetAppKey" => "GetAppKey",
+        "GetKmsKey" => "GetKmsKey",
         _ => "other",
     }
 }
@@ -186,13 +324,13 @@ fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, Failure> {
     serde_json::to_vec(value).map_err(|e| Failure::Kms(KmsError::Internal(e.to_string())))
 }
 
-fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+pub(crate) fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(&dstack_proto::ApiError::new(message))
         .unwrap_or_else(|_| b"{\"error\":\"unprintable error\"}".to_vec());
     response(status, "application/json", body)
 }
 
-fn response(
+pub(crate) fn response(
     status: StatusCode,
     content_type: &'static str,
     body: Vec<u8>,

@@ -5,8 +5,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dstack_proto::kms::{
-    AppId, AppKeyResponse, BootInfo, GetAppKeyRequest, GetMetaResponse, GetTempCaCertResponse,
-    PublicKeyResponse,
+    AppId, AppKeyResponse, BootInfo, BootstrapResponse, GetAppKeyRequest, GetKmsKeyRequest,
+    GetMetaResponse, GetTempCaCertResponse, KmsKeyResponse, KmsKeys, PublicKeyResponse,
 };
 use dstack_ra_tls::{CertRequest, RaTlsCert, RaTlsError, RaTlsVerifier, VerifiedPeer, pem};
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
@@ -14,6 +14,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::auth::{AuthBackend, AuthError};
 use crate::boot_info::{BootInfoError, MeasuredAt, boot_info};
+use crate::evidence::EvidenceChecker;
 use crate::keystore::RootKeys;
 use crate::metrics::Metrics;
 
@@ -99,9 +100,9 @@ pub struct Kms {
     ca_cert_pem: String,
     ca_spki: Vec<u8>,
     temp_ca_cert_pem: String,
-    verifier: RaTlsVerifier,
-    collateral: Option<dstack_attest::pccs::CollateralCache>,
+    evidence: EvidenceChecker,
     auth: AuthBackend,
+    bootstrap_info: Option<BootstrapResponse>,
     freshness: Duration,
     metrics: Metrics,
 }
@@ -115,10 +116,19 @@ impl std::fmt::Debug for Kms {
 }
 
 impl Kms {
-    /// A KMS serving `keys`, checking callers with `verifier` and `policy`.
+    /// A KMS serving `keys`, checking callers with `verifier` and `auth`.
     pub fn new(
         keys: RootKeys,
         verifier: RaTlsVerifier,
+        auth: AuthBackend,
+    ) -> Result<Self, KmsError> {
+        Self::with_checker(keys, EvidenceChecker::new(verifier), auth)
+    }
+
+    /// A KMS serving `keys`, checking callers with `evidence` and `auth`.
+    pub fn with_checker(
+        keys: RootKeys,
+        evidence: EvidenceChecker,
         auth: AuthBackend,
     ) -> Result<Self, KmsError> {
         let root = ca_cert(keys.root.ca_key(), "Dstack KMS CA", 1)?;
@@ -130,9 +140,9 @@ impl Kms {
             ca_spki,
             temp_ca_cert_pem: pem("CERTIFICATE", &temp.cert_der),
             keys,
-            verifier,
-            collateral: None,
+            evidence,
             auth,
+            bootstrap_info: None,
             freshness: DEFAULT_FRESHNESS,
             metrics: Metrics::default(),
         })
@@ -141,7 +151,13 @@ impl Kms {
     /// Fetch collateral for callers' quotes from a PCCS (cached until its
     /// next update) instead of the verifier's fixed collateral.
     pub fn with_pccs(mut self, cache: dstack_attest::pccs::CollateralCache) -> Self {
-        self.collateral = Some(cache);
+        self.evidence = self.evidence.with_pccs(cache);
+        self
+    }
+
+    /// The bootstrap answer `GetMeta` reports (for a bootstrapped KMS).
+    pub fn with_bootstrap_info(mut self, info: Option<BootstrapResponse>) -> Self {
+        self.bootstrap_info = info;
         self
     }
 
@@ -162,12 +178,14 @@ impl Kms {
         &self.ca_cert_der
     }
 
-    /// The TLS configuration of the KMS RPC endpoint: a fresh key with a
+    /// The TLS configuration of the KMS RPC endpoint: `key` with a
     /// certificate for `domain` (special usage `kms:rpc`, which guests
-    /// require) signed by the root CA, carrying `attestation` (`.8`) when the
+    /// require) signed by the root CA, carrying `attestation` (`.8`, bound
+    /// to `key` as [`dstack_ra_tls::report_data_for_spki`] says) when the
     /// KMS runs in a TEE; chain `[rpc, root CA]`.
     pub fn rpc_server_config(
         &self,
+        key: &rcgen::KeyPair,
         domain: &str,
         attestation: Option<Vec<u8>>,
     ) -> Result<rustls::ServerConfig, KmsError> {
@@ -180,15 +198,13 @@ impl Kms {
             .map_err(|e| internal(&e))?;
         let issuer = dstack_ra_tls::CertIssuer::new(self.ca_cert_der.clone(), root_key.as_bytes())
             .map_err(|e| internal(&e))?;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| internal(&e))?;
         let mut request = CertRequest::new(domain);
         request.alt_names = vec![domain.to_owned()];
         request.usage = Some(RPC_USAGE.to_owned());
         request.client_auth = false;
         request.attestation = attestation;
         let cert =
-            RaTlsCert::build(&key, &request, None, Some(&issuer)).map_err(|e| internal(&e))?;
+            RaTlsCert::build(key, &request, None, Some(&issuer)).map_err(|e| internal(&e))?;
         dstack_ra_tls::deferred_client_auth_server_config(
             vec![cert.cert_der, self.ca_cert_der.clone()],
             cert.key_der,
@@ -209,7 +225,7 @@ impl Kms {
             ca_cert: self.ca_cert_pem.clone(),
             allow_any_upgrade: info.is_dev,
             k256_pubkey: self.keys.root.k256_public_key().to_vec(),
-            bootstrap_info: None,
+            bootstrap_info: self.bootstrap_info.clone(),
             is_dev: info.is_dev,
             gateway_app_id: info.gateway_app_id,
             kms_contract_address: info.kms_contract_address,
@@ -304,6 +320,42 @@ impl Kms {
         })
     }
 
+    /// `GetKmsKey`: the root keys, for a replica KMS whose RA-TLS client
+    /// certificate verifies and whose boot the backend allows as a KMS
+    /// (`/bootAuth/kms`, KmsAuth `isKmsAllowed`).
+    pub async fn get_kms_key(
+        &self,
+        client_cert: Option<&[u8]>,
+        request: &GetKmsKeyRequest,
+        at: SystemTime,
+    ) -> Result<KmsKeyResponse, KmsError> {
+        let result = self.kms_key(client_cert, request, at).await;
+        self.count("GetKmsKey", result)
+    }
+
+    async fn kms_key(
+        &self,
+        client_cert: Option<&[u8]>,
+        request: &GetKmsKeyRequest,
+        at: SystemTime,
+    ) -> Result<KmsKeyResponse, KmsError> {
+        self.authorise(client_cert, &request.vm_config, at, true)
+            .await?;
+        let internal = |e: &dyn std::fmt::Display| KmsError::Internal(e.to_string());
+        let pem = |key: &p256::SecretKey| {
+            key.to_pkcs8_pem(LineEnding::LF)
+                .map(|p| p.to_string())
+                .map_err(|e| internal(&e))
+        };
+        Ok(KmsKeyResponse {
+            temp_ca_key: pem(&self.keys.temp_ca_key)?,
+            keys: vec![KmsKeys {
+                ca_key: pem(self.keys.root.ca_key())?,
+                k256_key: self.keys.root.k256_key().to_vec(),
+            }],
+        })
+    }
+
     /// Verifies the caller and asks the backend; returns its boot info and
     /// gateway app id.
     async fn authorise(
@@ -315,11 +367,7 @@ impl Kms {
     ) -> Result<(BootInfo, String), KmsError> {
         let cert = client_cert.ok_or(KmsError::NoClientCertificate)?;
         self.check_fresh(cert, at)?;
-        let collateral = match &self.collateral {
-            Some(cache) => Some(cache.get(&dstack_ra_tls::certificate_quote(cert)?).await?),
-            None => None,
-        };
-        let peer: VerifiedPeer = self.verifier.verify_cert_with(cert, at, collateral)?;
+        let peer: VerifiedPeer = self.evidence.verify_cert(cert, at).await?;
         let info = boot_info(&peer, vm_config, MeasuredAt::Now)?;
         let verdict = self.auth.decide(&info, is_kms).await?;
         if !verdict.is_allowed {

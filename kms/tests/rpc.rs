@@ -59,7 +59,14 @@ async fn start(authority: &Arc<SimAuthority>, td: &SimPlatform) -> Server {
     ))
     .unwrap();
     let kms = Kms::new(keys, verifier, AuthBackend::Policy(policy)).unwrap();
-    let tls = Arc::new(kms.rpc_server_config("kms.test", None).unwrap());
+    let tls = Arc::new(
+        kms.rpc_server_config(
+            &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+            "kms.test",
+            None,
+        )
+        .unwrap(),
+    );
     let root_der = kms.ca_cert_der().to_vec();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

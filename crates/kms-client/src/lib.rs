@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dstack_attest::Platform;
-use dstack_proto::kms::{AppKeyResponse, GetAppKeyRequest, GetMetaResponse, GetTempCaCertResponse};
+use dstack_proto::kms::{
+    AppKeyResponse, GetAppKeyRequest, GetKmsKeyRequest, GetMetaResponse, GetTempCaCertResponse,
+    KmsKeyResponse,
+};
 use dstack_ra_tls::{CertIssuer, CertRequest, Evidence, RaTlsCert, pem_certificate};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
@@ -171,6 +174,30 @@ impl KmsClient {
         Ok(keys)
     }
 
+    /// `GetKmsKey` (a replica KMS fetching the root keys) presenting
+    /// `client` to a server signed by `root`. Returns the keys and the
+    /// server's RPC certificate (DER), whose evidence the replica checks
+    /// before it stores anything.
+    pub async fn kms_keys_with(
+        &self,
+        root: &KmsRoot,
+        client: &RaTlsCert,
+        vm_config: &str,
+    ) -> Result<(KmsKeyResponse, Vec<u8>), ClientError> {
+        let config = dstack_ra_tls::pinned_root_client_config(
+            &root.cert_der,
+            RPC_USAGE,
+            Some((vec![client.cert_der.clone()], client.key_der.clone())),
+        )?;
+        let request = GetKmsKeyRequest {
+            vm_config: vm_config.to_owned(),
+        };
+        let (keys, server_cert) = self.call_with_peer(config, "GetKmsKey", &request).await?;
+        let server_cert =
+            server_cert.ok_or_else(|| self.garbage("the server presented no certificate"))?;
+        Ok((keys, server_cert))
+    }
+
     fn root_of(&self, pem: &str) -> Result<KmsRoot, ClientError> {
         let cert_der =
             pem_certificate(pem).ok_or_else(|| self.garbage("ca_cert is not a PEM certificate"))?;
@@ -193,6 +220,16 @@ impl KmsClient {
         method: &str,
         request: &Q,
     ) -> Result<A, ClientError> {
+        Ok(self.call_with_peer(config, method, request).await?.0)
+    }
+
+    /// One call; returns the answer and the server's leaf certificate.
+    async fn call_with_peer<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        config: rustls::ClientConfig,
+        method: &str,
+        request: &Q,
+    ) -> Result<(A, Option<Vec<u8>>), ClientError> {
         tokio::time::timeout(CALL_TIMEOUT, self.call_inner(config, method, request))
             .await
             .map_err(|_| self.transport(format!("{method} timed out after {CALL_TIMEOUT:?}")))?
@@ -203,7 +240,7 @@ impl KmsClient {
         config: rustls::ClientConfig,
         method: &str,
         request: &Q,
-    ) -> Result<A, ClientError> {
+    ) -> Result<(A, Option<Vec<u8>>), ClientError> {
         let tcp = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|e| self.transport(e.to_string()))?;
@@ -213,6 +250,12 @@ impl KmsClient {
             .connect(name, tcp)
             .await
             .map_err(|e| self.transport(format!("TLS: {e}")))?;
+        let server_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.as_ref().to_vec());
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -248,7 +291,9 @@ impl KmsClient {
                 message,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| self.garbage(&format!("{method}: {e}")))
+        let answer =
+            serde_json::from_slice(&bytes).map_err(|e| self.garbage(&format!("{method}: {e}")))?;
+        Ok((answer, server_cert))
     }
 
     fn transport(&self, reason: String) -> ClientError {
@@ -271,6 +316,27 @@ pub fn check_pin(root: &KmsRoot, pinned: &[u8]) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// The key of a client certificate, made before its evidence: the evidence
+/// (a quote, or a guest API attestation) must bind [`ClientKey::report_data`].
+#[derive(Debug)]
+pub struct ClientKey(rcgen::KeyPair);
+
+impl ClientKey {
+    /// A fresh P-256 key.
+    pub fn generate() -> Result<Self, ClientError> {
+        Ok(Self(
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(dstack_ra_tls::RaTlsError::from)?,
+        ))
+    }
+
+    /// The report_data that binds this key (RA-TLS, UPSTREAM §6).
+    pub fn report_data(&self) -> [u8; 64] {
+        use rcgen::PublicKeyData;
+        dstack_ra_tls::report_data_for_spki(&self.0.subject_public_key_info())
+    }
+}
+
 /// An RA-TLS client certificate for a fresh key, issued now, quoted on
 /// `platform`, signed by the KMS's temporary CA (upstream's flow; the KMS
 /// trusts the quote, not the CA).
@@ -279,18 +345,8 @@ pub fn client_certificate(
     temp: &GetTempCaCertResponse,
     vm_config: &str,
 ) -> Result<RaTlsCert, ClientError> {
-    use p256::pkcs8::DecodePrivateKey;
-    use rcgen::PublicKeyData;
-    let bad = |what: &str| dstack_ra_tls::RaTlsError::Certificate(what.to_owned());
-    let temp_cert = pem_certificate(&temp.temp_ca_cert).ok_or_else(|| bad("temp_ca_cert"))?;
-    let temp_key = p256::SecretKey::from_pkcs8_pem(&temp.temp_ca_key)
-        .map_err(|_| bad("temp_ca_key is not a P-256 PKCS#8 key"))?;
-    let temp_key_der =
-        p256::pkcs8::EncodePrivateKey::to_pkcs8_der(&temp_key).map_err(|_| bad("temp_ca_key"))?;
-    let issuer = CertIssuer::new(temp_cert, temp_key_der.as_bytes())?;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(dstack_ra_tls::RaTlsError::from)?;
-    let report_data = dstack_ra_tls::report_data_for_spki(&key.subject_public_key_info());
+    let key = ClientKey::generate()?;
+    let report_data = key.report_data();
     let evidence = Evidence {
         quote: platform
             .quote(&report_data)
@@ -301,20 +357,44 @@ pub fn client_certificate(
         vm_config: vm_config.to_owned(),
         collateral: None,
     };
+    issue_client_certificate(temp, &key, Some(&evidence), None)
+}
+
+/// An RA-TLS client certificate for `key` carrying `attestation` (a
+/// versioned attestation over [`ClientKey::report_data`], e.g. from the
+/// guest API's `Attest`), signed by the KMS's temporary CA.
+pub fn attested_client_certificate(
+    temp: &GetTempCaCertResponse,
+    key: &ClientKey,
+    attestation: Vec<u8>,
+) -> Result<RaTlsCert, ClientError> {
+    issue_client_certificate(temp, key, None, Some(attestation))
+}
+
+fn issue_client_certificate(
+    temp: &GetTempCaCertResponse,
+    key: &ClientKey,
+    evidence: Option<&Evidence>,
+    attestation: Option<Vec<u8>>,
+) -> Result<RaTlsCert, ClientError> {
+    use p256::pkcs8::DecodePrivateKey;
+    let bad = |what: &str| dstack_ra_tls::RaTlsError::Certificate(what.to_owned());
+    let temp_cert = pem_certificate(&temp.temp_ca_cert).ok_or_else(|| bad("temp_ca_cert"))?;
+    let temp_key = p256::SecretKey::from_pkcs8_pem(&temp.temp_ca_key)
+        .map_err(|_| bad("temp_ca_key is not a P-256 PKCS#8 key"))?;
+    let temp_key_der =
+        p256::pkcs8::EncodePrivateKey::to_pkcs8_der(&temp_key).map_err(|_| bad("temp_ca_key"))?;
+    let issuer = CertIssuer::new(temp_cert, temp_key_der.as_bytes())?;
     let mut request = CertRequest::new("dstack-guest-agent");
     request.server_auth = false;
     request.client_auth = true;
+    request.attestation = attestation;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
     // Issued now (minus clock skew): the KMS refuses old certificates.
     request.not_before = Some(now - 60);
-    Ok(RaTlsCert::build(
-        &key,
-        &request,
-        Some(&evidence),
-        Some(&issuer),
-    )?)
+    Ok(RaTlsCert::build(&key.0, &request, evidence, Some(&issuer))?)
 }
 
 #[cfg(test)]
