@@ -20,6 +20,9 @@ deps:
 build:
 	cargo build --locked -p dstack-cli -p dstack-supervisor -p dstack-kms -p dstack-e2e --bins
 	cargo build --locked -p dstack-init --release --target $(MUSL)
+	# The KMS's own image (kms/image.json); a separate build so features
+	# unified with the KMS never change the measured init binary.
+	cargo build --locked -p dstack-kms --release --target $(MUSL)
 
 # The OS image, rebuilt when dstack-init changes (same inputs give the same bytes).
 image: build

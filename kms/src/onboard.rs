@@ -10,13 +10,13 @@
 
 use std::time::SystemTime;
 
+pub use dstack_kms_client::bootstrap_report_data;
 use dstack_kms_client::{ClientKey, KmsClient, attested_client_certificate, check_pin};
 use dstack_proto::kms::{
     AttestationInfoResponse, BootInfo, BootstrapRequest, BootstrapResponse, OnboardRequest,
     OnboardResponse,
 };
 use p256::pkcs8::DecodePrivateKey;
-use sha3::{Digest, Keccak256};
 use tokio::sync::{Mutex, Notify};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -81,20 +81,6 @@ pub struct Onboarding {
     /// One bootstrap or onboarding at a time (upstream's `bootstrap_lock`).
     lock: Mutex<()>,
     finished: Notify,
-}
-
-/// The report_data of a bootstrap answer: Keccak256 of
-/// `dstack-kms-genereted-keys-v1:<hex ca pubkey>;<hex k256 pubkey>;`
-/// (upstream's spelling), zero-padded to 64 bytes.
-pub fn bootstrap_report_data(ca_pubkey: &[u8], k256_pubkey: &[u8]) -> [u8; 64] {
-    let content = format!(
-        "dstack-kms-genereted-keys-v1:{};{};",
-        hex::encode(ca_pubkey),
-        hex::encode(k256_pubkey)
-    );
-    let mut report_data = [0u8; 64];
-    report_data[..32].copy_from_slice(&Keccak256::digest(content.as_bytes()));
-    report_data
 }
 
 impl Onboarding {
@@ -354,13 +340,5 @@ mod tests {
         ] {
             assert!(check_domain(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn bootstrap_report_data_is_upstreams_keccak_padded() {
-        let rd = bootstrap_report_data(&[0xaa, 0xbb], &[0x02, 0x01]);
-        let expected = Keccak256::digest(b"dstack-kms-genereted-keys-v1:aabb;0201;");
-        assert_eq!(rd[..32], expected[..]);
-        assert_eq!(rd[32..], [0u8; 32]);
     }
 }

@@ -26,15 +26,24 @@ fn cache_dir() -> PathBuf {
         .join(".cache/dstack-rs")
 }
 
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("target"))
+}
+
 /// Directory holding the `dstack` and `dstack-supervisor` binaries.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("DSTACK_BIN_DIR") {
         return dir.into();
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("target"));
-    target.join("debug")
+    target_dir().join("debug")
+}
+
+/// Directory holding the static (musl) release binaries that go into
+/// images: `dstack-init`, `dstack-kms`.
+pub fn static_bin_dir() -> PathBuf {
+    target_dir().join("x86_64-unknown-linux-musl/release")
 }
 
 /// Directory of built OS images (`make image` fills it).
@@ -56,13 +65,19 @@ fn require(path: &Path, how: &str) -> anyhow::Result<()> {
 
 /// Build an example's image and push it to the local registry (started if needed).
 pub fn push_example(name: &str) -> anyhow::Result<String> {
+    push_image(&repo_root().join("examples").join(name))
+}
+
+/// Build the image whose `image.json` is in `dir` and push it to the local
+/// registry (started if needed); returns its digest.
+pub fn push_image(dir: &Path) -> anyhow::Result<String> {
     let status = Command::new(repo_root().join("scripts/registry"))
         .arg("start")
         .status()?;
     if !status.success() {
         bail!("the local registry did not start");
     }
-    let (spec, dir) = ImageSpec::load(&repo_root().join("examples").join(name).join("image.json"))?;
+    let (spec, dir) = ImageSpec::load(&dir.join("image.json"))?;
     let image = spec.build(&dir)?;
     image.push("127.0.0.1:5000", &spec.repository, &spec.tag)?;
     Ok(image.digest())

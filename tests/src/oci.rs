@@ -41,6 +41,11 @@ pub struct ImageSpec {
     /// Path in the image → file relative to the spec's directory.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// Path in the image → one of this workspace's binaries, built static
+    /// (`cargo build --release --target x86_64-unknown-linux-musl`; `make
+    /// build` does it), e.g. the KMS's own image.
+    #[serde(default)]
+    pub static_bins: BTreeMap<String, String>,
     /// Default command.
     #[serde(default)]
     pub cmd: Vec<String>,
@@ -238,6 +243,16 @@ impl ImageSpec {
                     != 0;
             let mode = if executable { 0o755 } else { 0o644 };
             tree.insert(path.clone(), Node::File { data, mode });
+        }
+        for (path, name) in &self.static_bins {
+            let src = crate::harness::static_bin_dir().join(name);
+            let data = std::fs::read(&src).with_context(|| {
+                format!(
+                    "cannot read {} (cargo build -p {name} --release --target x86_64-unknown-linux-musl)",
+                    src.display()
+                )
+            })?;
+            tree.insert(path.clone(), Node::File { data, mode: 0o755 });
         }
         for (path, target) in &self.symlinks {
             tree.insert(path.clone(), Node::Symlink(target.clone()));

@@ -160,7 +160,7 @@ fn read_event_log(path: &Path) -> anyhow::Result<Vec<Event>> {
     }
 }
 
-fn read_root(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_root(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = read_input(path)?;
     dstack_ra_tls::certificate_der(&bytes).context("root certificate PEM is not valid base64")
 }

@@ -6,6 +6,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod onboard;
+
+pub use onboard::{OnboardClient, bootstrap_report_data};
+
 use std::sync::Arc;
 use std::time::Duration;
 
