@@ -96,6 +96,7 @@ pub fn free_port() -> u16 {
 pub struct Supervisor {
     pub state: tempfile_dir::TempDir,
     child: Option<Child>,
+    sim_pccs_port: u16,
 }
 
 /// Minimal temp dir (the e2e crate avoids extra dependencies).
@@ -139,9 +140,24 @@ impl Supervisor {
         require(&images_dir(), "make image")?;
         let state = tempfile_dir::TempDir::new(&format!("dstack-e2e-{name}"))?;
         std::os::unix::fs::symlink(images_dir(), state.path().join("images"))?;
-        let mut sup = Self { state, child: None };
+        let mut sup = Self {
+            state,
+            child: None,
+            sim_pccs_port: free_port(),
+        };
         sup.spawn()?;
         Ok(sup)
+    }
+
+    /// The sim PCCS as guests reach it (through their user-net gateway):
+    /// what a KMS in a CVM fetches its callers' collateral from.
+    pub fn guest_pccs_url(&self) -> String {
+        format!("http://10.0.2.2:{}", self.sim_pccs_port)
+    }
+
+    /// The sim PCCS as the host reaches it.
+    pub fn host_pccs_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.sim_pccs_port)
     }
 
     /// The API socket.
@@ -161,7 +177,8 @@ impl Supervisor {
             .arg("--socket")
             .arg(self.socket())
             // Tests run supervisors side by side: each its own sim PCCS port.
-            .args(["--sim-pccs-listen", "127.0.0.1:0"])
+            .arg("--sim-pccs-listen")
+            .arg(format!("127.0.0.1:{}", self.sim_pccs_port))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
