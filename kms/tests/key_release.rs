@@ -20,6 +20,15 @@ const INSTANCE: [u8; 20] = [0x1d; 20];
 
 /// A booted app: the runtime events dstack-init measures, in its order.
 fn app(authority: &Arc<SimAuthority>, compose_hash: &[u8], app_id: &[u8]) -> SimPlatform {
+    app_instance(authority, compose_hash, app_id, &INSTANCE)
+}
+
+fn app_instance(
+    authority: &Arc<SimAuthority>,
+    compose_hash: &[u8],
+    app_id: &[u8],
+    instance: &[u8],
+) -> SimPlatform {
     let td = SimPlatform::new(
         authority.clone(),
         SimTdIdentity {
@@ -33,7 +42,7 @@ fn app(authority: &Arc<SimAuthority>, compose_hash: &[u8], app_id: &[u8]) -> Sim
         ("system-preparing", vec![]),
         ("app-id", app_id.to_vec()),
         ("compose-hash", compose_hash.to_vec()),
-        ("instance-id", INSTANCE.to_vec()),
+        ("instance-id", instance.to_vec()),
         ("boot-mr-done", vec![]),
         ("key-provider", br#"{"name":"kms","id":""}"#.to_vec()),
     ] {
@@ -297,4 +306,57 @@ async fn collateral_comes_from_a_pccs() {
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "collateral_unavailable", "{err}");
+}
+
+/// An upstream KMS's key files, imported (`dstack-kms import`), give an app
+/// the keys upstream's derivation gives: vectors computed outside Rust
+/// (Python's `cryptography`) from UPSTREAM §4.3 for root CA key 0x5a..,
+/// root k256 key 0x6b.., app 0x11.., instance 0x22...
+#[tokio::test]
+async fn imported_upstream_keys_release_upstreams_app_keys() {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let upstream = tempfile::tempdir().unwrap();
+    for (name, byte) in [("root-ca.key", 0x5a), ("tmp-ca.key", 0x3c)] {
+        let key = p256::SecretKey::from_slice(&[byte; 32]).unwrap();
+        std::fs::write(
+            upstream.path().join(name),
+            key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
+        )
+        .unwrap();
+    }
+    std::fs::write(upstream.path().join("root-k256.key"), [0x6b; 32]).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let store = dstack_kms::keystore::KeyStore::open(state.path()).unwrap();
+    store
+        .store_new(&RootKeys::from_upstream_dir(upstream.path()).unwrap())
+        .unwrap();
+
+    let authority = Arc::new(SimAuthority::generate().unwrap());
+    let app_id = [0x11; 20];
+    let td = app_instance(&authority, &COMPOSE, &app_id, &[0x22; 20]);
+    let verifier = RaTlsVerifier::new(QuoteVerifier::new(authority.root_der().to_vec()))
+        .with_collateral(td.collateral().unwrap().unwrap());
+    let policy = PolicyFile::parse(&format!(
+        r#"{{"apps":{{"{}":{{"compose_hashes":["{}"]}}}}}}"#,
+        hex::encode(app_id),
+        hex::encode(COMPOSE)
+    ))
+    .unwrap();
+    let kms = Kms::new(store.load().unwrap(), verifier, AuthBackend::Policy(policy)).unwrap();
+    let keys = kms
+        .get_app_key(Some(&client_cert(&td)), &request(), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        hex::encode(&keys.disk_crypt_key),
+        "2ad173f091832eaf624dc9ba033c81d98e9e5b96921a132c950d13c317b2a900"
+    );
+    assert_eq!(
+        hex::encode(&keys.env_crypt_key),
+        "c14a1dd200b1c86ba9b3f288f1c1e7fa40e24c3670c0b5766bf628dcf8373590"
+    );
+    assert_eq!(
+        hex::encode(&keys.k256_key),
+        "3095e0d0135227822c9084c79751d9a196a77946d7d7e995f8f324917dbbb024"
+    );
 }
