@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use dstack_keys::KmsRootKeys;
-use dstack_proto::kms::BootstrapResponse;
+use dstack_proto::kms::{BootstrapResponse, ImportedKeys};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -106,30 +106,44 @@ impl RootKeys {
     /// `root-ca.key` (PKCS#8 PEM), `root-k256.key` (32 raw bytes) and
     /// `tmp-ca.key` (PKCS#8 PEM). The same root keys give the same app keys.
     pub fn from_upstream_dir(dir: &Path) -> Result<Self, KeyStoreError> {
-        let pem = |name: &str| -> Result<p256::SecretKey, KeyStoreError> {
-            let path = dir.join(name);
-            let text = read_to_string(&path)?;
-            p256::SecretKey::from_pkcs8_pem(&text).map_err(|e| KeyStoreError::InvalidKey {
-                what: path.display().to_string(),
-                reason: format!("not a P-256 PKCS#8 PEM key ({e})"),
-            })
-        };
-        let ca_key = pem("root-ca.key")?;
-        let temp_ca_key = pem("tmp-ca.key")?;
+        let ca_path = dir.join("root-ca.key");
+        let temp_path = dir.join("tmp-ca.key");
         let k256_path = dir.join("root-k256.key");
         let k256 = std::fs::read(&k256_path).map_err(|source| KeyStoreError::Io {
             operation: "read",
             path: k256_path.clone(),
             source,
         })?;
-        if k256.len() != 32 {
+        Self::from_upstream_parts(
+            &ImportedKeys {
+                root_ca_key: read_to_string(&ca_path)?,
+                root_k256_key: k256,
+                temp_ca_key: read_to_string(&temp_path)?,
+            },
+            &dir.display().to_string(),
+        )
+    }
+
+    /// Root keys from the contents of an upstream KMS's three key files
+    /// (`what` names where they came from, for errors).
+    pub fn from_upstream_parts(parts: &ImportedKeys, what: &str) -> Result<Self, KeyStoreError> {
+        let pem = |text: &str, name: &str| -> Result<p256::SecretKey, KeyStoreError> {
+            p256::SecretKey::from_pkcs8_pem(text).map_err(|e| KeyStoreError::InvalidKey {
+                what: format!("{what}/{name}"),
+                reason: format!("not a P-256 PKCS#8 PEM key ({e})"),
+            })
+        };
+        let ca_key = pem(&parts.root_ca_key, "root-ca.key")?;
+        let temp_ca_key = pem(&parts.temp_ca_key, "tmp-ca.key")?;
+        let k256_what = format!("{what}/root-k256.key");
+        if parts.root_k256_key.len() != 32 {
             return Err(KeyStoreError::InvalidKey {
-                what: k256_path.display().to_string(),
-                reason: format!("expected 32 raw bytes, found {}", k256.len()),
+                what: k256_what,
+                reason: format!("expected 32 raw bytes, found {}", parts.root_k256_key.len()),
             });
         }
-        let root = KmsRootKeys::new(ca_key, &k256)
-            .map_err(|e| invalid(&k256_path.display().to_string(), e))?;
+        let root =
+            KmsRootKeys::new(ca_key, &parts.root_k256_key).map_err(|e| invalid(&k256_what, e))?;
         Ok(Self { root, temp_ca_key })
     }
 }

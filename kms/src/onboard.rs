@@ -10,11 +10,13 @@
 
 use std::time::SystemTime;
 
+use dstack_keys::sealing::RecipientKey;
 pub use dstack_kms_client::bootstrap_report_data;
+use dstack_kms_client::import_key_report_data;
 use dstack_kms_client::{ClientKey, KmsClient, attested_client_certificate, check_pin};
 use dstack_proto::kms::{
-    AttestationInfoResponse, BootInfo, BootstrapRequest, BootstrapResponse, OnboardRequest,
-    OnboardResponse,
+    AttestationInfoResponse, BootInfo, BootstrapRequest, BootstrapResponse, ImportKeyResponse,
+    ImportRequest, ImportedKeys, OnboardRequest, OnboardResponse,
 };
 use p256::pkcs8::DecodePrivateKey;
 use tokio::sync::{Mutex, Notify};
@@ -68,6 +70,12 @@ pub enum OnboardError {
     /// The source KMS's answer is inconsistent.
     #[error("the source KMS answered bad keys: {0}")]
     BadKeys(String),
+    /// `Import` before `GetImportKey` (or after a failed import).
+    #[error("no import key: call GetImportKey first (each key serves one Import)")]
+    NoImportKey,
+    /// The sealed keys do not open or do not parse.
+    #[error("the imported keys are unusable: {0}")]
+    BadImport(String),
 }
 
 /// The onboarding service of one KMS.
@@ -80,6 +88,8 @@ pub struct Onboarding {
     site_name: String,
     /// One bootstrap or onboarding at a time (upstream's `bootstrap_lock`).
     lock: Mutex<()>,
+    /// The key `Import` opens with; only ever in this process's memory.
+    import_key: Mutex<Option<RecipientKey>>,
     finished: Notify,
 }
 
@@ -99,6 +109,7 @@ impl Onboarding {
             auth,
             site_name,
             lock: Mutex::new(()),
+            import_key: Mutex::new(None),
             finished: Notify::new(),
         }
     }
@@ -224,6 +235,57 @@ impl Onboarding {
             root: root_keys,
             temp_ca_key: pem(&answer.temp_ca_key, "temp_ca_key")?,
         };
+        let k256_pubkey = keys.root.k256_public_key().to_vec();
+        self.store.store_new(&keys)?;
+        Ok(OnboardResponse { k256_pubkey })
+    }
+
+    /// `GetImportKey`: a fresh X25519 key, held in memory only, and this
+    /// CVM's attestation over it: what `dstack kms import` seals an
+    /// upstream KMS's root keys to.
+    pub async fn import_key(&self) -> Result<ImportKeyResponse, OnboardError> {
+        if !self.tee.is_tee() {
+            return Err(OnboardError::NoTee("GetImportKey"));
+        }
+        let key = RecipientKey::generate();
+        let public_key = key.public_key().to_vec();
+        let attestation = self
+            .tee
+            .attest(&import_key_report_data(&public_key))
+            .await?
+            .ok_or(OnboardError::NoTee("GetImportKey"))?;
+        *self.import_key.lock().await = Some(key);
+        Ok(ImportKeyResponse {
+            public_key,
+            attestation,
+        })
+    }
+
+    /// `Import`: an upstream KMS's root keys, sealed to the import key, so
+    /// its apps keep their keys. Like bootstrap, one time only, and in a
+    /// TEE only if the backend allows this KMS's boot.
+    pub async fn import(&self, request: &ImportRequest) -> Result<OnboardResponse, OnboardError> {
+        let _one_at_a_time = self.lock.lock().await;
+        if self.store.has_keys() {
+            return Err(KeyStoreError::AlreadyBootstrapped {
+                path: self.store.path(),
+            }
+            .into());
+        }
+        let key = self
+            .import_key
+            .lock()
+            .await
+            .take()
+            .ok_or(OnboardError::NoImportKey)?;
+        let own = self.own_boot_info().await?;
+        self.require_allowed(&own, "this KMS").await?;
+        let plain = key
+            .open(&request.sealed_keys)
+            .map_err(|e| OnboardError::BadImport(e.to_string()))?;
+        let parts: ImportedKeys = serde_json::from_slice(&plain)
+            .map_err(|e| OnboardError::BadImport(format!("not the key files' JSON: {e}")))?;
+        let keys = RootKeys::from_upstream_parts(&parts, "imported keys")?;
         let k256_pubkey = keys.root.k256_public_key().to_vec();
         self.store.store_new(&keys)?;
         Ok(OnboardResponse { k256_pubkey })

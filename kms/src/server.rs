@@ -110,7 +110,7 @@ pub async fn handle_onboarding(
     if req.uri().path() == "/" {
         let body = serde_json::json!({
             "status": "onboarding",
-            "methods": ["Bootstrap", "Onboard", "GetAttestationInfo", "Finish"],
+            "methods": ["Bootstrap", "Onboard", "GetAttestationInfo", "GetImportKey", "Import", "Finish"],
         });
         return response(
             StatusCode::OK,
@@ -132,6 +132,11 @@ pub async fn handle_onboarding(
             Err(message) => return error(StatusCode::BAD_REQUEST, message),
         },
         "GetAttestationInfo" => onboarding.attestation_info().await.map(|r| to_json(&r)),
+        "GetImportKey" => onboarding.import_key().await.map(|r| to_json(&r)),
+        "Import" => match call.args() {
+            Ok(request) => onboarding.import(&request).await.map(|r| to_json(&r)),
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        },
         "Finish" => onboarding.finish().map(|()| b"{}".to_vec()),
         _ => return call.not_found(),
     };

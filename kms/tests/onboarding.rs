@@ -281,3 +281,93 @@ async fn on_a_host_bootstrap_works_unattested_and_onboarding_needs_a_tee() {
         Err(OnboardError::NoTee(_))
     ));
 }
+
+/// `dstack kms import`'s path: an upstream KMS's key files, sealed to the
+/// attested import key, become this KMS's root keys (upstream's app keys
+/// follow); only once, and only with the key the KMS attested.
+#[tokio::test]
+async fn upstream_keys_import_sealed_to_the_attested_import_key() {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let authority = Arc::new(SimAuthority::generate().unwrap());
+    let kms = node(&authority, KMS_COMPOSE).await;
+    let mr = onboarding(&authority, &kms, policy(&[]))
+        .attestation_info()
+        .await
+        .unwrap()
+        .mr_aggregated;
+    let service = onboarding(&authority, &kms, policy(&[mr]));
+    let pem = |byte: u8| {
+        p256::SecretKey::from_slice(&[byte; 32])
+            .unwrap()
+            .to_pkcs8_pem(LineEnding::LF)
+            .unwrap()
+            .to_string()
+    };
+    let parts = dstack_proto::kms::ImportedKeys {
+        root_ca_key: pem(0x5a),
+        root_k256_key: vec![0x6b; 32],
+        temp_ca_key: pem(0x3c),
+    };
+    let plain = serde_json::to_vec(&parts).unwrap();
+
+    assert!(matches!(
+        service
+            .import(&dstack_proto::kms::ImportRequest {
+                sealed_keys: vec![1, 2, 3]
+            })
+            .await,
+        Err(OnboardError::NoImportKey)
+    ));
+    let offer = service.import_key().await.unwrap();
+    let report_data = dstack_kms_client::import_key_report_data(&offer.public_key);
+    checker(&authority, &kms.guest)
+        .verify_attestation(&offer.attestation, &report_data, SystemTime::now())
+        .await
+        .unwrap();
+    let recipient: [u8; 32] = offer.public_key.clone().try_into().unwrap();
+    // A box sealed to another key does not open, and uses up the offer.
+    let stranger = dstack_keys::sealing::RecipientKey::generate().public_key();
+    let wrong = dstack_keys::sealing::seal(&stranger, &plain).unwrap();
+    assert!(matches!(
+        service
+            .import(&dstack_proto::kms::ImportRequest { sealed_keys: wrong })
+            .await,
+        Err(OnboardError::BadImport(_))
+    ));
+    assert!(!kms.store.has_keys());
+    let sealed = dstack_keys::sealing::seal(&recipient, &plain).unwrap();
+    assert!(matches!(
+        service
+            .import(&dstack_proto::kms::ImportRequest {
+                sealed_keys: sealed.clone()
+            })
+            .await,
+        Err(OnboardError::NoImportKey)
+    ));
+    let offer = service.import_key().await.unwrap();
+    let recipient: [u8; 32] = offer.public_key.try_into().unwrap();
+    let sealed = dstack_keys::sealing::seal(&recipient, &plain).unwrap();
+    service
+        .import(&dstack_proto::kms::ImportRequest {
+            sealed_keys: sealed,
+        })
+        .await
+        .unwrap();
+    let keys = kms.store.load().unwrap();
+    let app = keys.root.app_keys(&[0x11; 20], &[0x22; 20]).unwrap();
+    assert_eq!(
+        hex::encode(&app.k256_key[..]),
+        "3095e0d0135227822c9084c79751d9a196a77946d7d7e995f8f324917dbbb024"
+    );
+    service.import_key().await.unwrap();
+    assert!(matches!(
+        service
+            .import(&dstack_proto::kms::ImportRequest {
+                sealed_keys: vec![0; 64]
+            })
+            .await,
+        Err(OnboardError::Store(
+            KeyStoreError::AlreadyBootstrapped { .. }
+        ))
+    ));
+}

@@ -313,4 +313,57 @@ fn a_kms_cvm_bootstraps_on_chain_keeps_its_keys_and_onboards_replicas() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Aggregated MR not allowed"), "{text}");
+
+    sup.dstack_ok(&["vm", "rm", "--force", "rogue"]);
+
+    // An upstream KMS's key files go into a fresh KMS CVM, sealed to the key
+    // it attests: it then serves under the upstream root.
+    let upstream = sup.state.path().join("upstream-certs");
+    std::fs::create_dir_all(&upstream).unwrap();
+    std::fs::write(upstream.join("root-ca.key"), upstream_pem(0x5a)).unwrap();
+    std::fs::write(upstream.join("tmp-ca.key"), upstream_pem(0x3c)).unwrap();
+    std::fs::write(upstream.join("root-k256.key"), [0x6b; 32]).unwrap();
+    let expected = std::process::Command::new(dstack_e2e::harness::bin_dir().join("dstack-kms"))
+        .arg("--state-dir")
+        .arg(sup.state.path().join("host-import"))
+        .args(["import", "--from"])
+        .arg(&upstream)
+        .output()
+        .unwrap();
+    assert!(expected.status.success());
+    let expected = json(&String::from_utf8_lossy(&expected.stdout));
+    let import_port = free_port();
+    deploy_kms(&sup, &compose, "kms-3", import_port);
+    let importing = format!("http://127.0.0.1:{import_port}");
+    retry(&sup, "kms-3", &["kms", "attestation-info", &importing]);
+    let from = upstream.display().to_string();
+    sup.dstack_ok(&[
+        "kms",
+        "import",
+        &importing,
+        "--from",
+        &from,
+        "--root",
+        &root_file,
+        "--pccs",
+        &sup.host_pccs_url(),
+    ]);
+    let imported_url = format!("https://127.0.0.1:{import_port}");
+    let imported = json(&retry(
+        &sup,
+        "kms-3",
+        &["kms", "info", &imported_url, "--json"],
+    ));
+    assert_eq!(imported["k256_pubkey"], expected["k256_pubkey"]);
+}
+
+/// A P-256 PKCS#8 PEM key of 32 equal bytes, as an upstream KMS stores
+/// its CA keys.
+fn upstream_pem(byte: u8) -> String {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    p256::SecretKey::from_slice(&[byte; 32])
+        .unwrap()
+        .to_pkcs8_pem(LineEnding::LF)
+        .unwrap()
+        .to_string()
 }

@@ -25,6 +25,10 @@ pub(crate) enum KmsCommand {
     /// allows the new KMS's measurements. Also migrates from an upstream
     /// dstack KMS (same GetKmsKey).
     Onboard(OnboardArgs),
+    /// Give a new KMS an upstream dstack KMS's root keys (its cert dir:
+    /// root-ca.key, root-k256.key, tmp-ca.key), so apps migrating keep
+    /// their keys: sealed to a key the new KMS attests, checked first.
+    Import(ImportArgs),
     /// Show what to register in KmsAuth for a KMS that is onboarding: its
     /// aggregated MR, device id and OS image hash.
     AttestationInfo(OnboardingArgs),
@@ -48,16 +52,8 @@ pub(crate) struct BootstrapArgs {
     /// The DNS name of the KMS's RPC certificate.
     #[arg(long)]
     domain: String,
-    /// Trust quotes under this root (PEM or DER) instead of Intel's, e.g.
-    /// the simulated TEE's (`dstack-supervisor sim-root`).
-    #[arg(long, value_name = "FILE")]
-    root: Option<PathBuf>,
-    /// Collateral JSON for the KMS's quote.
-    #[arg(long, conflicts_with = "pccs")]
-    collateral: Option<PathBuf>,
-    /// Fetch the collateral from this PCCS (or Intel PCS).
-    #[arg(long, value_name = "URL")]
-    pccs: Option<String>,
+    #[command(flatten)]
+    evidence: EvidenceArgs,
     /// Accept a KMS outside a TEE (a development KMS on a host): its keys
     /// come with no attestation.
     #[arg(long)]
@@ -68,6 +64,35 @@ pub(crate) struct BootstrapArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// How the CLI checks a KMS's attestation.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EvidenceArgs {
+    /// Trust quotes under this root (PEM or DER) instead of Intel's, e.g.
+    /// the simulated TEE's (`dstack-supervisor sim-root`).
+    #[arg(long, value_name = "FILE")]
+    root: Option<PathBuf>,
+    /// Collateral JSON for the KMS's quote.
+    #[arg(long, conflicts_with = "pccs")]
+    collateral: Option<PathBuf>,
+    /// Fetch the collateral from this PCCS (or Intel PCS).
+    #[arg(long, value_name = "URL")]
+    pccs: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ImportArgs {
+    /// The new KMS's onboarding endpoint (http://HOST:PORT).
+    url: String,
+    /// The upstream KMS's cert directory.
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    #[command(flatten)]
+    evidence: EvidenceArgs,
+    /// Stay in onboarding afterwards (`dstack kms finish` later).
+    #[arg(long)]
+    no_finish: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +131,7 @@ pub(crate) async fn run(cmd: KmsCommand) -> Result<(), Failure> {
         KmsCommand::Info(args) => info(args).await,
         KmsCommand::Bootstrap(args) => bootstrap(args).await,
         KmsCommand::Onboard(args) => onboard(args).await,
+        KmsCommand::Import(args) => import(args).await,
         KmsCommand::AttestationInfo(args) => attestation_info(args).await,
         KmsCommand::Finish(args) => {
             onboarding_client(&args.url)?
@@ -126,13 +152,49 @@ fn onboarding_client(url: &str) -> Result<OnboardClient, Failure> {
     OnboardClient::new(url).map_err(|e| Failure::BadInput(e.into()))
 }
 
-async fn bootstrap(args: BootstrapArgs) -> Result<(), Failure> {
-    let client = onboarding_client(&args.url)?;
-    let verifier = match &args.root {
+/// Checks a KMS's attestation over `report_data` as `evidence` says.
+async fn verify_kms_attestation(
+    evidence: &EvidenceArgs,
+    attestation: &[u8],
+    report_data: &[u8; 64],
+    what: &str,
+) -> Result<dstack_ra_tls::VerifiedPeer, Failure> {
+    let verifier = match &evidence.root {
         Some(path) => QuoteVerifier::new(super::quote::read_root(path)?),
         None => QuoteVerifier::intel(),
     };
-    let collateral_given = args.collateral.is_some() || args.pccs.is_some();
+    let quote = dstack_attest::AttestationV0::from_bytes(attestation)
+        .map_err(|e| Failure::Rejected(format!("the attestation does not decode: {e}")))?
+        .quote;
+    let collateral = match (&evidence.collateral, &evidence.pccs) {
+        (Some(path), _) => Collateral::load(path).map_err(anyhow::Error::from)?,
+        (None, Some(url)) => Collateral::fetch(url, &quote)
+            .await
+            .map_err(|e| Failure::Failed(super::error_chain(&e)))?,
+        (None, None) => {
+            return Err(Failure::BadInput(anyhow::anyhow!(
+                "give --collateral FILE or --pccs URL to check the KMS's attestation"
+            )));
+        }
+    };
+    RaTlsVerifier::new(verifier)
+        .verify_attestation_with(
+            attestation,
+            report_data,
+            SystemTime::now(),
+            Some(collateral),
+        )
+        .map_err(|e| {
+            Failure::Rejected(format!(
+                "the attestation over {what} does not verify: {}",
+                super::error_chain(&e)
+            ))
+        })
+}
+
+async fn bootstrap(args: BootstrapArgs) -> Result<(), Failure> {
+    let client = onboarding_client(&args.url)?;
+    let collateral_given = args.evidence.collateral.is_some() || args.evidence.pccs.is_some();
     if !collateral_given && !args.allow_unattested {
         return Err(Failure::BadInput(anyhow::anyhow!(
             "give --collateral FILE or --pccs URL to check the KMS's attestation"
@@ -148,34 +210,15 @@ async fn bootstrap(args: BootstrapArgs) -> Result<(), Failure> {
         }
         None
     } else {
-        let quote = dstack_attest::AttestationV0::from_bytes(&answer.attestation)
-            .map_err(|e| Failure::Rejected(format!("the attestation does not decode: {e}")))?
-            .quote;
-        let collateral = match (&args.collateral, &args.pccs) {
-            (Some(path), _) => Collateral::load(path).map_err(anyhow::Error::from)?,
-            (None, Some(url)) => Collateral::fetch(url, &quote)
-                .await
-                .map_err(|e| Failure::Failed(super::error_chain(&e)))?,
-            (None, None) => {
-                return Err(Failure::Rejected(
-                    "the KMS is attested but no collateral was given to check it".into(),
-                ));
-            }
-        };
-        let peer = RaTlsVerifier::new(verifier)
-            .verify_attestation_with(
+        Some(
+            verify_kms_attestation(
+                &args.evidence,
                 &answer.attestation,
                 &report_data,
-                SystemTime::now(),
-                Some(collateral),
+                "the new keys",
             )
-            .map_err(|e| {
-                Failure::Rejected(format!(
-                    "the attestation over the new keys does not verify: {}",
-                    super::error_chain(&e)
-                ))
-            })?;
-        Some(peer)
+            .await?,
+        )
     };
     if !args.no_finish {
         client.finish().await.map_err(failed)?;
@@ -246,6 +289,56 @@ async fn onboard(args: OnboardArgs) -> Result<(), Failure> {
     } else {
         println!("onboarded from {}: k256 public key {k256}", args.source);
     }
+    Ok(())
+}
+
+async fn import(args: ImportArgs) -> Result<(), Failure> {
+    let client = onboarding_client(&args.url)?;
+    let read = |name: &str| {
+        let path = args.from.join(name);
+        std::fs::read(&path)
+            .map_err(|e| Failure::BadInput(anyhow::anyhow!("cannot read {}: {e}", path.display())))
+    };
+    let text = |name: &str| {
+        String::from_utf8(read(name)?)
+            .map_err(|_| Failure::BadInput(anyhow::anyhow!("{name} is not PEM text")))
+    };
+    let parts = dstack_proto::kms::ImportedKeys {
+        root_ca_key: text("root-ca.key")?,
+        root_k256_key: read("root-k256.key")?,
+        temp_ca_key: text("tmp-ca.key")?,
+    };
+    let offer = client.import_key().await.map_err(failed)?;
+    let recipient: [u8; 32] = offer.public_key.as_slice().try_into().map_err(|_| {
+        Failure::Rejected(format!(
+            "the import key is {} bytes, not 32",
+            offer.public_key.len()
+        ))
+    })?;
+    // Nothing leaves this machine before the KMS proved the key is its own.
+    verify_kms_attestation(
+        &args.evidence,
+        &offer.attestation,
+        &dstack_kms_client::import_key_report_data(&recipient),
+        "the import key",
+    )
+    .await?;
+    let plain = zeroize::Zeroizing::new(
+        serde_json::to_vec(&parts).map_err(|e| Failure::BadInput(e.into()))?,
+    );
+    let sealed = dstack_keys::sealing::seal(&recipient, &plain)
+        .map_err(|e| Failure::Rejected(e.to_string()))?;
+    let answer = client.import(sealed).await.map_err(|e| match e {
+        ClientError::Refused { message, .. } => Failure::Rejected(message),
+        other => failed(other),
+    })?;
+    if !args.no_finish {
+        client.finish().await.map_err(failed)?;
+    }
+    println!(
+        "imported: k256 public key {} (the upstream KMS's; its apps keep their keys)",
+        hex::encode(&answer.k256_pubkey)
+    );
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 
 mod onboard;
 
-pub use onboard::{OnboardClient, bootstrap_report_data};
+pub use onboard::{OnboardClient, bootstrap_report_data, import_key_report_data};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use dstack_proto::kms::{
-    AttestationInfoResponse, BootstrapRequest, BootstrapResponse, OnboardRequest, OnboardResponse,
+    AttestationInfoResponse, BootstrapRequest, BootstrapResponse, ImportKeyResponse, ImportRequest,
+    OnboardRequest, OnboardResponse,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
@@ -28,6 +29,17 @@ pub fn bootstrap_report_data(ca_pubkey: &[u8], k256_pubkey: &[u8]) -> [u8; 64] {
     let mut report_data = [0u8; 64];
     report_data[..32].copy_from_slice(&Keccak256::digest(content.as_bytes()));
     report_data
+}
+
+/// The report_data of the import key's attestation:
+/// SHA-512(`dstack-kms-import-key:` ‖ X25519 public key), upstream's
+/// `tag:content` convention.
+pub fn import_key_report_data(public_key: &[u8]) -> [u8; 64] {
+    use sha2::{Digest, Sha512};
+    let mut hasher = Sha512::new();
+    hasher.update(b"dstack-kms-import-key:");
+    hasher.update(public_key);
+    hasher.finalize().into()
 }
 
 /// Onboarding can wait on a quote and, for `Onboard`, a whole key transfer.
@@ -86,6 +98,16 @@ impl OnboardClient {
     pub async fn attestation_info(&self) -> Result<AttestationInfoResponse, ClientError> {
         self.call("GetAttestationInfo", &serde_json::json!({}))
             .await
+    }
+
+    /// `GetImportKey`: the attested key to seal imported root keys to.
+    pub async fn import_key(&self) -> Result<ImportKeyResponse, ClientError> {
+        self.call("GetImportKey", &serde_json::json!({})).await
+    }
+
+    /// `Import`: root keys sealed to the import key.
+    pub async fn import(&self, sealed_keys: Vec<u8>) -> Result<OnboardResponse, ClientError> {
+        self.call("Import", &ImportRequest { sealed_keys }).await
     }
 
     /// `Finish`: leave onboarding; the KMS then serves its API over HTTPS.

@@ -214,6 +214,50 @@ pub struct OnboardResponse {
     pub k256_pubkey: Vec<u8>,
 }
 
+/// `Onboard.GetImportKey` answer (a dstack-rs addition to upstream's
+/// onboarding): a fresh X25519 key held only in the onboarding KMS's memory,
+/// and its attestation over it (report_data = SHA-512(`dstack-kms-import-key:`
+/// ‖ public_key)), so an operator seals existing root keys to this CVM alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImportKeyResponse {
+    /// The X25519 public key.
+    #[serde(with = "hex_bytes")]
+    pub public_key: Vec<u8>,
+    /// The attestation (V0 bytes) binding it.
+    #[serde(with = "hex_bytes")]
+    pub attestation: Vec<u8>,
+}
+
+/// `Onboard.Import` arguments: [`ImportedKeys`] as JSON in a libsodium
+/// sealed box to the [`ImportKeyResponse`] key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImportRequest {
+    /// The sealed box.
+    #[serde(with = "hex_bytes")]
+    pub sealed_keys: Vec<u8>,
+}
+
+/// What an upstream KMS keeps in its cert dir, as `Onboard.Import` carries it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportedKeys {
+    /// `root-ca.key`: PKCS#8 PEM.
+    pub root_ca_key: String,
+    /// `root-k256.key`: 32 raw bytes.
+    #[serde(with = "hex_bytes")]
+    pub root_k256_key: Vec<u8>,
+    /// `tmp-ca.key`: PKCS#8 PEM.
+    pub temp_ca_key: String,
+}
+
+impl std::fmt::Debug for ImportedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportedKeys").finish_non_exhaustive()
+    }
+}
+
 /// `Onboard.GetAttestationInfo` answer: what an operator registers in
 /// KmsAuth (`addKmsAggregatedMr`, `addKmsDevice`, `addOsImageHash`) before
 /// bootstrapping or onboarding this KMS.
