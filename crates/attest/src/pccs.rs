@@ -25,10 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use http_body_util::{BodyExt, Empty, Limited};
 use hyper::Uri;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
 use crate::collateral::{Collateral, RawCollateral};
@@ -512,29 +510,19 @@ async fn http_get(url: &str) -> Result<Answer, String> {
     let stream = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    // The connection task ends when the answer is read and `sender` is dropped.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, authority)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = Limited::new(response.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the body: {e}"))?
-        .to_bytes();
+    let answer = dstack_http_json::request(
+        stream,
+        hyper::Method::GET,
+        &authority,
+        path,
+        None,
+        MAX_BODY,
+        dstack_http_json::USER_AGENT,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let (status, headers, body) = (answer.status.as_u16(), answer.headers, answer.body);
     Ok(Answer {
         url: url.to_string(),
         status,

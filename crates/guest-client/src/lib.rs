@@ -11,8 +11,6 @@ use std::time::Duration;
 use dstack_proto::guest_api::{
     AppInfo, AttestResponse, GetKeyArgs, GetKeyResponse, GetQuoteResponse, RawQuoteArgs,
 };
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -142,34 +140,23 @@ impl GuestClient {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| self.transport(e.to_string()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| self.transport(e.to_string()))?;
-        tokio::spawn(conn);
         let body = serde_json::to_vec(request).map_err(|e| self.transport(e.to_string()))?;
-        let req = hyper::Request::post(format!("/{method}"))
-            .header(hyper::header::HOST, "localhost")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| self.transport(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| self.transport(e.to_string()))?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| self.transport(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<dstack_proto::ApiError>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("HTTP {status}"));
-            return Err(GuestApiError::Refused { method, message });
+        let answer = dstack_http_json::post_json(
+            stream,
+            "localhost",
+            &format!("/{method}"),
+            body,
+            MAX_RESPONSE_BYTES,
+        )
+        .await
+        .map_err(|e| self.transport(e.to_string()))?;
+        if !answer.status.is_success() {
+            return Err(GuestApiError::Refused {
+                method,
+                message: answer.error_message(),
+            });
         }
-        serde_json::from_slice(&bytes).map_err(|e| GuestApiError::BadAnswer {
+        serde_json::from_slice(&answer.body).map_err(|e| GuestApiError::BadAnswer {
             method,
             reason: e.to_string(),
         })

@@ -19,8 +19,6 @@ use dstack_proto::kms::{
     KmsKeyResponse,
 };
 use dstack_ra_tls::{CertIssuer, CertRequest, Evidence, RaTlsCert, pem_certificate};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -260,41 +258,23 @@ impl KmsClient {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .map(|cert| cert.as_ref().to_vec());
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| self.transport(e.to_string()))?;
-        tokio::spawn(conn);
         let body = serde_json::to_vec(request).map_err(|e| self.transport(e.to_string()))?;
-        let req = hyper::Request::post(format!("/prpc/KMS.{method}?json"))
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| self.transport(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| self.transport(e.to_string()))?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| self.transport(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<dstack_proto::ApiError>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| {
-                    format!(
-                        "HTTP {status}: {}",
-                        String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
-                    )
-                });
+        let answer = dstack_http_json::post_json(
+            tls,
+            &self.authority,
+            &format!("/prpc/KMS.{method}?json"),
+            body,
+            MAX_RESPONSE_BYTES,
+        )
+        .await
+        .map_err(|e| self.transport(e.to_string()))?;
+        if !answer.status.is_success() {
             return Err(ClientError::Refused {
                 url: self.url.clone(),
-                message,
+                message: answer.error_message(),
             });
         }
+        let bytes = answer.body;
         let answer =
             serde_json::from_slice(&bytes).map_err(|e| self.garbage(&format!("{method}: {e}")))?;
         Ok((answer, server_cert))

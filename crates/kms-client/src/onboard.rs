@@ -9,8 +9,6 @@ use dstack_proto::kms::{
     AttestationInfoResponse, BootstrapRequest, BootstrapResponse, ImportKeyResponse, ImportRequest,
     OnboardRequest, OnboardResponse,
 };
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -134,36 +132,23 @@ impl OnboardClient {
         let tcp = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|e| self.transport(e.to_string()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| self.transport(e.to_string()))?;
-        tokio::spawn(conn);
         let body = serde_json::to_vec(request).map_err(|e| self.transport(e.to_string()))?;
-        let req = hyper::Request::post(format!("/prpc/Onboard.{method}?json"))
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| self.transport(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| self.transport(e.to_string()))?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| self.transport(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<dstack_proto::ApiError>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("HTTP {status}"));
+        let answer = dstack_http_json::post_json(
+            tcp,
+            &self.authority,
+            &format!("/prpc/Onboard.{method}?json"),
+            body,
+            MAX_RESPONSE_BYTES,
+        )
+        .await
+        .map_err(|e| self.transport(e.to_string()))?;
+        if !answer.status.is_success() {
             return Err(ClientError::Refused {
                 url: self.url.clone(),
-                message,
+                message: answer.error_message(),
             });
         }
+        let bytes = answer.body;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {
             url: self.url.clone(),
             reason: format!("{method}: {e}"),

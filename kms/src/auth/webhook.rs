@@ -11,11 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dstack_proto::kms::{AuthApiInfo, BootAuthResponse, BootInfo};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
-use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, USER_AGENT};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode, Uri};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
@@ -252,16 +249,6 @@ fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(BODY_EXCERPT)]).into_owned()
 }
 
-/// Aborts the connection task when the call ends or is cancelled by the
-/// timeout, so a server that never answers leaves nothing running.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// One request on a fresh connection; the error is a sentence for the log.
 async fn exchange(
     endpoint: &Endpoint,
@@ -272,7 +259,7 @@ async fn exchange(
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", endpoint.authority))?;
     match &endpoint.tls {
-        None => send(TokioIo::new(stream), endpoint, method, body).await,
+        None => send(stream, endpoint, method, body).await,
         Some(config) => {
             let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone())
                 .map_err(|_| format!("{:?} is not a TLS server name", endpoint.host))?;
@@ -280,7 +267,7 @@ async fn exchange(
                 .connect(name, stream)
                 .await
                 .map_err(|e| format!("TLS with {} failed: {e}", endpoint.authority))?;
-            send(TokioIo::new(stream), endpoint, method, body).await
+            send(stream, endpoint, method, body).await
         }
     }
 }
@@ -307,48 +294,33 @@ fn system_tls() -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 /// One request over an established connection.
-async fn send<I>(
-    io: I,
+async fn send<S>(
+    stream: S,
     endpoint: &Endpoint,
     method: Method,
     body: Vec<u8>,
 ) -> Result<(StatusCode, Bytes), String>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    // The connection's own error also surfaces through send_request.
-    let _connection = AbortOnDrop(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
-    let request = Request::builder()
-        .method(method)
-        .uri(endpoint.path.as_str())
-        .header(HOST, endpoint.authority.as_str())
-        .header(USER_AGENT, AGENT)
-        .header(ACCEPT, "application/json")
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("cannot build the request: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<LengthLimitError>() {
-                format!("answered {status} with more than {MAX_RESPONSE_BYTES} bytes")
-            } else {
-                format!("answered {status} but the body failed: {e}")
-            }
-        })?
-        .to_bytes();
-    Ok((status, body))
+    let body = (method == Method::POST).then_some(body);
+    match dstack_http_json::request(
+        stream,
+        method,
+        &endpoint.authority,
+        &endpoint.path,
+        body,
+        MAX_RESPONSE_BYTES,
+        AGENT,
+    )
+    .await
+    {
+        Ok(answer) => Ok((answer.status, answer.body)),
+        Err(dstack_http_json::ExchangeError::TooLarge(limit)) => {
+            Err(format!("answered with more than {limit} bytes"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +334,10 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use http_body_util::{BodyExt, Full};
+    use hyper::Request;
+    use hyper::header::{CONTENT_TYPE, USER_AGENT};
+    use hyper_util::rt::TokioIo;
 
     /// What the test server saw of one request.
     #[derive(Debug, Clone)]
