@@ -136,6 +136,24 @@ async fn main() {
     }
     let bare_wall = started.elapsed();
 
+    // Where the difference goes, one caller at a time: a TLS connection and
+    // request with no evidence to check (GetMeta), and the key derivation.
+    let mut transport = Vec::new();
+    for _ in 0..per_client.max(10) {
+        let t = Instant::now();
+        client.meta(&root).await.unwrap();
+        transport.push(t.elapsed());
+    }
+    let derive_keys = RootKeys::generate().unwrap();
+    let mut derivation = Vec::new();
+    for _ in 0..per_client.max(10) {
+        let t = Instant::now();
+        derive_keys.root.app_keys(&APP_ID, &[7; 20]).unwrap();
+        derivation.push(t.elapsed());
+    }
+    let (tm, ..) = stats(transport);
+    let (dm, ..) = stats(derivation);
+
     let (rm, rp, rmin, rmax) = stats(release);
     let (bm, bp, bmin, bmax) = stats(bare);
     let n = clients * per_client;
@@ -155,6 +173,11 @@ async fn main() {
         ms(bmin),
         ms(bmax),
         n as f64 / bare_wall.as_secs_f64()
+    );
+    println!(
+        "components (1 caller): TLS connection + request without evidence {:.2} ms, app key derivation {:.2} ms",
+        ms(tm),
+        ms(dm)
     );
     println!("p99_ratio={:.2}", rp.as_secs_f64() / bp.as_secs_f64());
     // Under contention the medians mostly measure queueing; the rates
