@@ -2,9 +2,12 @@
 //! AppAuth contracts, the `dstack/kms` image (kms/image.json) booted by the
 //! supervisor with `key_provider = local`, measured, then registered on
 //! chain and bootstrapped (`dstack kms attestation-info`, `bootstrap`). An
-//! app registered in its AppAuth gets keys; the KMS CVM is stopped and
-//! started and keeps its sealed root keys; a replica of the same compose
-//! onboards and serves the same keys; a KMS of another compose is refused.
+//! app registered in its AppAuth gets keys, the same after `rm` and a
+//! redeploy; the KMS CVM is stopped and started and keeps its sealed root
+//! keys; an unregistered compose hash is refused by name, registering one
+//! is an upgrade that keeps the keys, removing one fails the next boot; a
+//! replica of the same compose onboards and serves the same keys; a KMS of
+//! another compose is refused; an upstream KMS's key files import.
 #![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
 
 use std::path::Path;
@@ -110,12 +113,9 @@ fn hex32(value: &serde_json::Value) -> [u8; 32] {
         .unwrap()
 }
 
-/// Deploys the kms-key app against the KMS on `kms_port` as `app_id`;
-/// returns the key it printed.
-fn app_key(sup: &Supervisor, kms_port: u16, app_id: &str) -> String {
-    let app = repo_root().join("examples/kms-key/app-compose.json");
+fn deploy_app(sup: &Supervisor, app: &Path, kms_port: u16, app_id: &str) -> std::process::Output {
     let kms = format!("https://10.0.2.2:{kms_port}");
-    let out = sup.dstack(&[
+    sup.dstack(&[
         "vm",
         "deploy",
         &app.display().to_string(),
@@ -129,7 +129,13 @@ fn app_key(sup: &Supervisor, kms_port: u16, app_id: &str) -> String {
         &kms,
         "--app-id",
         app_id,
-    ]);
+    ])
+}
+
+/// Deploys `app` (the kms-key app or a version of it) against the KMS on
+/// `kms_port` as `app_id`; returns the key it printed and removes it.
+fn app_key(sup: &Supervisor, app: &Path, kms_port: u16, app_id: &str) -> String {
+    let out = deploy_app(sup, app, kms_port, app_id);
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -147,6 +153,29 @@ fn app_key(sup: &Supervisor, kms_port: u16, app_id: &str) -> String {
         std::thread::sleep(Duration::from_secs(2));
     }
     panic!("the app printed no key");
+}
+
+/// Deploys `app` and expects its boot to stop with `reason` from the KMS.
+fn app_refused(sup: &Supervisor, app: &Path, kms_port: u16, app_id: &str, reason: &str) {
+    let out = deploy_app(sup, app, kms_port, app_id);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(reason), "expected {reason:?}: {text}");
+    sup.dstack_ok(&["vm", "rm", "--force", "app"]);
+}
+
+/// A version of the kms-key app: another name, so another compose hash.
+fn app_version(sup: &Supervisor, name: &str) -> (std::path::PathBuf, [u8; 32]) {
+    let text = std::fs::read_to_string(repo_root().join("examples/kms-key/app-compose.json"))
+        .unwrap()
+        .replace("\"kms-key\"", &format!("\"{name}\""));
+    let path = sup.state.path().join(format!("{name}.json"));
+    std::fs::write(&path, &text).unwrap();
+    (path, Sha256::digest(text.as_bytes()).into())
 }
 
 #[test]
@@ -250,8 +279,9 @@ fn a_kms_cvm_bootstraps_on_chain_keeps_its_keys_and_onboards_replicas() {
             },
         ))
         .unwrap();
+    let app_address = app_id;
     let app_id = hex::encode(app_id);
-    let key = app_key(&sup, port, &app_id);
+    let key = app_key(&sup, &app_file, port, &app_id);
     assert_eq!(key.len(), 64, "{key}");
 
     // The KMS CVM stops and starts: its sealed root keys come back, and the
@@ -260,7 +290,21 @@ fn a_kms_cvm_bootstraps_on_chain_keeps_its_keys_and_onboards_replicas() {
     sup.dstack_ok(&["vm", "start", "kms"]);
     let meta = json(&retry(&sup, "kms", &["kms", "info", &kms_url, "--json"]));
     assert_eq!(meta["key_provider_id"], key_provider_id.as_str());
-    assert_eq!(app_key(&sup, port, &app_id), key);
+    assert_eq!(app_key(&sup, &app_file, port, &app_id), key);
+
+    // Governed on chain: a compose hash the app's AppAuth does not list is
+    // refused, naming the reason; registering one is an upgrade that keeps
+    // the keys; removing one makes the next boot of it fail.
+    let (v2, v2_hash) = app_version(&sup, "kms-key-v2");
+    app_refused(&sup, &v2, port, &app_id, "Compose hash not allowed");
+    runtime
+        .block_on(admin.add_compose_hash(app_address, v2_hash))
+        .unwrap();
+    assert_eq!(app_key(&sup, &v2, port, &app_id), key);
+    runtime
+        .block_on(admin.remove_compose_hash(app_address, compose_hash))
+        .unwrap();
+    app_refused(&sup, &app_file, port, &app_id, "Compose hash not allowed");
 
     // A replica of the same compose onboards from it and serves the same keys.
     let replica_port = free_port();
@@ -287,7 +331,7 @@ fn a_kms_cvm_bootstraps_on_chain_keeps_its_keys_and_onboards_replicas() {
     ));
     assert_eq!(replica_meta["key_provider_id"], key_provider_id.as_str());
     sup.dstack_ok(&["vm", "stop", "kms"]);
-    assert_eq!(app_key(&sup, replica_port, &app_id), key);
+    assert_eq!(app_key(&sup, &v2, replica_port, &app_id), key);
 
     // A KMS of another compose (other measurements) is refused by KmsAuth.
     let rogue = sup.state.path().join("rogue-compose.json");
