@@ -44,7 +44,8 @@ pub struct VerifiedPeer {
     pub app_id: Option<Vec<u8>>,
     /// The special-usage extension, if present.
     pub usage: Option<String>,
-    /// SHA-256 of the certificate DER.
+    /// SHA-256 of the certificate DER (of the attestation bytes, from
+    /// [`RaTlsVerifier::verify_attestation`]).
     pub cert_sha256: [u8; 32],
 }
 
@@ -196,7 +197,7 @@ impl RaTlsVerifier {
             return Err(RaTlsError::CertificateExpired);
         }
         // Upstream's verifiers read `.8` first and fall back to `.1` + `.2`.
-        let (quote, mut event_log, vm_config, stripped) = match &ext.attestation {
+        let (quote, event_log, vm_config, stripped) = match &ext.attestation {
             Some(bytes) => {
                 let attestation = AttestationV0::from_bytes(bytes)?;
                 (
@@ -220,29 +221,22 @@ impl RaTlsVerifier {
                 (quote, event_log, String::new(), false)
             }
         };
-        let collateral = match (collateral, &ext.collateral, &self.collateral) {
-            (Some(given), _, _) => given,
-            (None, Some(bytes), _) => {
+        // Collateral given for this quote, else the certificate's own.
+        let collateral = match (collateral, &ext.collateral) {
+            (Some(given), _) => Some(given),
+            (None, Some(bytes)) => {
                 let text = std::str::from_utf8(bytes).map_err(|_| {
                     RaTlsError::Certificate("collateral extension is not UTF-8".into())
                 })?;
-                Collateral::from_json(text).map_err(|e| RaTlsError::Certificate(e.to_string()))?
+                Some(
+                    Collateral::from_json(text)
+                        .map_err(|e| RaTlsError::Certificate(e.to_string()))?,
+                )
             }
-            (None, None, Some(c)) => c.clone(),
-            (None, None, None) => return Err(RaTlsError::MissingCollateral),
+            (None, None) => None,
         };
-        let verified = self.quotes.verify_at(&quote, &collateral, at)?;
-        if verified.quote.report_data() != &report_data_for_spki(&ext.spki) {
-            return Err(RaTlsError::KeyBindingMismatch);
-        }
-        if let Some(td) = verified.quote.td_report() {
-            verify_runtime_digests(&mut event_log)?;
-            if stripped {
-                check_runtime_replay(&event_log, &Rtmrs(td.rtmr))?;
-            } else {
-                check_replay(&event_log, &Rtmrs(td.rtmr))?;
-            }
-        }
+        let (verified, event_log) =
+            self.check_evidence(&quote, event_log, stripped, &ext.spki, collateral, at)?;
         let app_info = ext
             .app_info
             .as_deref()
@@ -266,6 +260,77 @@ impl RaTlsVerifier {
         }
         recent.push_back(peer.clone());
         Ok(peer)
+    }
+
+    /// Check a V0 `VersionedAttestation` whose quote must bind `spki` (a
+    /// SubjectPublicKeyInfo DER, by SHA-512("ratls-cert:" ‖ spki)) at `at`:
+    /// the same checks as a certificate's `.8` (quote, key binding, RTMR3
+    /// replay, policy), for evidence that travels outside a certificate,
+    /// such as a certificate signing request's. `collateral` takes
+    /// precedence over the verifier's own. The peer has no extensions, and
+    /// its `cert_sha256` is the SHA-256 of `attestation`.
+    pub fn verify_attestation(
+        &self,
+        attestation: &[u8],
+        spki: &[u8],
+        at: SystemTime,
+        collateral: Option<Collateral>,
+    ) -> Result<VerifiedPeer, RaTlsError> {
+        let decoded = AttestationV0::from_bytes(attestation)?;
+        let (verified, event_log) = self.check_evidence(
+            &decoded.quote,
+            decoded.event_log,
+            true,
+            spki,
+            collateral,
+            at,
+        )?;
+        let peer = VerifiedPeer {
+            quote: verified,
+            event_log,
+            vm_config: decoded.config,
+            app_info: None,
+            app_id: None,
+            usage: None,
+            cert_sha256: Sha256::digest(attestation).into(),
+        };
+        if let Some(policy) = &self.policy {
+            policy(&peer).map_err(RaTlsError::PolicyRejected)?;
+        }
+        Ok(peer)
+    }
+
+    /// The evidence checks: the quote verifies (with `collateral`, else the
+    /// verifier's), binds `spki`, and its event log replays (RTMR3 only for
+    /// a `stripped` log). Returns the verified quote and the log with every
+    /// runtime digest recomputed.
+    fn check_evidence(
+        &self,
+        quote: &[u8],
+        mut event_log: Vec<Event>,
+        stripped: bool,
+        spki: &[u8],
+        collateral: Option<Collateral>,
+        at: SystemTime,
+    ) -> Result<(VerifiedQuote, Vec<Event>), RaTlsError> {
+        let collateral = match (collateral, &self.collateral) {
+            (Some(given), _) => given,
+            (None, Some(own)) => own.clone(),
+            (None, None) => return Err(RaTlsError::MissingCollateral),
+        };
+        let verified = self.quotes.verify_at(quote, &collateral, at)?;
+        if verified.quote.report_data() != &report_data_for_spki(spki) {
+            return Err(RaTlsError::KeyBindingMismatch);
+        }
+        if let Some(td) = verified.quote.td_report() {
+            verify_runtime_digests(&mut event_log)?;
+            if stripped {
+                check_runtime_replay(&event_log, &Rtmrs(td.rtmr))?;
+            } else {
+                check_replay(&event_log, &Rtmrs(td.rtmr))?;
+            }
+        }
+        Ok((verified, event_log))
     }
 
     /// The verified peer behind a certificate this verifier accepted recently
