@@ -169,6 +169,11 @@ async fn call(
                     .await?,
             )
         }
+        "SignCert" => {
+            let request =
+                dstack_proto::prpc::decode_args(get, query, body).map_err(Failure::BadArgs)?;
+            json(&kms.sign_cert(&request, SystemTime::now()).await?)
+        }
         _ => Err(Failure::NotFound),
     }
 }
@@ -178,6 +183,7 @@ fn static_name(method: &str) -> &'static str {
     match method {
         "GetAppEnvEncryptPubKey" => "GetAppEnvEncryptPubKey",
         "GetAppKey" => "GetAppKey",
+        "SignCert" => "SignCert",
         _ => "other",
     }
 }

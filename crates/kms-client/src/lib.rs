@@ -2,7 +2,7 @@
 //! §7.1): fetch the root and temporary CA with `GetTempCaCert`, then call
 //! `GetAppKey` over mutual TLS with an RA-TLS client certificate signed by
 //! the temporary CA, trusting only a server whose certificate the KMS root
-//! signed for usage `kms:rpc`.
+//! signed for usage `kms:rpc`; and `SignCert` for the app's TLS certificates.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dstack_attest::Platform;
-use dstack_proto::kms::{AppKeyResponse, GetAppKeyRequest, GetMetaResponse, GetTempCaCertResponse};
+use dstack_proto::kms::{
+    AppKeyResponse, GetAppKeyRequest, GetMetaResponse, GetTempCaCertResponse, SignCertRequest,
+    SignCertResponse,
+};
 use dstack_ra_tls::{CertIssuer, CertRequest, Evidence, RaTlsCert, pem_certificate};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
@@ -169,6 +172,27 @@ impl KmsClient {
             return Err(self.garbage("GetAppKey's ca_cert is not the root it pinned"));
         }
         Ok(keys)
+    }
+
+    /// `SignCert` to a server signed by `root`: a certificate for the
+    /// request's key, as upstream's guest asks for one (CSR version 2). No
+    /// client certificate: the request carries its own attestation. The
+    /// answer's chain must end at `root`.
+    pub async fn sign_cert(
+        &self,
+        root: &KmsRoot,
+        request: &SignCertRequest,
+    ) -> Result<SignCertResponse, ClientError> {
+        let config = dstack_ra_tls::pinned_root_client_config(&root.cert_der, RPC_USAGE, None)?;
+        let answer: SignCertResponse = self.call(config, "SignCert", request).await?;
+        let last = answer
+            .certificate_chain
+            .last()
+            .map(|pem| pem_certificate(pem));
+        if last != Some(Some(root.cert_der.clone())) {
+            return Err(self.garbage("SignCert's chain does not end at the root it pinned"));
+        }
+        Ok(answer)
     }
 
     fn root_of(&self, pem: &str) -> Result<KmsRoot, ClientError> {
