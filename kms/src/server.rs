@@ -311,6 +311,10 @@ async fn dispatch(
                     .await?,
             )
         }
+        "SignCert" => {
+            let request = call.args().map_err(Failure::BadArgs)?;
+            json(&kms.sign_cert(&request, SystemTime::now()).await?)
+        }
         _ => Err(Failure::NotFound),
     }
 }
@@ -321,6 +325,7 @@ fn static_name(method: &str) -> &'static str {
         "GetAppEnvEncryptPubKey" => "GetAppEnvEncryptPubKey",
         "GetAppKey" => "GetAppKey",
         "GetKmsKey" => "GetKmsKey",
+        "SignCert" => "SignCert",
         _ => "other",
     }
 }

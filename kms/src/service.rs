@@ -8,7 +8,9 @@ use dstack_proto::kms::{
     AppId, AppKeyResponse, BootInfo, BootstrapResponse, GetAppKeyRequest, GetKmsKeyRequest,
     GetMetaResponse, GetTempCaCertResponse, KmsKeyResponse, KmsKeys, PublicKeyResponse,
 };
-use dstack_ra_tls::{CertRequest, RaTlsCert, RaTlsError, RaTlsVerifier, VerifiedPeer, pem};
+use dstack_ra_tls::{
+    CertRequest, CsrError, RaTlsCert, RaTlsError, RaTlsVerifier, VerifiedPeer, pem,
+};
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -17,6 +19,8 @@ use crate::boot_info::{BootInfoError, MeasuredAt, boot_info};
 use crate::evidence::EvidenceChecker;
 use crate::keystore::RootKeys;
 use crate::metrics::Metrics;
+
+mod sign_cert;
 
 /// The special usage (OID .4) of a KMS RPC certificate.
 pub const RPC_USAGE: &str = dstack_proto::kms::RPC_CERT_USAGE;
@@ -46,6 +50,10 @@ pub enum KmsError {
         /// The freshness limit.
         max_secs: u64,
     },
+    /// A certificate signing request was refused (malformed, bad
+    /// signature, wrong confirm string).
+    #[error("the certificate signing request was refused")]
+    Csr(#[from] CsrError),
     /// The evidence does not make a valid boot info.
     #[error("the caller's boot info is invalid")]
     BootInfo(#[from] BootInfoError),
@@ -83,6 +91,12 @@ impl KmsError {
                 _ => "attestation_malformed",
             },
             Self::Stale { .. } => "stale_request",
+            Self::Csr(e) => match e {
+                CsrError::Signature => "csr_bad_signature",
+                CsrError::Confirm { .. } => "csr_bad_confirm",
+                CsrError::PublicKey => "csr_bad_public_key",
+                _ => "csr_malformed",
+            },
             Self::BootInfo(_) => "boot_info_invalid",
             Self::Auth(_) => "auth_backend_failed",
             Self::Collateral(_) => "collateral_unavailable",
@@ -368,7 +382,19 @@ impl Kms {
         let cert = client_cert.ok_or(KmsError::NoClientCertificate)?;
         self.check_fresh(cert, at)?;
         let peer: VerifiedPeer = self.evidence.verify_cert(cert, at).await?;
-        let info = boot_info(&peer, vm_config, MeasuredAt::Now)?;
+        self.decide(&peer, vm_config, MeasuredAt::Now, is_kms).await
+    }
+
+    /// The boot info of a verified caller, as of `measured`, and the auth
+    /// backend's verdict on it; returns the boot info and gateway app id.
+    async fn decide(
+        &self,
+        peer: &VerifiedPeer,
+        vm_config: &str,
+        measured: MeasuredAt,
+        is_kms: bool,
+    ) -> Result<(BootInfo, String), KmsError> {
+        let info = boot_info(peer, vm_config, measured)?;
         let verdict = self.auth.decide(&info, is_kms).await?;
         if !verdict.is_allowed {
             return Err(KmsError::Denied {

@@ -10,6 +10,7 @@
 //! payload: Vec<u8>}>` · report_data: `[u8; 64]` · config: `String`.
 
 use crate::eventlog::is_acpi_data_event;
+use crate::scale::{Reader, ScaleError, Writer};
 use crate::{Event, RuntimeEvent};
 
 /// A V0 attestation: a TDX quote with its event log.
@@ -78,26 +79,26 @@ impl AttestationV0 {
 
     /// The SCALE bytes, as upstream's `VersionedAttestation::to_bytes`.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.quote.len() + 4096);
-        out.push(0); // VersionedAttestation::V0
-        out.push(0); // AttestationQuote::DstackTdx
-        put_bytes(&mut out, &self.quote);
-        put_compact(&mut out, self.event_log.len());
+        let mut w = Writer::with_capacity(self.quote.len() + 4096);
+        w.u8(0); // VersionedAttestation::V0
+        w.u8(0); // AttestationQuote::DstackTdx
+        w.bytes(&self.quote);
+        w.compact(self.event_log.len());
         for event in &self.event_log {
-            out.extend_from_slice(&event.imr.to_le_bytes());
-            out.extend_from_slice(&event.event_type.to_le_bytes());
-            put_bytes(&mut out, &event.digest);
-            put_bytes(&mut out, event.event.as_bytes());
-            put_bytes(&mut out, &event.event_payload);
+            w.u32(event.imr);
+            w.u32(event.event_type);
+            w.bytes(&event.digest);
+            w.string(&event.event);
+            w.bytes(&event.event_payload);
         }
-        put_compact(&mut out, self.runtime_events.len());
+        w.compact(self.runtime_events.len());
         for event in &self.runtime_events {
-            put_bytes(&mut out, event.name.as_bytes());
-            put_bytes(&mut out, &event.payload);
+            w.string(&event.name);
+            w.bytes(&event.payload);
         }
-        out.extend_from_slice(&self.report_data);
-        put_bytes(&mut out, self.config.as_bytes());
-        out
+        w.raw(&self.report_data);
+        w.string(&self.config);
+        w.finish()
     }
 
     /// The form certificates carry (upstream's `into_stripped`): the RTMR3
@@ -128,7 +129,7 @@ impl AttestationV0 {
 
     /// Decodes [`AttestationV0::to_bytes`] output.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AttestationDecodeError> {
-        let mut r = Reader { bytes, pos: 0 };
+        let mut r = Reader::new(bytes);
         let version = r.u8()?;
         let kind = r.u8()?;
         if version != 0 || kind != 0 {
@@ -157,8 +158,8 @@ impl AttestationV0 {
         let mut report_data = [0u8; 64];
         report_data.copy_from_slice(r.take(64)?);
         let config = r.string()?;
-        if r.pos != bytes.len() {
-            return Err(AttestationDecodeError::Trailing(bytes.len() - r.pos));
+        if !r.remaining().is_empty() {
+            return Err(AttestationDecodeError::Trailing(r.remaining().len()));
         }
         Ok(Self {
             quote,
@@ -170,93 +171,13 @@ impl AttestationV0 {
     }
 }
 
-/// SCALE compact integer.
-// Each cast is of a value the branch's range check bounds.
-#[allow(clippy::cast_possible_truncation)]
-fn put_compact(out: &mut Vec<u8>, n: usize) {
-    let n = n as u64;
-    if n < 1 << 6 {
-        out.push((n << 2) as u8);
-    } else if n < 1 << 14 {
-        out.extend_from_slice(&(((n << 2) | 1) as u16).to_le_bytes());
-    } else if n < 1 << 30 {
-        out.extend_from_slice(&(((n << 2) | 2) as u32).to_le_bytes());
-    } else {
-        let le = n.to_le_bytes();
-        let len = le.iter().rposition(|&b| b != 0).map_or(1, |i| i + 1).max(4);
-        out.push((((len - 4) as u8) << 2) | 3);
-        out.extend_from_slice(&le[..len]);
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_compact(out, bytes.len());
-    out.extend_from_slice(bytes);
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], AttestationDecodeError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&end| end <= self.bytes.len())
-            .ok_or(AttestationDecodeError::Truncated(self.pos))?;
-        let slice = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(slice)
-    }
-
-    fn u8(&mut self) -> Result<u8, AttestationDecodeError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, AttestationDecodeError> {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(b))
-    }
-
-    fn compact(&mut self) -> Result<usize, AttestationDecodeError> {
-        let at = self.pos;
-        let first = self.u8()?;
-        let value = match first & 3 {
-            0 => u64::from(first >> 2),
-            1 => u64::from(u16::from_le_bytes([first, self.u8()?]) >> 2),
-            2 => {
-                let rest = self.take(3)?;
-                u64::from(u32::from_le_bytes([first, rest[0], rest[1], rest[2]]) >> 2)
-            }
-            _ => {
-                let len = usize::from(first >> 2) + 4;
-                if len > 8 {
-                    return Err(AttestationDecodeError::Truncated(at));
-                }
-                let mut le = [0u8; 8];
-                le[..len].copy_from_slice(self.take(len)?);
-                u64::from_le_bytes(le)
-            }
-        };
-        // A length longer than the input is truncation, whatever it claims.
-        usize::try_from(value)
-            .ok()
-            .filter(|&v| v <= self.bytes.len())
-            .ok_or(AttestationDecodeError::Truncated(at))
-    }
-
-    fn bytes(&mut self) -> Result<&'a [u8], AttestationDecodeError> {
-        let n = self.compact()?;
-        self.take(n)
-    }
-
-    fn string(&mut self) -> Result<String, AttestationDecodeError> {
-        let at = self.pos;
-        let bytes = self.bytes()?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| AttestationDecodeError::Utf8(at))
+impl From<ScaleError> for AttestationDecodeError {
+    fn from(e: ScaleError) -> Self {
+        match e {
+            ScaleError::Utf8(at) => Self::Utf8(at),
+            // No bool or Option in a V0 attestation: a bad tag cannot occur.
+            ScaleError::Truncated(at) | ScaleError::Tag(at) => Self::Truncated(at),
+        }
     }
 }
 
@@ -284,27 +205,6 @@ mod tests {
             runtime_events: vec![runtime],
             report_data: [9; 64],
             config: "{\"os_image_hash\":\"\"}".into(),
-        }
-    }
-
-    #[test]
-    fn compact_encoding_matches_scale() {
-        let cases: [(usize, &[u8]); 5] = [
-            (0, &[0x00]),
-            (1, &[0x04]),
-            (63, &[0xfc]),
-            (64, &[0x01, 0x01]),
-            (16384, &[0x02, 0x00, 0x01, 0x00]),
-        ];
-        for (n, expected) in cases {
-            let mut out = Vec::new();
-            put_compact(&mut out, n);
-            assert_eq!(out, expected, "{n}");
-            let mut r = Reader {
-                bytes: &[expected, &vec![0u8; n][..]].concat(),
-                pos: 0,
-            };
-            assert_eq!(r.compact().unwrap(), n);
         }
     }
 

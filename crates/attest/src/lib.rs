@@ -13,6 +13,7 @@ pub mod pccs;
 pub mod platform;
 pub mod quote;
 pub mod rtmr;
+pub mod scale;
 pub mod sim;
 pub mod verify;
 

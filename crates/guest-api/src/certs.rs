@@ -1,12 +1,16 @@
 //! Certificates the guest API issues: the app root certificate (made once)
 //! and `/GetTlsKey` / tappd `DeriveKey` leaves signed by it (UPSTREAM §1.3,
-//! non-KMS mode: chain `[leaf, app root]`).
+//! non-KMS mode: chain `[leaf, app root]`), or in KMS mode signed by the KMS
+//! from a signing request (chain `[leaf, app CA, KMS root]`).
 
 use std::sync::Mutex;
 
-use dstack_attest::{Measures, Platform};
+use dstack_attest::{AttestationV0, Measures, Platform};
 pub(crate) use dstack_ra_tls::pem;
-use dstack_ra_tls::{CertAppInfo, CertIssuer, CertRequest, Evidence, RaTlsCert};
+use dstack_ra_tls::{
+    CertAppInfo, CertConfigV2, CertIssuer, CertRequest, CertSigningRequestV2, Evidence, RaTlsCert,
+    RaTlsError,
+};
 use p256::pkcs8::EncodePrivateKey;
 use rcgen::{KeyPair, PublicKeyData};
 
@@ -59,20 +63,31 @@ pub(crate) struct LeafSpec {
     pub(crate) with_app_info: bool,
 }
 
-/// The `GetTlsKey`/`DeriveKey` answer: a leaf for `key` signed by the app root.
+/// The `GetTlsKey`/`DeriveKey` answer: a leaf for `key` signed by the
+/// signer (the KMS) if there is one, else by the app root.
 pub(crate) fn tls_key_response(
     api: &crate::GuestApi,
     key: &p256::SecretKey,
     spec: LeafSpec,
 ) -> Result<dstack_proto::guest_api::GetTlsKeyResponse, GuestApiError> {
-    let (key, certificate_chain) = issue_leaf(
-        api.platform.as_ref(),
-        &api.measure,
-        &api.root,
-        &api.app,
-        key,
-        spec,
-    )?;
+    let (key, certificate_chain) = match &api.signer {
+        Some(signer) => signed_leaf(
+            api.platform.as_ref(),
+            &api.measure,
+            signer.as_ref(),
+            &api.app,
+            key,
+            spec,
+        )?,
+        None => issue_leaf(
+            api.platform.as_ref(),
+            &api.measure,
+            &api.root,
+            &api.app,
+            key,
+            spec,
+        )?,
+    };
     Ok(dstack_proto::guest_api::GetTlsKeyResponse {
         key,
         certificate_chain,
@@ -129,6 +144,50 @@ pub(crate) fn issue_leaf(
         key.serialize_pem(),
         vec![pem("CERTIFICATE", &leaf.cert_der), root.cert_pem.clone()],
     ))
+}
+
+/// A leaf for `key` from `signer`: a certificate signing request (upstream's
+/// `CertSigningRequestV2`) for what `spec` asks, carrying a fresh quote that
+/// binds the key, signed with the key: `(key PEM, chain from the signer)`.
+pub(crate) fn signed_leaf(
+    platform: &dyn Platform,
+    measure: &Mutex<()>,
+    signer: &dyn crate::CertSigner,
+    app: &AppInfo,
+    key: &p256::SecretKey,
+    spec: LeafSpec,
+) -> Result<(String, Vec<String>), GuestApiError> {
+    let key = rcgen_key(key)?;
+    let pubkey = key.subject_public_key_info();
+    let report_data = dstack_ra_tls::report_data_for_spki(&pubkey);
+    let taken = take_evidence(platform, measure, &report_data)?;
+    // Stripped as a certificate's `.8`: the RTMR3 log is what is checked.
+    let attestation = AttestationV0::new(
+        taken.quote,
+        taken.events,
+        report_data,
+        app.vm_config.clone(),
+    )
+    .stripped()
+    .to_bytes();
+    let unsigned = |t: i64| u64::try_from(t).map_err(|_| RaTlsError::InvalidValidity);
+    let config = CertConfigV2 {
+        org_name: None,
+        subject: spec.subject,
+        subject_alt_names: spec.alt_names,
+        usage_server_auth: spec.server_auth,
+        usage_client_auth: spec.client_auth,
+        ext_quote: spec.ra_tls,
+        ext_app_info: spec.with_app_info,
+        not_before: spec.not_before.map(unsigned).transpose()?,
+        not_after: spec.not_after.map(unsigned).transpose()?,
+    };
+    let csr = CertSigningRequestV2::new(pubkey, config, attestation);
+    let signature = csr.sign(&key)?;
+    let chain = signer
+        .sign(&csr, &signature)
+        .map_err(GuestApiError::Signer)?;
+    Ok((key.serialize_pem(), chain))
 }
 
 /// Quotes `key`'s SPKI (SHA-512("ratls-cert:" ‖ SPKI)): the evidence the

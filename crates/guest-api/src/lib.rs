@@ -91,6 +91,30 @@ pub enum GuestApiError {
     /// A background task died.
     #[error("blocking task failed")]
     Join(#[from] tokio::task::JoinError),
+    /// The certificate signing request could not be signed.
+    #[error("cannot sign the certificate request")]
+    Csr(#[from] dstack_ra_tls::CsrError),
+    /// The signer (the KMS) did not sign the certificate.
+    #[error("the KMS did not sign the certificate")]
+    Signer(#[source] SignerError),
+}
+
+/// Why a [`CertSigner`] did not sign: its own error (in KMS mode, the KMS
+/// client's), kept whole for the error chain.
+pub type SignerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who certifies the app's TLS keys when it is not the app root: in KMS
+/// mode, the KMS's `SignCert`, so `/GetTlsKey` and tappd `DeriveKey` answer
+/// `[leaf, app CA, KMS root CA]` (UPSTREAM §1.3) instead of `[leaf, app
+/// root]`. Called on a blocking thread, once per certificate, as upstream's
+/// guest agent asks the KMS once per request.
+pub trait CertSigner: Send + Sync {
+    /// The PEM chain, leaf first, for `csr` with its key's `signature`.
+    fn sign(
+        &self,
+        csr: &dstack_ra_tls::CertSigningRequestV2,
+        signature: &[u8],
+    ) -> Result<Vec<String>, SignerError>;
 }
 
 /// Which socket's API to serve.
@@ -108,6 +132,8 @@ pub struct GuestApi {
     app: AppInfo,
     keys: AppKeys,
     root: certs::AppRoot,
+    /// Signs leaves instead of the app root (KMS mode).
+    signer: Option<Arc<dyn CertSigner>>,
     /// Held across "read event log + quote" and "emit event", so a quote
     /// and the log served with it always agree.
     measure: Mutex<()>,
@@ -119,6 +145,7 @@ impl std::fmt::Debug for GuestApi {
             .field("platform", &self.platform.kind())
             .field("app", &self.app)
             .field("keys", &self.keys)
+            .field("kms_signed", &self.signer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -139,11 +166,20 @@ impl GuestApi {
             app,
             keys,
             root,
+            signer: None,
             measure,
         })
     }
 
-    /// The app root certificate (PEM) that signs `/GetTlsKey` certificates.
+    /// Have `signer` (the KMS) certify `/GetTlsKey` and `DeriveKey` keys
+    /// instead of the app root.
+    pub fn with_cert_signer(mut self, signer: Arc<dyn CertSigner>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// The app root certificate (PEM) that signs `/GetTlsKey` certificates
+    /// (unless a [`CertSigner`] does).
     pub fn root_cert_pem(&self) -> &str {
         &self.root.cert_pem
     }

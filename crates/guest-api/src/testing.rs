@@ -9,7 +9,7 @@ use dstack_attest::{Event, Platform, RuntimeEvent, SimAuthority, SimPlatform, Si
 use dstack_keys::AppKeys;
 use sha2::{Digest, Sha256};
 
-use crate::{AppInfo, Flavor, GuestApi};
+use crate::{AppInfo, CertSigner, Flavor, GuestApi};
 
 /// How a [`SimGuest`] boots.
 #[derive(Debug, Clone)]
@@ -58,6 +58,16 @@ impl SimGuest {
     /// firmware events, then the RTMR3 boot events) and serves its API.
     /// Must be called inside a tokio runtime.
     pub fn start(authority: Arc<SimAuthority>, boot: SimBoot) -> std::io::Result<Self> {
+        Self::start_with_signer(authority, boot, None)
+    }
+
+    /// [`SimGuest::start`], with `signer` (a KMS, or a stand-in) certifying
+    /// the app's TLS keys.
+    pub fn start_with_signer(
+        authority: Arc<SimAuthority>,
+        boot: SimBoot,
+        signer: Option<Arc<dyn CertSigner>>,
+    ) -> std::io::Result<Self> {
         let firmware: Vec<Event> = (0u8..3)
             .map(|imr| Event {
                 imr: u32::from(imr),
@@ -114,9 +124,12 @@ impl SimGuest {
         };
         let keys = AppKeys::from_seed(&boot.seed).map_err(std::io::Error::other)?;
         let dyn_platform: Arc<dyn Platform> = platform.clone();
-        let api = Arc::new(
-            GuestApi::new(dyn_platform, app.clone(), keys).map_err(std::io::Error::other)?,
-        );
+        let mut api =
+            GuestApi::new(dyn_platform, app.clone(), keys).map_err(std::io::Error::other)?;
+        if let Some(signer) = signer {
+            api = api.with_cert_signer(signer);
+        }
+        let api = Arc::new(api);
         let dir = tempfile::tempdir()?;
         let dstack = dir.path().join("dstack.sock");
         let tappd = dir.path().join("tappd.sock");

@@ -8,7 +8,9 @@ use dstack_attest::AttestationV0;
 use dstack_attest::eventlog::{check_replay, parse_event_log_json};
 use dstack_attest::{Platform, Quote, Rtmrs, SimAuthority};
 use dstack_guest_api::testing::{SimBoot, SimGuest};
+use dstack_guest_api::{CertSigner, SignerError};
 use dstack_keys::AppKeys;
+use dstack_ra_tls::CertSigningRequestV2;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256, Sha512};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,13 +19,19 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 const SEED: [u8; 32] = [0x11; 32];
 
 async fn start() -> SimGuest {
+    start_with(None).await
+}
+
+/// The fixture, with `signer` (a stand-in KMS) certifying TLS keys.
+async fn start_with(signer: Option<Arc<dyn CertSigner>>) -> SimGuest {
     let authority = Arc::new(SimAuthority::generate().unwrap());
-    SimGuest::start(
+    SimGuest::start_with_signer(
         authority,
         SimBoot {
             seed: SEED,
             ..SimBoot::default()
         },
+        signer,
     )
     .unwrap()
 }
@@ -363,6 +371,111 @@ async fn get_tls_key_chains_to_the_app_root_and_binds_its_key() {
     .await;
     assert_eq!(status, 400);
     assert!(error.contains("not_before"), "{error}");
+}
+
+/// A stand-in KMS: checks each request's signature, keeps it, and answers
+/// a fixed chain (or refuses).
+#[derive(Default)]
+struct RecordingSigner {
+    requests: std::sync::Mutex<Vec<CertSigningRequestV2>>,
+    refuse: bool,
+}
+
+impl CertSigner for RecordingSigner {
+    fn sign(
+        &self,
+        csr: &CertSigningRequestV2,
+        signature: &[u8],
+    ) -> Result<Vec<String>, SignerError> {
+        csr.verify(signature)?;
+        self.requests.lock().unwrap().push(csr.clone());
+        if self.refuse {
+            return Err("boot denied: compose hash not allowed".into());
+        }
+        Ok(vec!["leaf".into(), "app CA".into(), "KMS root".into()])
+    }
+}
+
+#[tokio::test]
+async fn with_a_signer_tls_keys_are_certified_through_signing_requests() {
+    let signer = Arc::new(RecordingSigner::default());
+    let f = start_with(Some(signer.clone())).await;
+    let response = post(
+        &f.dstack,
+        "/GetTlsKey",
+        json!({"subject": "app.test", "alt_names": ["app.test", "127.0.0.1"],
+               "usage_ra_tls": true, "usage_server_auth": true, "usage_client_auth": true,
+               "with_app_info": true, "not_before": 1700000000u64, "not_after": 4102444800u64}),
+    )
+    .await;
+    assert_eq!(
+        response["certificate_chain"],
+        json!(["leaf", "app CA", "KMS root"]),
+        "the signer's chain, as it answered"
+    );
+    let csr = signer.requests.lock().unwrap().pop().unwrap();
+    assert_eq!(csr.confirm, "please sign cert:");
+    let key = rcgen::KeyPair::from_pem(response["key"].as_str().unwrap()).unwrap();
+    use rcgen::PublicKeyData;
+    assert_eq!(
+        csr.pubkey,
+        key.subject_public_key_info(),
+        "for the key handed out"
+    );
+    assert_eq!(
+        csr.config,
+        dstack_ra_tls::CertConfigV2 {
+            org_name: None,
+            subject: "app.test".into(),
+            subject_alt_names: vec!["app.test".into(), "127.0.0.1".into()],
+            usage_server_auth: true,
+            usage_client_auth: true,
+            ext_quote: true,
+            ext_app_info: true,
+            not_before: Some(1_700_000_000),
+            not_after: Some(4_102_444_800),
+        }
+    );
+    // The request's attestation: a fresh quote binding that key, with the
+    // stripped RTMR3 log and the VM config.
+    let att = AttestationV0::from_bytes(&csr.attestation).unwrap();
+    let expected: [u8; 64] = Sha512::new()
+        .chain_update(b"ratls-cert:")
+        .chain_update(&csr.pubkey)
+        .finalize()
+        .into();
+    assert_eq!(quote_report(&att.quote).report_data, expected);
+    assert_eq!(att.report_data, expected);
+    assert_eq!(att.config, f.app.vm_config);
+    assert!(att.event_log.iter().any(|e| e.event == "app-id"));
+    assert!(att.event_log.iter().all(|e| e.imr == 3));
+
+    // tappd's DeriveKey asks the signer too, with upstream's defaults.
+    let derived = post(
+        &f.tappd,
+        "/prpc/Tappd.DeriveKey",
+        json!({"path": "p", "subject": "d"}),
+    )
+    .await;
+    assert_eq!(derived["certificate_chain"].as_array().unwrap().len(), 3);
+    let csr = signer.requests.lock().unwrap().pop().unwrap();
+    assert_eq!(csr.config.subject, "d");
+    assert!(!csr.config.ext_quote && !csr.config.ext_app_info);
+    assert_eq!((csr.config.not_before, csr.config.not_after), (None, None));
+
+    // A refusal reaches the app as an error naming it.
+    let refusing = Arc::new(RecordingSigner {
+        refuse: true,
+        ..RecordingSigner::default()
+    });
+    let f = start_with(Some(refusing)).await;
+    let (status, error) = post_err(&f.dstack, "/GetTlsKey", json!({"subject": "x"})).await;
+    assert_eq!(status, 500);
+    assert!(
+        error.contains("the KMS did not sign the certificate")
+            && error.contains("compose hash not allowed"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

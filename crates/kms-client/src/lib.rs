@@ -2,7 +2,7 @@
 //! §7.1): fetch the root and temporary CA with `GetTempCaCert`, then call
 //! `GetAppKey` over mutual TLS with an RA-TLS client certificate signed by
 //! the temporary CA, trusting only a server whose certificate the KMS root
-//! signed for usage `kms:rpc`.
+//! signed for usage `kms:rpc`; and `SignCert` for the app's TLS certificates.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -16,7 +16,7 @@ use std::time::Duration;
 use dstack_attest::Platform;
 use dstack_proto::kms::{
     AppKeyResponse, GetAppKeyRequest, GetKmsKeyRequest, GetMetaResponse, GetTempCaCertResponse,
-    KmsKeyResponse,
+    KmsKeyResponse, SignCertRequest, SignCertResponse,
 };
 use dstack_ra_tls::{CertIssuer, CertRequest, Evidence, RaTlsCert, pem_certificate};
 use serde::Serialize;
@@ -198,6 +198,27 @@ impl KmsClient {
         let server_cert =
             server_cert.ok_or_else(|| self.garbage("the server presented no certificate"))?;
         Ok((keys, server_cert))
+    }
+
+    /// `SignCert` to a server signed by `root`: a certificate for the
+    /// request's key, as upstream's guest asks for one (CSR version 2). No
+    /// client certificate: the request carries its own attestation. The
+    /// answer's chain must end at `root`.
+    pub async fn sign_cert(
+        &self,
+        root: &KmsRoot,
+        request: &SignCertRequest,
+    ) -> Result<SignCertResponse, ClientError> {
+        let config = dstack_ra_tls::pinned_root_client_config(&root.cert_der, RPC_USAGE, None)?;
+        let answer: SignCertResponse = self.call(config, "SignCert", request).await?;
+        let last = answer
+            .certificate_chain
+            .last()
+            .map(|pem| pem_certificate(pem));
+        if last != Some(Some(root.cert_der.clone())) {
+            return Err(self.garbage("SignCert's chain does not end at the root it pinned"));
+        }
+        Ok(answer)
     }
 
     fn root_of(&self, pem: &str) -> Result<KmsRoot, ClientError> {

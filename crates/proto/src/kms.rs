@@ -128,6 +128,33 @@ pub struct GetTempCaCertResponse {
     pub ca_cert: String,
 }
 
+/// `SignCert` arguments: a certificate signing request (upstream's
+/// `CertSigningRequestV2` SCALE bytes, `dstack_ra_tls::CertSigningRequestV2`)
+/// and the leaf key's signature over it. No client certificate is needed:
+/// the CSR carries its own attestation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SignCertRequest {
+    /// Must be 2 (the CSR version).
+    pub api_version: u32,
+    /// The CSR bytes.
+    #[serde(with = "hex_bytes")]
+    pub csr: Vec<u8>,
+    /// ECDSA P-256 SHA-256 (ASN.1 DER) signature over `csr` by the leaf key.
+    #[serde(with = "hex_bytes")]
+    pub signature: Vec<u8>,
+    /// The caller's VM config JSON string (carries `os_image_hash`).
+    pub vm_config: String,
+}
+
+/// `SignCert` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SignCertResponse {
+    /// PEM certificates: `[leaf, app CA, KMS root CA]`.
+    pub certificate_chain: Vec<String>,
+}
+
 /// `GetKmsKey` arguments (a replica asking for the root keys).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -362,6 +389,27 @@ pub struct AuthApiInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sign_cert_uses_upstreams_json_shapes() {
+        let request = SignCertRequest {
+            api_version: 2,
+            csr: vec![0xab, 0x01],
+            signature: vec![0x30],
+            vm_config: "{}".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&request).unwrap(),
+            serde_json::json!({"api_version": 2, "csr": "ab01", "signature": "30", "vm_config": "{}"})
+        );
+        let decoded: SignCertRequest =
+            serde_json::from_str(r#"{"api_version":2,"csr":"0xab01","signature":"30"}"#).unwrap();
+        assert_eq!(decoded.csr, vec![0xab, 0x01]);
+        assert!(decoded.vm_config.is_empty());
+        let response: SignCertResponse =
+            serde_json::from_str(r#"{"certificate_chain":["a","b","c"]}"#).unwrap();
+        assert_eq!(response.certificate_chain.len(), 3);
+    }
 
     #[test]
     fn boot_auth_response_needs_every_field() {

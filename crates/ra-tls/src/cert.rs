@@ -184,41 +184,7 @@ impl RaTlsCert {
         evidence: Option<&Evidence>,
         issuer: Option<&CertIssuer>,
     ) -> Result<Self, RaTlsError> {
-        let mut params = CertificateParams::new(request.alt_names.clone())?;
-        let mut dn = DistinguishedName::new();
-        if let Some(org) = &request.org_name {
-            dn.push(DnType::OrganizationName, org.clone());
-        }
-        dn.push(DnType::CommonName, request.subject.clone());
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if request.server_auth {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
-        }
-        if request.client_auth {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ClientAuth);
-        }
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = match request.not_before {
-            Some(t) => unix(t)?,
-            None => now - time::Duration::hours(1),
-        };
-        params.not_after = match request.not_after {
-            Some(t) => unix(t)?,
-            None => now + time::Duration::days(365),
-        };
-        if params.not_before >= params.not_after {
-            return Err(RaTlsError::InvalidValidity);
-        }
-        if let Some(path_len) = request.ca_path_len {
-            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
-            params.key_usages.push(KeyUsagePurpose::KeyCertSign);
-            params.key_usages.push(KeyUsagePurpose::CrlSign);
-        }
+        let mut params = cert_params(request)?;
         if let Some(evidence) = evidence {
             let attestation = AttestationV0::new(
                 evidence.quote.clone(),
@@ -241,15 +207,6 @@ impl RaTlsCert {
         } else if let Some(attestation) = &request.attestation {
             push_ext(&mut params, oids::ATTESTATION, attestation);
         }
-        if let Some(app_info) = &request.app_info {
-            push_ext(&mut params, oids::APP_INFO, &app_info.encode());
-        }
-        if let Some(usage) = &request.usage {
-            push_ext(&mut params, oids::CERT_USAGE, usage.as_bytes());
-        }
-        if let Some(app_id) = &request.app_id {
-            push_ext(&mut params, oids::APP_ID, app_id);
-        }
         let cert = match issuer {
             Some(issuer) => {
                 let signer =
@@ -263,6 +220,75 @@ impl RaTlsCert {
             key_der: key.serialize_der(),
         })
     }
+}
+
+impl CertIssuer {
+    /// Sign a certificate for a public key this side does not hold (`spki`,
+    /// SubjectPublicKeyInfo DER; e.g. a signing request's) as `request`
+    /// says; its `.8` is `request.attestation`, as given. Returns the DER.
+    pub fn issue_for_public_key(
+        &self,
+        spki: &[u8],
+        request: &CertRequest,
+    ) -> Result<Vec<u8>, RaTlsError> {
+        let mut params = cert_params(request)?;
+        if let Some(attestation) = &request.attestation {
+            push_ext(&mut params, oids::ATTESTATION, attestation);
+        }
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki)?;
+        let signer = Issuer::from_ca_cert_der(&self.cert_der.as_slice().into(), &self.key)?;
+        Ok(params.signed_by(&public_key, &signer)?.der().to_vec())
+    }
+}
+
+/// Everything a certificate says besides its evidence (`.8`, collateral).
+fn cert_params(request: &CertRequest) -> Result<CertificateParams, RaTlsError> {
+    let mut params = CertificateParams::new(request.alt_names.clone())?;
+    let mut dn = DistinguishedName::new();
+    if let Some(org) = &request.org_name {
+        dn.push(DnType::OrganizationName, org.clone());
+    }
+    dn.push(DnType::CommonName, request.subject.clone());
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if request.server_auth {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    if request.client_auth {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = match request.not_before {
+        Some(t) => unix(t)?,
+        None => now - time::Duration::hours(1),
+    };
+    params.not_after = match request.not_after {
+        Some(t) => unix(t)?,
+        None => now + time::Duration::days(365),
+    };
+    if params.not_before >= params.not_after {
+        return Err(RaTlsError::InvalidValidity);
+    }
+    if let Some(path_len) = request.ca_path_len {
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+        params.key_usages.push(KeyUsagePurpose::KeyCertSign);
+        params.key_usages.push(KeyUsagePurpose::CrlSign);
+    }
+    // Upstream's order: app id, app info, usage (then the attestation).
+    if let Some(app_id) = &request.app_id {
+        push_ext(&mut params, oids::APP_ID, app_id);
+    }
+    if let Some(app_info) = &request.app_info {
+        push_ext(&mut params, oids::APP_INFO, &app_info.encode());
+    }
+    if let Some(usage) = &request.usage {
+        push_ext(&mut params, oids::CERT_USAGE, usage.as_bytes());
+    }
+    Ok(params)
 }
 
 /// PEM armour (64-column lines) of `der` under `label`, e.g. `CERTIFICATE`.

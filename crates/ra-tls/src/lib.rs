@@ -10,6 +10,7 @@
 pub mod app_info;
 mod cert;
 mod config;
+mod csr;
 pub mod oids;
 mod verify;
 
@@ -22,6 +23,7 @@ pub use config::{
     client_config, deferred_client_auth_server_config, pinned_root_client_config, server_config,
     unverified_client_config,
 };
+pub use csr::{CSR_CONFIRM, CertConfigV2, CertSigningRequestV2, CsrError};
 pub use verify::{PeerPolicy, RaTlsCertVerifier, RaTlsVerifier, VerifiedPeer, certificate_quote};
 
 /// Why an RA-TLS certificate could not be issued or was refused.

@@ -266,6 +266,19 @@ impl RaTlsVerifier {
         Ok(peer)
     }
 
+    /// [`RaTlsVerifier::verify_attestation_with`] for evidence that must
+    /// bind a key the way a certificate's does (SHA-512(`ratls-cert:` ‖
+    /// `spki`)), such as a certificate signing request's.
+    pub fn verify_attestation(
+        &self,
+        attestation: &[u8],
+        spki: &[u8],
+        at: SystemTime,
+        collateral: Option<Collateral>,
+    ) -> Result<VerifiedPeer, RaTlsError> {
+        self.verify_attestation_with(attestation, &report_data_for_spki(spki), at, collateral)
+    }
+
     /// Check a bare versioned attestation (what `Attest` returns, and what
     /// a KMS bootstrap answer carries) whose quote must bind `report_data`,
     /// at `at`, with `collateral` for its quote if given (else the

@@ -35,6 +35,7 @@ use crate::{console, identity, local_key, power, tee};
 
 mod config;
 mod error;
+mod kms_signer;
 
 pub use config::{BootConfig, phase};
 pub use error::{BootError, error_chain};
@@ -78,8 +79,11 @@ enum KeySource {
     Random,
     /// A provider's 32-byte seed (local).
     Seed(KeySeed),
-    /// Keys released by a KMS.
-    Kms(Box<dstack_proto::kms::AppKeyResponse>),
+    /// Keys released by a KMS, which also signs the app's TLS certificates.
+    Kms(
+        Box<dstack_proto::kms::AppKeyResponse>,
+        kms_signer::KmsCertSigner,
+    ),
 }
 
 impl std::fmt::Debug for KeySource {
@@ -87,7 +91,7 @@ impl std::fmt::Debug for KeySource {
         f.write_str(match self {
             Self::Random => "KeySource::Random",
             Self::Seed(_) => "KeySource::Seed",
-            Self::Kms(_) => "KeySource::Kms",
+            Self::Kms(..) => "KeySource::Kms",
         })
     }
 }
@@ -426,7 +430,7 @@ impl Boot {
                 KeyProviderKind::Kms => {
                     let started = Instant::now();
                     notifier.send(events::BOOT_PROGRESS, "requesting app keys from the KMS");
-                    let (keys, root) = kms_keys(
+                    let (keys, root, client) = kms_keys(
                         &runtime,
                         &*platform,
                         &bundle.sys_config.kms_urls,
@@ -438,7 +442,13 @@ impl Boot {
                     measure::emit(&*platform, names::OS_IMAGE_HASH, &keys.os_image_hash)?;
                     measured.key_provider_info = measure::key_provider_kms(&root.spki);
                     tracing::info!("app keys from the KMS ({} ms)", ms(started));
-                    KeySource::Kms(Box::new(keys))
+                    let signer = kms_signer::KmsCertSigner {
+                        client,
+                        root,
+                        vm_config: bundle.sys_config.vm_config.clone(),
+                        runtime: runtime.clone(),
+                    };
+                    KeySource::Kms(Box::new(keys), signer)
                 }
                 KeyProviderKind::Local => {
                     let started = Instant::now();
@@ -523,17 +533,22 @@ impl Boot {
         let dir = self.cfg.guest_socket_dir.clone();
         let started = Instant::now();
         let api = tokio::task::spawn_blocking(move || -> Result<GuestApi, BootError> {
-            let keys = match source {
+            let (keys, signer) = match source {
                 KeySource::Random => {
                     let seed =
                         Zeroizing::new(identity::random_seed32().map_err(BootError::Identity)?);
-                    AppKeys::from_seed(&seed)
+                    (AppKeys::from_seed(&seed), None)
                 }
-                KeySource::Seed(seed) => AppKeys::from_seed(&seed),
-                KeySource::Kms(keys) => app_keys_from_kms(&keys),
-            }
-            .map_err(|e| BootError::GuestApi(e.into()))?;
-            GuestApi::new(platform, app, keys).map_err(|e| BootError::GuestApi(e.into()))
+                KeySource::Seed(seed) => (AppKeys::from_seed(&seed), None),
+                KeySource::Kms(keys, signer) => (app_keys_from_kms(&keys), Some(signer)),
+            };
+            let keys = keys.map_err(|e| BootError::GuestApi(e.into()))?;
+            let api =
+                GuestApi::new(platform, app, keys).map_err(|e| BootError::GuestApi(e.into()))?;
+            Ok(match signer {
+                Some(signer) => api.with_cert_signer(Arc::new(signer)),
+                None => api,
+            })
         })
         .await??;
         let api = Arc::new(api);
@@ -601,8 +616,8 @@ impl Boot {
     }
 }
 
-/// A DMI identification string (upstream's cloud_vendor/cloud_product).
-/// Asks each KMS in turn for the app's keys; the first answer wins.
+/// Asks each KMS in turn for the app's keys; the first answer wins, and
+/// that KMS (its client and root) signs the app's certificates later.
 fn kms_keys(
     runtime: &tokio::runtime::Handle,
     platform: &dyn Platform,
@@ -613,6 +628,7 @@ fn kms_keys(
     (
         dstack_proto::kms::AppKeyResponse,
         dstack_kms_client::KmsRoot,
+        dstack_kms_client::KmsClient,
     ),
     BootError,
 > {
@@ -625,7 +641,7 @@ fn kms_keys(
         check_pin(&root, pinned)?;
         let cert = client_certificate(platform, &temp, vm_config)?;
         let keys = runtime.block_on(client.app_keys_with(&root, &cert, vm_config))?;
-        Ok::<_, dstack_kms_client::ClientError>((keys, root))
+        Ok::<_, dstack_kms_client::ClientError>((keys, root, client))
     };
     let mut last = None;
     for url in urls {
@@ -646,9 +662,10 @@ fn kms_keys(
     })
 }
 
-/// App keys from a KMS answer. The P-256 app key (which signs the app's
-/// certificates until the KMS's SignCert is used) derives from the
-/// KMS-issued k256 key, so it too is stable for the app.
+/// App keys from a KMS answer. The P-256 app key derives from the
+/// KMS-issued k256 key, so it too is stable for the app; in KMS mode it
+/// signs only the "App Root Cert" that `/Info` shows (the KMS signs the
+/// app's TLS certificates).
 fn app_keys_from_kms(
     keys: &dstack_proto::kms::AppKeyResponse,
 ) -> Result<AppKeys, dstack_keys::KeyError> {
@@ -662,6 +679,7 @@ fn app_keys_from_kms(
     )
 }
 
+/// A DMI identification string (upstream's cloud_vendor/cloud_product).
 fn dmi(name: &str) -> String {
     std::fs::read_to_string(Path::new("/sys/class/dmi/id").join(name))
         .map(|s| s.trim().to_owned())
