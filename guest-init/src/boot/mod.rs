@@ -428,6 +428,11 @@ impl Boot {
             measure::measure_identity(&*platform, &measured)?;
             let source = match kind {
                 KeyProviderKind::Kms => {
+                    // The KMS is reached over the network, which comes up
+                    // in parallel with this task.
+                    runtime.block_on(async {
+                        let _ = net_ready.wait_for(|up| *up).await;
+                    });
                     let started = Instant::now();
                     notifier.send(events::BOOT_PROGRESS, "requesting app keys from the KMS");
                     let (keys, root, client) = kms_keys(
