@@ -42,6 +42,9 @@ enum Command {
     /// Inspect a KMS.
     #[command(subcommand)]
     Kms(commands::kms::KmsCommand),
+    /// Govern a KMS on chain: deploy its contracts and apps', allow compose
+    /// hashes, OS images, KMS measurements and devices.
+    Chain(commands::chain::ChainArgs),
     /// Serve dstack's guest API (dstack.sock, tappd.sock) on this host with
     /// a simulated TEE, for running apps and the dstack SDKs without a CVM.
     Simulator(simulator::SimulatorArgs),
@@ -78,6 +81,7 @@ fn run(cli: Cli) -> Result<(), commands::Failure> {
         Command::Vm(cmd) => runtime()?.block_on(commands::vm::run(cmd, api)),
         Command::Image(cmd) => runtime()?.block_on(commands::image::run(cmd, api)),
         Command::Kms(cmd) => runtime()?.block_on(commands::kms::run(cmd)),
+        Command::Chain(args) => runtime()?.block_on(commands::chain::run(args)),
         Command::Simulator(args) => Ok(runtime()?.block_on(simulator::run(args))?),
     }
 }

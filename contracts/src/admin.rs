@@ -1,5 +1,5 @@
 //! Owner actions on the governance contracts, signed by a local private key:
-//! what an operator's `dstack kms` commands and the KMS end-to-end tests do.
+//! what an operator's `dstack chain` commands and the KMS end-to-end tests do.
 //!
 //! Every action waits for its receipt and fails with
 //! [`ChainError::Reverted`] when the contract refuses (e.g. the signer is not

@@ -113,6 +113,19 @@ impl ChainAuth {
     }
 }
 
+/// `scheme://host[:port]` of `url`, for messages and logs: provider URLs
+/// carry API keys in the path, the query or the user info.
+pub fn public_endpoint(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "the configured RPC endpoint".into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}")
+}
+
 pub(crate) fn parse_url(url: &str) -> Result<alloy::transports::http::reqwest::Url, ChainError> {
     let bad = |reason: String| ChainError::BadUrl {
         url: url.to_owned(),
@@ -135,5 +148,23 @@ pub(crate) fn parse_url(url: &str) -> Result<alloy::transports::http::reqwest::U
             "https needs dstack-contracts built with the `https` feature".into(),
         )),
         other => Err(bad(format!("scheme {other:?} is not http(s)"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_endpoint_drops_keys() {
+        assert_eq!(
+            public_endpoint("https://eth.example/v3/SECRETKEY?x=1"),
+            "https://eth.example"
+        );
+        assert_eq!(
+            public_endpoint("http://u:p@127.0.0.1:8545"),
+            "http://127.0.0.1:8545"
+        );
+        assert_eq!(public_endpoint("nonsense"), "the configured RPC endpoint");
     }
 }

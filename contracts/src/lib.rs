@@ -5,6 +5,7 @@
 //! - [`ChainAuth`]: the read-only client the KMS asks before releasing keys
 //!   (`isAppAllowed`, `isKmsAllowed`, the gateway app id).
 //! - [`admin`]: owner actions over a local signer (deploy, allow-lists).
+//! - [`inspect`]: what a contract allows now, for operators.
 //! - [`anvil`]: a throwaway local chain from the pinned anvil, for tests.
 //! - [`bindings`]: the `sol!` bindings generated from the committed artifacts.
 #![warn(missing_docs)]
@@ -15,9 +16,10 @@ pub mod bindings;
 mod boot_info;
 mod client;
 mod error;
+pub mod inspect;
 
 pub use boot_info::{AppBootInfo, Verdict, fixed, parse_address};
-pub use client::ChainAuth;
+pub use client::{ChainAuth, public_endpoint};
 pub use error::ChainError;
 
 /// The alloy version these bindings are built with, for callers that decode

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub(crate) mod chain;
 pub(crate) mod image;
 pub(crate) mod kms;
 pub(crate) mod quote;

@@ -59,8 +59,9 @@ pub(crate) struct DeployArgs {
     /// supervisor's --kms-url].
     #[arg(long)]
     kms: Vec<String>,
-    /// Deploy as this app (hex app id): with --kms, an upgrade of that app,
-    /// which keeps its keys if the KMS allows the new compose hash.
+    /// Deploy as this app (hex app id, 0x optional; on chain, the app's
+    /// contract address): with --kms, an upgrade of that app, which keeps
+    /// its keys if the KMS allows the new compose hash.
     #[arg(long)]
     app_id: Option<String>,
     /// Return once the VM is created, without waiting for the app.
@@ -229,6 +230,15 @@ fn default_name(file: &Path) -> String {
     }
 }
 
+/// The compose hash `dstack vm deploy FILE [--name NAME]` deploys with: the
+/// hash of the exact app-compose.json bytes the VM is given.
+pub(crate) fn compose_hash_of(file: &Path, name: Option<&str>) -> anyhow::Result<[u8; 32]> {
+    let name = name.map_or_else(|| default_name(file), str::to_owned);
+    Ok(dstack_compose::compose_hash(
+        app_compose(file, &name)?.as_bytes(),
+    ))
+}
+
 /// Read the file: app-compose.json as-is, or wrap a compose YAML into one.
 fn app_compose(file: &Path, name: &str) -> anyhow::Result<String> {
     let text =
@@ -271,7 +281,12 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
         user_config: String::new(),
         stopped: false,
         kms_urls: args.kms.clone(),
-        app_id: args.app_id.clone().unwrap_or_default(),
+        // An on-chain app id is a contract address, usually written with 0x.
+        app_id: args
+            .app_id
+            .as_deref()
+            .map(|id| id.strip_prefix("0x").unwrap_or(id).to_owned())
+            .unwrap_or_default(),
     };
     let vm: VmInfo = client.call(Method::POST, "/v1/vms", Some(&request)).await?;
     if !args.json {

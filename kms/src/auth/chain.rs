@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use dstack_contracts::alloy::primitives::Address;
-use dstack_contracts::{AppBootInfo, ChainAuth, ChainError, fixed};
+use dstack_contracts::{AppBootInfo, ChainAuth, ChainError, fixed, public_endpoint};
 use dstack_proto::kms::{BootAuthResponse, BootInfo};
 
 use super::{AuthError, AuthInfo};
@@ -168,19 +168,6 @@ pub fn app_boot_info(info: &BootInfo) -> Result<AppBootInfo, ChainError> {
     })
 }
 
-/// `scheme://host[:port]` of `url`, as auth-eth publishes its RPC URL:
-/// provider URLs carry API keys in the path or query.
-fn public_endpoint(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "the configured RPC endpoint".into();
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}")
-}
-
 /// An error and its sources, one sentence each, for a log line.
 fn chain_of(error: &dyn Error) -> String {
     let mut text = error.to_string();
@@ -259,19 +246,6 @@ mod tests {
             change(&mut b);
             assert_eq!(app_boot_info(&b).unwrap_err().to_string(), message);
         }
-    }
-
-    #[test]
-    fn public_endpoint_drops_keys() {
-        assert_eq!(
-            public_endpoint("https://eth.example/v3/SECRETKEY?x=1"),
-            "https://eth.example"
-        );
-        assert_eq!(
-            public_endpoint("http://u:p@127.0.0.1:8545"),
-            "http://127.0.0.1:8545"
-        );
-        assert_eq!(public_endpoint("nonsense"), "the configured RPC endpoint");
     }
 
     #[test]
