@@ -2,7 +2,8 @@
 //! event log and finding it authorised, and derives them exactly as
 //! upstream's KMS does (UPSTREAM §4.3, §7).
 //!
-//! - [`keystore`]: the root keys on disk, written once, all or nothing.
+//! - [`keystore`]: the root keys on disk, written once, all or nothing
+//!   (the `dstack-kms-keystore` crate, which the simulator shares).
 //! - [`boot_info`]: a caller's boot info from its verified evidence.
 //! - [`auth`]: authorisation backends (policy file, auth webhook, KmsAuth contract).
 //! - [`service`]: the KMS methods, transport-free, with [`metrics`].
@@ -12,9 +13,10 @@
 
 pub mod auth;
 pub mod boot_info;
-pub mod keystore;
 pub mod metrics;
 pub mod server;
 pub mod service;
+
+pub use dstack_kms_keystore as keystore;
 
 pub use service::{Kms, KmsError};

@@ -5,7 +5,13 @@
 //! a second bootstrap finds the file and is refused.
 //!
 //! The directory is the KMS CVM's own disk, which the guest seals with its
-//! key provider; this module never sees that key and never logs a secret.
+//! key provider; this crate never sees that key and never logs a secret.
+//!
+//! `dstack-kms` serves from such a directory; `dstack simulator` reads one
+//! (`--kms-root`) or keeps its own, in the same format, so a root made by
+//! either works in both.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
@@ -155,6 +161,26 @@ impl KeyStore {
         Ok(Self {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// The store in `dir`, which must already be a directory: for readers of
+    /// another tool's store, where a mistyped path must be reported rather
+    /// than created.
+    pub fn existing(dir: &Path) -> Result<Self, KeyStoreError> {
+        let path = dir.to_path_buf();
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => Ok(Self { dir: path }),
+            Ok(_) => Err(KeyStoreError::Io {
+                operation: "open",
+                path,
+                source: std::io::Error::other("not a directory"),
+            }),
+            Err(source) => Err(KeyStoreError::Io {
+                operation: "open",
+                path,
+                source,
+            }),
+        }
     }
 
     /// The root-keys file.
@@ -365,6 +391,29 @@ mod tests {
         std::fs::write(dir.path().join("root-ca.key"), "not a key").unwrap();
         let err = RootKeys::from_upstream_dir(dir.path()).unwrap_err();
         assert!(err.to_string().contains("root-ca.key"), "{err}");
+    }
+
+    #[test]
+    fn existing_creates_nothing_and_names_a_missing_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = KeyStore::existing(&missing).unwrap_err();
+        assert!(
+            matches!(&err, KeyStoreError::Io { operation: "open", path, .. } if *path == missing),
+            "{err}"
+        );
+        assert!(!missing.exists());
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(KeyStore::existing(&file).is_err());
+        // An existing directory without keys is a store that is not bootstrapped.
+        let store = KeyStore::existing(dir.path()).unwrap();
+        assert!(matches!(store.load(), Err(KeyStoreError::NotBootstrapped)));
+        KeyStore::open(dir.path())
+            .unwrap()
+            .store_new(&RootKeys::generate().unwrap())
+            .unwrap();
+        store.load().unwrap();
     }
 
     #[test]
