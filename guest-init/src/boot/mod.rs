@@ -646,20 +646,16 @@ fn kms_keys(
     })
 }
 
-/// App keys from a KMS answer. The P-256 app key (which signs the app's
-/// certificates until the KMS's SignCert is used) derives from the
-/// KMS-issued k256 key, so it too is stable for the app.
+/// App keys from a KMS answer (the conversion `dstack simulator` shares).
 fn app_keys_from_kms(
     keys: &dstack_proto::kms::AppKeyResponse,
 ) -> Result<AppKeys, dstack_keys::KeyError> {
-    let app_key = dstack_keys::derive_p256_key_pair_from_bytes(&keys.k256_key, &[b"app-key"])?;
-    AppKeys::from_parts(
-        app_key,
-        keys.disk_crypt_key.clone(),
-        &keys.k256_key,
-        keys.env_crypt_key.clone(),
-        keys.k256_signature.clone(),
-    )
+    AppKeys::from_kms(dstack_keys::KmsReleasedKeys {
+        disk_crypt_key: &keys.disk_crypt_key,
+        env_crypt_key: &keys.env_crypt_key,
+        k256_key: &keys.k256_key,
+        k256_signature: &keys.k256_signature,
+    })
 }
 
 fn dmi(name: &str) -> String {
