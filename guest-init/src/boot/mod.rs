@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dstack_attest::eventlog::names;
+use dstack_attest::eventlog::{key_provider, names};
 use dstack_attest::{CollateralCache, Platform};
 use dstack_compose::{AppCompose, Compose, KeyProviderKind};
 use dstack_guest_api::{AppInfo, Flavor, GuestApi};
@@ -417,7 +417,7 @@ impl Boot {
                 app_id: hex::decode(&derived.identity.app_id).unwrap_or_default(),
                 instance_id: hex::decode(&derived.identity.instance_id).unwrap_or_default(),
                 compose_hash: derived.compose_hash,
-                key_provider_info: measure::KEY_PROVIDER_NONE.into(),
+                key_provider_info: key_provider::NONE.into(),
             };
             let platform = platform
                 .ok_or_else(|| BootError::GuestApi("no TEE platform was selected".into()))?;
@@ -436,7 +436,7 @@ impl Boot {
                     measure::check_key_provider_id(&pinned, &root.spki)?;
                     // Upstream measures the image the KMS vouched for before the provider.
                     measure::emit(&*platform, names::OS_IMAGE_HASH, &keys.os_image_hash)?;
-                    measured.key_provider_info = measure::key_provider_kms(&root.spki);
+                    measured.key_provider_info = key_provider::kms(&root.spki);
                     tracing::info!("app keys from the KMS ({} ms)", ms(started));
                     KeySource::Kms(Box::new(keys))
                 }
@@ -468,7 +468,7 @@ impl Boot {
                     let local = local_key::request(&*platform, &mut fetch, source)
                         .map_err(|e| BootError::LocalKey(Box::new(e)))?;
                     measure::check_key_provider_id(&pinned, &local.mr_enclave)?;
-                    measured.key_provider_info = measure::key_provider_local(&local.mr_enclave);
+                    measured.key_provider_info = key_provider::local_sgx(&local.mr_enclave);
                     tracing::info!(
                         "app keys from the local key provider {} ({} ms)",
                         hex::encode(local.mr_enclave),
