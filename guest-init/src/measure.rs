@@ -67,25 +67,6 @@ pub fn emit(platform: &dyn Platform, name: &str, payload: &[u8]) -> Result<(), M
         })
 }
 
-/// The `key-provider` payload of the `none` provider: keys from a fresh
-/// random seed each boot, so no verifier can take them for provided keys.
-pub const KEY_PROVIDER_NONE: &str = r#"{"name":"none","id":""}"#;
-
-/// The `key-provider` payload of the local (SGX) provider, as upstream's
-/// `KeyProviderInfo`: its enclave's MRENCLAVE as the id.
-pub fn key_provider_local(mr_enclave: &[u8]) -> String {
-    format!(
-        r#"{{"name":"local-sgx","id":"{}"}}"#,
-        hex::encode(mr_enclave)
-    )
-}
-
-/// The `key-provider` payload of a KMS: its root CA's SubjectPublicKeyInfo
-/// (DER, hex) as the id, as upstream measures it.
-pub fn key_provider_kms(root_spki: &[u8]) -> String {
-    format!(r#"{{"name":"kms","id":"{}"}}"#, hex::encode(root_spki))
-}
-
 /// Refuses the providers this guest cannot use: KMS when the host hands
 /// over no KMS URL, and TPM.
 pub fn check_key_provider_supported(
@@ -185,7 +166,7 @@ pub fn measure_key_provider(
 mod tests {
     use std::sync::Arc;
 
-    use dstack_attest::eventlog::check_replay;
+    use dstack_attest::eventlog::{check_replay, key_provider};
     use dstack_attest::{Rtmrs, SimAuthority, SimPlatform, SimTdIdentity};
 
     use super::*;
@@ -197,7 +178,7 @@ mod tests {
             app_id: hash[..20].to_vec(),
             instance_id: vec![3; 20],
             compose_hash: hash,
-            key_provider_info: KEY_PROVIDER_NONE.into(),
+            key_provider_info: key_provider::NONE.into(),
         }
     }
 
@@ -261,19 +242,11 @@ mod tests {
             check_key_provider_supported(&kms_app, &["https://10.0.2.2:8000".into()]).unwrap(),
             KeyProviderKind::Kms
         );
-        assert_eq!(
-            key_provider_kms(&[0x30, 0x59]),
-            r#"{"name":"kms","id":"3059"}"#
-        );
         let local = JSON.replace('}', r#","key_provider":"local"}"#);
         let app = AppCompose::parse(&local).unwrap().0;
         assert_eq!(
             check_key_provider_supported(&app, &[]).unwrap(),
             KeyProviderKind::Local
-        );
-        assert_eq!(
-            key_provider_local(&[0xab; 32]),
-            format!(r#"{{"name":"local-sgx","id":"{}"}}"#, "ab".repeat(32))
         );
     }
 

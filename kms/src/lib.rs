@@ -2,7 +2,8 @@
 //! event log and finding it authorised, and derives them exactly as
 //! upstream's KMS does (UPSTREAM §4.3, §7).
 //!
-//! - [`keystore`]: the root keys on disk, written once, all or nothing.
+//! - [`keystore`]: the root keys on disk, written once, all or nothing
+//!   (the `dstack-kms-keystore` crate, which the simulator shares).
 //! - [`boot_info`]: a caller's boot info from its verified evidence.
 //! - [`evidence`]: one check of quotes, event logs and key bindings.
 //! - [`auth`]: authorisation backends (policy file, auth webhook, KmsAuth contract).
@@ -16,11 +17,12 @@
 pub mod auth;
 pub mod boot_info;
 pub mod evidence;
-pub mod keystore;
 pub mod metrics;
 pub mod onboard;
 pub mod server;
 pub mod service;
 pub mod tee;
+
+pub use dstack_kms_keystore as keystore;
 
 pub use service::{Kms, KmsError};

@@ -95,7 +95,11 @@ async fn an_authorised_app_gets_upstreams_keys_and_others_are_refused() {
     let td = app(&authority, &COMPOSE, &APP_ID);
     let keys = RootKeys::generate().unwrap();
     let expected = keys.root.app_keys(&APP_ID, &INSTANCE).unwrap();
+    let spki = keys.root.ca_spki().unwrap();
     let kms = kms(&authority, &td, keys);
+    // The id guests measure (from the root CA certificate) is the one
+    // `dstack simulator` measures from the root key alone.
+    assert_eq!(kms.ca_spki(), spki);
 
     let now = SystemTime::now();
     let response = kms

@@ -8,6 +8,30 @@ use zeroize::Zeroizing;
 use crate::KeyError;
 use crate::kdf::{derive_key, derive_p256_key_pair_from_bytes, p256_pkcs8_sha256};
 
+/// The key material a KMS releases to an app (the key fields of upstream's
+/// `AppKeyResponse`), borrowed from wherever it came from: a KMS's answer
+/// in the guest, or [`crate::KmsAppKeys`] derived from root keys at hand.
+/// `Debug` shows no secret.
+#[derive(Clone, Copy)]
+pub struct KmsReleasedKeys<'a> {
+    /// The disk encryption key.
+    pub disk_crypt_key: &'a [u8],
+    /// The raw X25519 env-decryption secret (may be empty).
+    pub env_crypt_key: &'a [u8],
+    /// The app's secp256k1 key.
+    pub k256_key: &'a [u8],
+    /// The KMS root k256 key's signature over the app's k256 key.
+    pub k256_signature: &'a [u8],
+}
+
+impl std::fmt::Debug for KmsReleasedKeys<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsReleasedKeys")
+            .field("k256_signature", &hex_string(self.k256_signature))
+            .finish_non_exhaustive()
+    }
+}
+
 /// An app's keys. `Debug` shows public parts only; secrets are zeroized on drop.
 pub struct AppKeys {
     pub(crate) app_key: p256::SecretKey,
@@ -51,6 +75,21 @@ impl AppKeys {
             env_crypt_key: Zeroizing::new(env_crypt_key),
             k256_signature,
         })
+    }
+
+    /// App keys from what a KMS released. The P-256 app key (which signs
+    /// the app's certificates until the KMS's SignCert is used) derives from
+    /// the KMS-issued k256 key, HKDF(k256 key, "app-key"), so it too is the
+    /// same for the app on every boot and host.
+    pub fn from_kms(released: KmsReleasedKeys<'_>) -> Result<Self, KeyError> {
+        let app_key = derive_p256_key_pair_from_bytes(released.k256_key, &[b"app-key"])?;
+        Self::from_parts(
+            app_key,
+            released.disk_crypt_key.to_vec(),
+            released.k256_key,
+            released.env_crypt_key.to_vec(),
+            released.k256_signature.to_vec(),
+        )
     }
 
     /// The P-256 app key (non-KMS: signs the "App Root Cert").
@@ -134,6 +173,30 @@ mod tests {
         assert!(!text.contains(&secret), "{text}");
         assert!(!text.contains(&hex_string(keys.disk_crypt_key())), "{text}");
         assert!(text.contains(&hex_string(&keys.k256_public_key())));
+    }
+
+    #[test]
+    fn kms_keys_keep_what_the_kms_released_and_derive_the_app_key() {
+        let k256 = derive_key(&[7; 32], &[b"k"], 32).unwrap();
+        let released = KmsReleasedKeys {
+            disk_crypt_key: &[1; 32],
+            env_crypt_key: &[2; 32],
+            k256_key: &k256,
+            k256_signature: &[3; 65],
+        };
+        let keys = AppKeys::from_kms(released).unwrap();
+        assert_eq!(keys.disk_crypt_key(), &[1; 32]);
+        assert_eq!(keys.env_crypt_key(), &[2; 32]);
+        assert_eq!(&keys.k256_key()[..], &k256[..]);
+        assert_eq!(keys.k256_signature(), &[3; 65]);
+        let expected = derive_p256_key_pair_from_bytes(&k256, &[b"app-key"]).unwrap();
+        assert_eq!(keys.app_key().to_bytes(), expected.to_bytes());
+        assert!(!format!("{released:?}").contains(&hex_string(&k256)));
+        let bad = KmsReleasedKeys {
+            k256_key: &[0; 32],
+            ..released
+        };
+        assert!(AppKeys::from_kms(bad).is_err());
     }
 
     /// The upstream simulator's k256 key and the app public key its Go SDK

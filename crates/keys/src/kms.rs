@@ -42,6 +42,18 @@ pub struct KmsAppKeys {
     pub k256_signature: Vec<u8>,
 }
 
+impl KmsAppKeys {
+    /// The released keys, as [`crate::AppKeys::from_kms`] takes them.
+    pub fn released(&self) -> crate::KmsReleasedKeys<'_> {
+        crate::KmsReleasedKeys {
+            disk_crypt_key: &self.disk_crypt_key[..],
+            env_crypt_key: &self.env_crypt_key[..],
+            k256_key: &self.k256_key[..],
+            k256_signature: &self.k256_signature,
+        }
+    }
+}
+
 impl std::fmt::Debug for KmsAppKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KmsAppKeys")
@@ -76,6 +88,21 @@ impl KmsRootKeys {
     /// The P-256 root CA key.
     pub fn ca_key(&self) -> &p256::SecretKey {
         &self.ca_key
+    }
+
+    /// The root CA's SubjectPublicKeyInfo (DER): the KMS's identity, which
+    /// a guest measures as `key-provider` `{"name":"kms","id":hex(this)}`
+    /// and an app pins as `key_provider_id`. The same bytes as the public
+    /// key of the KMS's root CA certificate.
+    pub fn ca_spki(&self) -> Result<Vec<u8>, KeyError> {
+        use p256::pkcs8::EncodePublicKey;
+        self.ca_key
+            .public_key()
+            .to_public_key_der()
+            .map(|der| der.into_vec())
+            .map_err(|_| KeyError::Spki {
+                what: "root CA public key",
+            })
     }
 
     /// The root secp256k1 key bytes.
@@ -317,6 +344,50 @@ mod tests {
         );
         assert_ne!(wrong.ok(), Some(root.k256_public_key()));
         assert!(recover_signer(&[0; 10], ENV_PUBKEY_PREFIX, &APP_ID, &[]).is_err());
+    }
+
+    /// Upstream's simulator fixture (`sdk/simulator`): the KMS CA key in its
+    /// `appkeys.json` and the `key-provider` id its attestation measures.
+    #[test]
+    fn ca_spki_is_the_id_upstream_measures() {
+        let ca = p256::SecretKey::from_slice(
+            &hex::decode("d4f60214a61f0e651fbf97e4b2da696ac7f898f1aa9f3d1f1282c49c6c7c0a72")
+                .unwrap(),
+        )
+        .unwrap();
+        let root = KmsRootKeys::new(ca, &[0x6b; 32]).unwrap();
+        assert_eq!(
+            hex_lower(&root.ca_spki().unwrap()),
+            concat!(
+                "3059301306072a8648ce3d020106082a8648ce3d0301070342000419b2457dd9b8aa",
+                "6446d980f136fff7812ecd6c77740eeb0e28b10d56c0c00028a5b6e59dcea307d583",
+                "bd1f70769e9c116df2bcfb1758a95d8613e7de1c8482c0"
+            )
+        );
+    }
+
+    /// What an app gets through the guest API in KMS mode: GetKey's
+    /// `signature_chain[1]` is the KMS's signature, which recovers to the
+    /// root k256 key over the app's k256 public key.
+    #[test]
+    fn released_keys_give_a_chain_that_recovers_to_the_root() {
+        let root = root();
+        let released = root.app_keys(&APP_ID, &INSTANCE_ID).unwrap();
+        let app = crate::AppKeys::from_kms(released.released()).unwrap();
+        assert_eq!(&app.k256_key()[..], &released.k256_key[..]);
+        assert_eq!(app.disk_crypt_key(), &released.disk_crypt_key[..]);
+        let derived = app
+            .get_key("wallet", "eth", crate::KeyAlgorithm::Secp256k1)
+            .unwrap();
+        assert_eq!(derived.signature_chain[1], released.k256_signature);
+        let signer = recover_signer(
+            &derived.signature_chain[1],
+            KMS_ISSUED_PREFIX,
+            &APP_ID,
+            &[&app.k256_public_key()],
+        )
+        .unwrap();
+        assert_eq!(signer, root.k256_public_key());
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod report_data;
 pub mod sealing;
 mod signing;
 
-pub use app_keys::AppKeys;
+pub use app_keys::{AppKeys, KmsReleasedKeys};
 pub use kdf::{
     derive_dh_secret, derive_key, derive_p256_key_pair, derive_p256_key_pair_from_bytes,
 };
@@ -38,6 +38,12 @@ pub enum KeyError {
     /// Derived or supplied bytes are not a valid private key for the curve.
     #[error("{what} is not a valid private key")]
     InvalidPrivateKey {
+        /// Which key.
+        what: &'static str,
+    },
+    /// A public key could not be encoded as SubjectPublicKeyInfo DER.
+    #[error("cannot encode {what} as SubjectPublicKeyInfo")]
+    Spki {
         /// Which key.
         what: &'static str,
     },

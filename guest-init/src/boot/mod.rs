@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dstack_attest::eventlog::names;
+use dstack_attest::eventlog::{key_provider, names};
 use dstack_attest::{CollateralCache, Platform};
 use dstack_compose::{AppCompose, Compose, KeyProviderKind};
 use dstack_guest_api::{AppInfo, Flavor, GuestApi};
@@ -421,7 +421,7 @@ impl Boot {
                 app_id: hex::decode(&derived.identity.app_id).unwrap_or_default(),
                 instance_id: hex::decode(&derived.identity.instance_id).unwrap_or_default(),
                 compose_hash: derived.compose_hash,
-                key_provider_info: measure::KEY_PROVIDER_NONE.into(),
+                key_provider_info: key_provider::NONE.into(),
             };
             let platform = platform
                 .ok_or_else(|| BootError::GuestApi("no TEE platform was selected".into()))?;
@@ -445,7 +445,7 @@ impl Boot {
                     measure::check_key_provider_id(&pinned, &root.spki)?;
                     // Upstream measures the image the KMS vouched for before the provider.
                     measure::emit(&*platform, names::OS_IMAGE_HASH, &keys.os_image_hash)?;
-                    measured.key_provider_info = measure::key_provider_kms(&root.spki);
+                    measured.key_provider_info = key_provider::kms(&root.spki);
                     tracing::info!("app keys from the KMS ({} ms)", ms(started));
                     let signer = kms_signer::KmsCertSigner {
                         client,
@@ -483,7 +483,7 @@ impl Boot {
                     let local = local_key::request(&*platform, &mut fetch, source)
                         .map_err(|e| BootError::LocalKey(Box::new(e)))?;
                     measure::check_key_provider_id(&pinned, &local.mr_enclave)?;
-                    measured.key_provider_info = measure::key_provider_local(&local.mr_enclave);
+                    measured.key_provider_info = key_provider::local_sgx(&local.mr_enclave);
                     tracing::info!(
                         "app keys from the local key provider {} ({} ms)",
                         hex::encode(local.mr_enclave),
@@ -667,21 +667,18 @@ fn kms_keys(
     })
 }
 
-/// App keys from a KMS answer. The P-256 app key derives from the
-/// KMS-issued k256 key, so it too is stable for the app; in KMS mode it
-/// signs only the "App Root Cert" that `/Info` shows (the KMS signs the
-/// app's TLS certificates).
+/// App keys from a KMS answer (the conversion `dstack simulator` shares).
+/// In KMS mode the app key signs only the "App Root Cert" that `/Info`
+/// shows; the KMS signs the app's TLS certificates.
 fn app_keys_from_kms(
     keys: &dstack_proto::kms::AppKeyResponse,
 ) -> Result<AppKeys, dstack_keys::KeyError> {
-    let app_key = dstack_keys::derive_p256_key_pair_from_bytes(&keys.k256_key, &[b"app-key"])?;
-    AppKeys::from_parts(
-        app_key,
-        keys.disk_crypt_key.clone(),
-        &keys.k256_key,
-        keys.env_crypt_key.clone(),
-        keys.k256_signature.clone(),
-    )
+    AppKeys::from_kms(dstack_keys::KmsReleasedKeys {
+        disk_crypt_key: &keys.disk_crypt_key,
+        env_crypt_key: &keys.env_crypt_key,
+        k256_key: &keys.k256_key,
+        k256_signature: &keys.k256_signature,
+    })
 }
 
 /// A DMI identification string (upstream's cloud_vendor/cloud_product).

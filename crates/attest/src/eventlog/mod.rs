@@ -13,6 +13,7 @@ mod runtime;
 
 use serde::{Deserialize, Serialize};
 
+pub mod key_provider;
 pub mod names;
 
 pub use ccel::{

@@ -10,6 +10,12 @@
 //! and cannot plant keys of its own: a sealed store refuses an unsealed
 //! file. On a development host the file is plain JSON (0600). This module
 //! never logs a secret.
+//!
+//! `dstack-kms` serves from such a directory; `dstack simulator` reads one
+//! (`--kms-root`) or keeps its own, in the same format, so a root made by
+//! either works in both.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
@@ -241,6 +247,29 @@ impl KeyStore {
     /// Whether this store seals its keys.
     pub fn is_sealed(&self) -> bool {
         self.seal_key.is_some()
+    }
+
+    /// The store in `dir`, which must already be a directory: for readers of
+    /// another tool's store, where a mistyped path must be reported rather
+    /// than created.
+    pub fn existing(dir: &Path) -> Result<Self, KeyStoreError> {
+        let path = dir.to_path_buf();
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => Ok(Self {
+                dir: path,
+                seal_key: None,
+            }),
+            Ok(_) => Err(KeyStoreError::Io {
+                operation: "open",
+                path,
+                source: std::io::Error::other("not a directory"),
+            }),
+            Err(source) => Err(KeyStoreError::Io {
+                operation: "open",
+                path,
+                source,
+            }),
+        }
     }
 
     /// The root-keys file.
@@ -598,6 +627,29 @@ mod tests {
         let cvm = KeyStore::open(planted.path()).unwrap().sealed_with(key);
         let err = cvm.load().unwrap_err();
         assert!(err.to_string().contains("not sealed"), "{err}");
+    }
+
+    #[test]
+    fn existing_creates_nothing_and_names_a_missing_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = KeyStore::existing(&missing).unwrap_err();
+        assert!(
+            matches!(&err, KeyStoreError::Io { operation: "open", path, .. } if *path == missing),
+            "{err}"
+        );
+        assert!(!missing.exists());
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(KeyStore::existing(&file).is_err());
+        // An existing directory without keys is a store that is not bootstrapped.
+        let store = KeyStore::existing(dir.path()).unwrap();
+        assert!(matches!(store.load(), Err(KeyStoreError::NotBootstrapped)));
+        KeyStore::open(dir.path())
+            .unwrap()
+            .store_new(&RootKeys::generate().unwrap())
+            .unwrap();
+        store.load().unwrap();
     }
 
     #[test]
