@@ -133,12 +133,7 @@ impl Onboarding {
     ) -> Result<BootstrapResponse, OnboardError> {
         check_domain(&request.domain)?;
         let _one_at_a_time = self.lock.lock().await;
-        if self.store.has_keys() {
-            return Err(KeyStoreError::AlreadyBootstrapped {
-                path: self.store.path(),
-            }
-            .into());
-        }
+        self.refuse_if_keys()?;
         if self.tee.is_tee() {
             let own = self.own_boot_info().await?;
             self.require_allowed(&own, "this KMS").await?;
@@ -173,12 +168,7 @@ impl Onboarding {
     pub async fn onboard(&self, request: &OnboardRequest) -> Result<OnboardResponse, OnboardError> {
         check_domain(&request.domain)?;
         let _one_at_a_time = self.lock.lock().await;
-        if self.store.has_keys() {
-            return Err(KeyStoreError::AlreadyBootstrapped {
-                path: self.store.path(),
-            }
-            .into());
-        }
+        self.refuse_if_keys()?;
         if !self.tee.is_tee() {
             return Err(OnboardError::NoTee("Onboard"));
         }
@@ -266,12 +256,7 @@ impl Onboarding {
     /// TEE only if the backend allows this KMS's boot.
     pub async fn import(&self, request: &ImportRequest) -> Result<OnboardResponse, OnboardError> {
         let _one_at_a_time = self.lock.lock().await;
-        if self.store.has_keys() {
-            return Err(KeyStoreError::AlreadyBootstrapped {
-                path: self.store.path(),
-            }
-            .into());
-        }
+        self.refuse_if_keys()?;
         let key = self
             .import_key
             .lock()
@@ -320,6 +305,17 @@ impl Onboarding {
             return Err(OnboardError::NotReady);
         }
         self.finished.notify_one();
+        Ok(())
+    }
+
+    /// Bootstrap, onboarding and import are one-time: refused once keys exist.
+    fn refuse_if_keys(&self) -> Result<(), OnboardError> {
+        if self.store.has_keys() {
+            return Err(KeyStoreError::AlreadyBootstrapped {
+                path: self.store.path(),
+            }
+            .into());
+        }
         Ok(())
     }
 

@@ -28,7 +28,7 @@ use dstack_proto::kms::RPC_CERT_USAGE as RPC_USAGE;
 /// How long one KMS call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer accepted.
-const MAX_RESPONSE_BYTES: usize = 1 << 20;
+const MAX_RESPONSE_BYTES: usize = 4 << 20;
 
 /// Why a KMS call failed.
 #[derive(Debug, thiserror::Error)]
@@ -279,25 +279,8 @@ impl KmsClient {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .map(|cert| cert.as_ref().to_vec());
-        let body = serde_json::to_vec(request).map_err(|e| self.transport(e.to_string()))?;
-        let answer = dstack_http_json::post_json(
-            tls,
-            &self.authority,
-            &format!("/prpc/KMS.{method}?json"),
-            body,
-            MAX_RESPONSE_BYTES,
-        )
-        .await
-        .map_err(|e| self.transport(e.to_string()))?;
-        if !answer.status.is_success() {
-            return Err(ClientError::Refused {
-                url: self.url.clone(),
-                message: answer.error_message(),
-            });
-        }
-        let bytes = answer.body;
-        let answer =
-            serde_json::from_slice(&bytes).map_err(|e| self.garbage(&format!("{method}: {e}")))?;
+        let path = format!("/prpc/KMS.{method}?json");
+        let answer = exchange(&self.url, tls, &self.authority, &path, method, request).await?;
         Ok((answer, server_cert))
     }
 
@@ -307,6 +290,41 @@ impl KmsClient {
             reason,
         }
     }
+}
+
+/// One pRPC JSON call over `stream` to the KMS at `url`: the answer,
+/// decoded, or the KMS's refusal or a transport error, named.
+pub(crate) async fn exchange<S, Q, A>(
+    url: &str,
+    stream: S,
+    authority: &str,
+    path: &str,
+    method: &str,
+    request: &Q,
+) -> Result<A, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    Q: Serialize,
+    A: DeserializeOwned,
+{
+    let transport = |reason: String| ClientError::Transport {
+        url: url.to_owned(),
+        reason,
+    };
+    let body = serde_json::to_vec(request).map_err(|e| transport(e.to_string()))?;
+    let answer = dstack_http_json::post_json(stream, authority, path, body, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    if !answer.status.is_success() {
+        return Err(ClientError::Refused {
+            url: url.to_owned(),
+            message: answer.error_message(),
+        });
+    }
+    serde_json::from_slice(&answer.body).map_err(|e| ClientError::BadAnswer {
+        url: url.to_owned(),
+        reason: format!("{method}: {e}"),
+    })
 }
 
 /// Upstream's `verify_key_provider_id`: a pinned KMS (the app-compose's

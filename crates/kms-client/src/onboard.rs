@@ -42,7 +42,6 @@ pub fn import_key_report_data(public_key: &[u8]) -> [u8; 64] {
 
 /// Onboarding can wait on a quote and, for `Onboard`, a whole key transfer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
-const MAX_RESPONSE_BYTES: usize = 4 << 20;
 
 /// A KMS's onboarding endpoint (`http://host:port`).
 #[derive(Debug, Clone)]
@@ -132,27 +131,8 @@ impl OnboardClient {
         let tcp = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|e| self.transport(e.to_string()))?;
-        let body = serde_json::to_vec(request).map_err(|e| self.transport(e.to_string()))?;
-        let answer = dstack_http_json::post_json(
-            tcp,
-            &self.authority,
-            &format!("/prpc/Onboard.{method}?json"),
-            body,
-            MAX_RESPONSE_BYTES,
-        )
-        .await
-        .map_err(|e| self.transport(e.to_string()))?;
-        if !answer.status.is_success() {
-            return Err(ClientError::Refused {
-                url: self.url.clone(),
-                message: answer.error_message(),
-            });
-        }
-        let bytes = answer.body;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {
-            url: self.url.clone(),
-            reason: format!("{method}: {e}"),
-        })
+        let path = format!("/prpc/Onboard.{method}?json");
+        crate::exchange(&self.url, tcp, &self.authority, &path, method, request).await
     }
 
     fn transport(&self, reason: String) -> ClientError {
