@@ -1,7 +1,8 @@
 # dstack-rs: every entry point users and CI run.
 #   make demo   - the main job: build the OS image, start a local registry and
 #                 the supervisor, deploy examples/hello in a CVM, reach it
-#   make test   - format, lint, unit tests, end-to-end VM tests, fuzz smoke run
+#   make test   - format, lint, unit tests, end-to-end VM tests, kernel
+#                 reproducibility, fuzz smoke run
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/dstack-rs/target
 export DSTACK_IMAGES_DIR ?= $(HOME)/.cache/dstack-rs/images
@@ -12,7 +13,7 @@ TESTDATA ?= $(shell scripts/find-testdata)
 BIN := $(CARGO_TARGET_DIR)/debug
 INIT := $(CARGO_TARGET_DIR)/$(MUSL)/release/dstack-init
 
-.PHONY: demo quote-demo test lint unit e2e e2e-sdk fuzz deps build image bench
+.PHONY: demo quote-demo test lint unit e2e e2e-sdk fuzz deps build image bench kernel-twice
 
 deps:
 	scripts/install-deps
@@ -57,7 +58,12 @@ fuzz:
 	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
 
+# Our kernel built a second time from a clean cache must match the first byte for byte.
+kernel-twice: image
+	reproducible/tests/kernel-twice.sh
+
 bench: image
+	bench/image/run
 	bench/boot/run
 
-test: deps lint unit e2e fuzz
+test: deps lint unit e2e kernel-twice fuzz

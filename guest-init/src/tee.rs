@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use dstack_attest::eventlog::{Event, parse_event_log_json};
-use dstack_attest::platform::tdx::{TdxDevice, TdxPlatform};
+use dstack_attest::platform::tdx::{TdxDevice, TdxPaths, TdxPlatform};
 use dstack_attest::{
     Collateral, GuestPlatform, Measurement, Platform, PlatformError, PlatformKind, RUNTIME_LOG,
     TeeDevice,
@@ -118,8 +118,28 @@ impl TeeDevice for HostSimDevice {
 /// The TEE this guest runs in: TDX if the firmware says so, else the host's
 /// simulated one. Runtime events are logged at [`RUNTIME_LOG`].
 pub async fn select(client: HostClient) -> Result<Arc<dyn Platform>, TeeError> {
+    // Where RTMR3 is extended on TDX (Linux 6.16+); said in the boot log so
+    // an operator sees at once whether the kernel can measure the boot.
+    let measurements = TdxPaths::default().rtmr_sysfs;
+    let has_measurements = measurements.join("rtmr3:sha384").exists();
     if TdxDevice::is_available() {
+        if has_measurements {
+            tracing::info!("TDX: RTMR3 extended through {}", measurements.display());
+        } else {
+            tracing::error!(
+                "TDX: {} is absent: this kernel cannot extend RTMR3",
+                measurements.display()
+            );
+        }
         return Ok(Arc::new(TdxPlatform::tdx()));
+    }
+    if has_measurements {
+        tracing::info!("TSM measurements at {}", measurements.display());
+    } else {
+        tracing::info!(
+            "no TDX: {} is absent; using the host's simulated TEE",
+            measurements.display()
+        );
     }
     let device = HostSimDevice::connect(client).await?;
     Ok(Arc::new(GuestPlatform::new(device, RUNTIME_LOG)))

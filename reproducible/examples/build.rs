@@ -3,12 +3,15 @@
 //!
 //! cargo run -p dstack-reproducible --example build -- \
 //!     --init <static-init> --out <dir> [--name NAME] [--dev] [--cache DIR]
+//!     [--kernel ours|debian] [--kernel-cache DIR] [--jobs N]
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use dstack_reproducible::{BuildOptions, BuildProgress, build_image, image_digest};
+use dstack_reproducible::{
+    BuildOptions, BuildProgress, KernelChoice, KernelProgress, build_image, image_digest,
+};
 
 fn main() -> anyhow::Result<()> {
     let mut init = None;
@@ -17,6 +20,9 @@ fn main() -> anyhow::Result<()> {
     let mut dev = false;
     let mut allow_superseded = false;
     let mut cache = None;
+    let mut kernel = KernelChoice::Ours;
+    let mut kernel_cache = None;
+    let mut jobs = std::thread::available_parallelism().map_or(1, usize::from);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -25,12 +31,21 @@ fn main() -> anyhow::Result<()> {
             "--name" => name = args.next(),
             "--cache" => cache = args.next().map(PathBuf::from),
             "--dev" => dev = true,
+            "--kernel" => {
+                kernel = match args.next().as_deref() {
+                    Some("ours") => KernelChoice::Ours,
+                    Some("debian") => KernelChoice::Debian,
+                    other => bail!("--kernel takes ours or debian, not {other:?}"),
+                }
+            }
+            "--kernel-cache" => kernel_cache = args.next().map(PathBuf::from),
+            "--jobs" => jobs = args.next().context("--jobs N")?.parse()?,
             "--allow-superseded" => allow_superseded = true,
             other => bail!("unknown argument {other}"),
         }
     }
     let home = std::env::var_os("HOME").context("HOME is not set")?;
-    let default_cache = PathBuf::from(home).join(".cache/dstack-rs/debs");
+    let cache_home = PathBuf::from(home).join(".cache/dstack-rs");
     let name = name.unwrap_or_else(|| {
         let variant = if dev { "dstack-dev" } else { "dstack" };
         format!("{variant}-{}", env!("CARGO_PKG_VERSION"))
@@ -40,7 +55,10 @@ fn main() -> anyhow::Result<()> {
         init_binary: init.context("--init is required")?,
         name,
         dev,
-        cache_dir: cache.unwrap_or(default_cache),
+        cache_dir: cache.unwrap_or_else(|| cache_home.join("debs")),
+        kernel,
+        kernel_cache_dir: kernel_cache.unwrap_or_else(|| cache_home.join("kernel")),
+        jobs,
         progress: Some(Box::new(print_progress)),
         allow_superseded,
     };
@@ -76,6 +94,16 @@ fn print_progress(step: BuildProgress) {
             println!("[{index}/{total}] {package} ({bytes} bytes, {from})");
         }
         BuildProgress::Modules { count } => println!("modules: {count}"),
+        BuildProgress::Kernel(KernelProgress::Configured { options }) => {
+            println!("kernel: configured, {options} options checked")
+        }
+        BuildProgress::Kernel(KernelProgress::Compiling { objects, .. }) if objects % 500 == 0 => {
+            println!("kernel: {objects} build steps")
+        }
+        BuildProgress::KernelReady { release, cached } => {
+            let from = if cached { "cache" } else { "built" };
+            println!("kernel {release} ({from})")
+        }
         BuildProgress::Cpio { entries, bytes } => {
             println!("cpio: {entries} entries, {bytes} bytes")
         }

@@ -12,9 +12,10 @@ use sha2::{Digest, Sha256};
 use crate::download::{self, sha256_file};
 use crate::error::BuildError;
 use crate::inputs::{self, PinnedPackage, Role};
+use crate::kernel::{self, KernelBuild, KernelProgress};
 use crate::manifest::{
     self, BIOS_FILE, CHECKSUMMED, DIGEST_FILE, INITRD_FILE, ImageInputs, ImageManifest, InitInput,
-    InputPackage, KERNEL_FILE, METADATA_FILE, SHA256SUM_FILE,
+    InputPackage, KERNEL_FILE, KernelBuildInput, METADATA_FILE, SHA256SUM_FILE,
 };
 use crate::progress::BuildProgress;
 use crate::supersede;
@@ -57,6 +58,18 @@ const BUSYBOX_APPLETS: &[&str] = &[
 /// gzip level of the initramfs: fixed, since it changes the bytes.
 const GZIP_LEVEL: u32 = 9;
 
+/// Which kernel the image boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelChoice {
+    /// Our own, compiled from the pinned `linux-source-7.x` with the
+    /// fragments in `reproducible/kernel/`: everything built in, no modules.
+    #[default]
+    Ours,
+    /// Debian's stock cloud kernel and the modules the guest loads, for
+    /// comparison.
+    Debian,
+}
+
 /// What to build, and where.
 pub struct BuildOptions {
     /// Directory the image directory `<out_dir>/<name>` is created in.
@@ -69,6 +82,12 @@ pub struct BuildOptions {
     pub dev: bool,
     /// Cache of downloaded .debs, named by their sha256.
     pub cache_dir: PathBuf,
+    /// The kernel to boot.
+    pub kernel: KernelChoice,
+    /// Cache of built kernels, by input hash.
+    pub kernel_cache_dir: PathBuf,
+    /// Parallel jobs when a kernel has to be compiled.
+    pub jobs: usize,
     /// Called with each step as the build goes.
     pub progress: Option<Box<dyn Fn(BuildProgress) + Send>>,
     /// Take the newest version of a pinned package Debian no longer serves
@@ -84,6 +103,9 @@ impl fmt::Debug for BuildOptions {
             .field("name", &self.name)
             .field("dev", &self.dev)
             .field("cache_dir", &self.cache_dir)
+            .field("kernel", &self.kernel)
+            .field("kernel_cache_dir", &self.kernel_cache_dir)
+            .field("jobs", &self.jobs)
             .field("progress", &self.progress.as_ref().map(|_| "<callback>"))
             .field("allow_superseded", &self.allow_superseded)
             .finish()
@@ -109,6 +131,10 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
     let pinned: Vec<PinnedPackage> = inputs::pinned_packages()?
         .into_iter()
         .filter(|p| opts.dev || !p.dev_only)
+        .filter(|p| match opts.kernel {
+            KernelChoice::Ours => p.role != Role::Kernel,
+            KernelChoice::Debian => p.role != Role::KernelSource,
+        })
         .collect();
     let (packages, substitutions) = supersede::resolve(pinned, opts.allow_superseded, |p| {
         download::is_cached(&opts.cache_dir, p)
@@ -116,14 +142,6 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
     for substitution in substitutions {
         opts.report(BuildProgress::Superseded(substitution));
     }
-    let kernel = packages
-        .iter()
-        .find(|p| p.role == Role::Kernel)
-        .ok_or_else(|| BuildError::InputsLock {
-            reason: "no kernel package".into(),
-        })?;
-    let release = inputs::kernel_release(kernel)?.to_owned();
-
     fs::create_dir_all(&opts.out_dir).map_err(BuildError::write(&opts.out_dir))?;
     // Everything is built next to its destination, so the final step is a
     // rename on one filesystem; the work dir vanishes on every exit path.
@@ -135,7 +153,8 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
     let image = work.path().join("image");
     fs::create_dir(&image).map_err(BuildError::write(&image))?;
 
-    fetch_and_extract(opts, &packages, &root)?;
+    let fetched = fetch_and_extract(opts, &packages, &root)?;
+    let kernel = prepare_kernel(opts, &packages, &fetched)?;
 
     let mut tree = Tree::new();
     tree.add_file("/init", 0o755, init.clone())?;
@@ -147,14 +166,21 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
     let mkfs = names_with(&packages, Role::Mkfs);
     elf::copy_with_libraries(&root, &mut tree, &mkfs, MKE2FS)?;
     stage::copy_path(&root, &mut tree, &mkfs, MKE2FS_CONF)?;
-    let count = add_modules(&root, &release, &mut tree)?;
-    opts.report(BuildProgress::Modules { count });
+    if let KernelSource::Debian { release, .. } = &kernel.source {
+        let count = add_modules(&root, release, &mut tree)?;
+        opts.report(BuildProgress::Modules { count });
+    }
     if opts.dev {
         add_busybox(&root, &names_with(&packages, Role::Shell), &mut tree)?;
     }
 
     write_initramfs(opts, &tree, &image.join(INITRD_FILE))?;
-    let vmlinuz = deb::resolve_file(&root, &kernel.name, &format!("/boot/vmlinuz-{release}"))?;
+    let vmlinuz = match &kernel.source {
+        KernelSource::Debian { package, release } => {
+            deb::resolve_file(&root, package, &format!("/boot/vmlinuz-{release}"))?
+        }
+        KernelSource::Built(built) => built.bzimage.clone(),
+    };
     copy_file(&vmlinuz, &image.join(KERNEL_FILE))?;
     let ovmf = deb::resolve_file(&root, &names_with(&packages, Role::Firmware), OVMF_PATH)?;
     copy_file(&ovmf, &image.join(BIOS_FILE))?;
@@ -167,7 +193,7 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
         bios: BIOS_FILE.to_owned(),
         cmdline: CMDLINE.to_owned(),
         is_dev: opts.dev,
-        kernel_version: release,
+        kernel_version: kernel.release.clone(),
         inputs: ImageInputs {
             packages: packages
                 .iter()
@@ -180,6 +206,17 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
             init: InitInput {
                 sha256: hex::encode(Sha256::digest(&init)),
                 size: init.len() as u64,
+            },
+            kernel_build: match &kernel.source {
+                KernelSource::Built(built) => Some(KernelBuildInput {
+                    fragments: kernel::FRAGMENTS
+                        .iter()
+                        .map(|f| f.name.to_owned())
+                        .collect(),
+                    cache_key: built.key.clone(),
+                    toolchain: kernel.toolchain.clone(),
+                }),
+                KernelSource::Debian { .. } => None,
             },
         },
     };
@@ -206,6 +243,29 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
     install(&image, &dest, &opts.out_dir)?;
     opts.report(BuildProgress::Written { dir: dest });
     Ok(manifest)
+}
+
+/// The one pinned package with `role`, fetched and verified into
+/// `cache_dir`: its pin and its .deb. A superseded pin must be cached.
+pub fn fetch_pinned(role: Role, cache_dir: &Path) -> Result<(PinnedPackage, PathBuf), BuildError> {
+    let pinned: Vec<PinnedPackage> = inputs::pinned_packages()?
+        .into_iter()
+        .filter(|p| p.role == role)
+        .collect();
+    let (packages, _) = supersede::resolve(pinned, false, |p| download::is_cached(cache_dir, p))?;
+    let package = packages
+        .into_iter()
+        .next()
+        .ok_or_else(|| BuildError::InputsLock {
+            reason: format!("no {role:?} package"),
+        })?;
+    let fetched = download::fetch_all(std::slice::from_ref(&package), cache_dir)?;
+    let path = fetched
+        .into_iter()
+        .next()
+        .map(|f| f.path)
+        .unwrap_or_default();
+    Ok((package, path))
 }
 
 /// An image name becomes a directory name: keep it one plain component.
@@ -239,7 +299,7 @@ fn fetch_and_extract(
     opts: &BuildOptions,
     packages: &[PinnedPackage],
     root: &Path,
-) -> Result<(), BuildError> {
+) -> Result<Vec<download::Fetched>, BuildError> {
     let total = packages.len();
     for (i, pkg) in packages.iter().enumerate() {
         opts.report(BuildProgress::Downloading {
@@ -260,12 +320,77 @@ fn fetch_and_extract(
         });
     }
     for (pkg, deb) in packages.iter().zip(&fetched) {
+        // The kernel source is unpacked by the kernel build, in its own tree.
+        if pkg.role == Role::KernelSource {
+            continue;
+        }
         opts.report(BuildProgress::Extracting {
             package: pkg.name.clone(),
         });
         deb::extract(&pkg.name, &deb.path, root)?;
     }
-    Ok(())
+    Ok(fetched)
+}
+
+/// Where the image's kernel comes from.
+enum KernelSource {
+    /// Debian's package, unpacked in the build root.
+    Debian { package: String, release: String },
+    /// Our build, in the kernel cache.
+    Built(kernel::BuiltKernel),
+}
+
+struct PreparedKernel {
+    source: KernelSource,
+    release: String,
+    toolchain: String,
+}
+
+/// Finds Debian's kernel, or builds (or takes from the cache) our own.
+fn prepare_kernel(
+    opts: &BuildOptions,
+    packages: &[PinnedPackage],
+    fetched: &[download::Fetched],
+) -> Result<PreparedKernel, BuildError> {
+    let wanted = match opts.kernel {
+        KernelChoice::Ours => Role::KernelSource,
+        KernelChoice::Debian => Role::Kernel,
+    };
+    let (pkg, deb) = packages
+        .iter()
+        .zip(fetched)
+        .find(|(p, _)| p.role == wanted)
+        .ok_or_else(|| BuildError::InputsLock {
+            reason: format!("no {wanted:?} package"),
+        })?;
+    if opts.kernel == KernelChoice::Debian {
+        let release = inputs::kernel_release(pkg)?.to_owned();
+        return Ok(PreparedKernel {
+            source: KernelSource::Debian {
+                package: pkg.name.clone(),
+                release: release.clone(),
+            },
+            release,
+            toolchain: String::new(),
+        });
+    }
+    let progress = |step: KernelProgress| opts.report(BuildProgress::Kernel(step));
+    let built = kernel::build_kernel(&KernelBuild {
+        source_deb: &deb.path,
+        source_sha256: &pkg.sha256,
+        cache_dir: &opts.kernel_cache_dir,
+        jobs: opts.jobs,
+        progress: &progress,
+    })?;
+    opts.report(BuildProgress::KernelReady {
+        release: built.release.clone(),
+        cached: built.cached,
+    });
+    Ok(PreparedKernel {
+        release: built.release.clone(),
+        toolchain: kernel::toolchain_id()?,
+        source: KernelSource::Built(built),
+    })
 }
 
 /// Adds the wanted modules, decompressed, and their load-order file; returns
@@ -409,6 +534,9 @@ mod tests {
             name: "t".into(),
             dev: false,
             cache_dir: out.path().join("cache"),
+            kernel: KernelChoice::Ours,
+            kernel_cache_dir: out.path().join("kernel"),
+            jobs: 1,
             progress: None,
             allow_superseded: false,
         };

@@ -177,6 +177,34 @@ pub enum BuildError {
         /// The name in its metadata.json.
         name: String,
     },
+    /// A kernel config fragment has a line that is not `CONFIG_X=value`,
+    /// asks for a module, or contradicts another fragment.
+    #[error("kernel fragment {fragment} line {line}: {reason}")]
+    KernelFragment {
+        /// The fragment's file name.
+        fragment: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Kconfig dropped options the fragments ask for (their dependencies
+    /// are off): the kernel would silently lack them.
+    #[error("the kernel config does not have what the fragments ask for: {}", unmet.join(", "))]
+    KernelConfig {
+        /// `CONFIG_X=want (got value)` for each.
+        unmet: Vec<String>,
+    },
+    /// A step of the kernel build failed.
+    #[error("kernel build `make {step}` failed (log: {}):\n{tail}", log.display())]
+    KernelBuild {
+        /// The make arguments.
+        step: String,
+        /// The full build log.
+        log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
 }
 
 impl BuildError {

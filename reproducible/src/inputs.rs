@@ -13,8 +13,10 @@ const INPUTS_LOCK: &str = include_str!("../inputs.lock");
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Role {
-    /// The kernel image and its modules.
+    /// Debian's stock kernel image and its modules (`--kernel debian`).
     Kernel,
+    /// The kernel source our own kernel is compiled from (the default).
+    KernelSource,
     /// The OVMF firmware.
     Firmware,
     /// The Mozilla CA roots.
@@ -71,15 +73,16 @@ fn parse_lock(text: &str) -> Result<Vec<PinnedPackage>, BuildError> {
             });
         }
     }
-    let kernels = lock
-        .package
-        .iter()
-        .filter(|p| p.role == Role::Kernel)
-        .count();
-    if kernels != 1 {
-        return Err(BuildError::InputsLock {
-            reason: format!("exactly one kernel package must be pinned, found {kernels}"),
-        });
+    for (role, what) in [
+        (Role::Kernel, "kernel"),
+        (Role::KernelSource, "kernel-source"),
+    ] {
+        let count = lock.package.iter().filter(|p| p.role == role).count();
+        if count != 1 {
+            return Err(BuildError::InputsLock {
+                reason: format!("exactly one {what} package must be pinned, found {count}"),
+            });
+        }
     }
     Ok(lock.package)
 }
@@ -108,6 +111,8 @@ mod tests {
         let pkgs = pinned_packages().unwrap();
         let kernel = pkgs.iter().find(|p| p.role == Role::Kernel).unwrap();
         assert!(kernel_release(kernel).unwrap().starts_with("6.12."));
+        let source = pkgs.iter().find(|p| p.role == Role::KernelSource).unwrap();
+        assert!(source.name.starts_with("linux-source-7."));
         assert!(pkgs.iter().any(|p| p.role == Role::Firmware));
         assert!(pkgs.iter().any(|p| p.role == Role::CaCertificates));
         // Only the shell is dev-only: the production image must not depend on it.
@@ -140,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn exactly_one_kernel_is_required() {
+    fn exactly_one_kernel_and_kernel_source_are_required() {
         let none = r#"
             [[package]]
             name = "ovmf"

@@ -1,14 +1,17 @@
 //! The dstack guest OS image, built deterministically from pinned inputs.
 //!
-//! An image is a directory with `bzImage` (Debian's 6.12 cloud kernel, as
-//! shipped), `initramfs.cpio.gz` (the static dstack-init as `/init`, the
-//! kernel modules the guest loads, CA roots and a library-complete
-//! `/sbin/mke2fs`; no shell outside the -dev variant), `ovmf.fd`,
+//! An image is a directory with `bzImage` (our own kernel, compiled from the
+//! pinned `linux-source-7.x` with the fragments in `kernel/`, everything
+//! built in; or Debian's stock cloud kernel, to compare),
+//! `initramfs.cpio.gz` (the static dstack-init as `/init`, CA roots, a
+//! library-complete `/sbin/mke2fs`, and with Debian's kernel the modules the
+//! guest loads; no shell outside the -dev variant), `ovmf.fd`,
 //! `metadata.json`, `sha256sum.txt` and `digest.txt` (the OS image hash,
 //! upstream dstack's rule). Every input is pinned in `inputs.lock` by version
 //! and sha256, and the same inputs give the same bytes.
 //!
-//! The initramfs contract with dstack-init: modules live decompressed under
+//! The initramfs contract with dstack-init (Debian's kernel only; ours has
+//! no modules and no load-order file): modules live decompressed under
 //! `/lib/modules/<kernel_version>/`, and `load-order` there lists, one per
 //! line and relative to that directory, the files to `finit_module` in order
 //! (`tdx_guest` fails with ENODEV outside a TDX guest).
@@ -23,6 +26,7 @@ mod download;
 mod elf;
 mod error;
 mod inputs;
+mod kernel;
 mod manifest;
 mod modules;
 mod progress;
@@ -31,12 +35,16 @@ mod supersede;
 mod tree;
 
 // The public interface is:
-pub use build::{BuildOptions, CMDLINE, build_image};
+pub use build::{BuildOptions, CMDLINE, KernelChoice, build_image, fetch_pinned};
 pub use error::BuildError;
 pub use inputs::{PinnedPackage, Role, pinned_packages};
+pub use kernel::{
+    BuiltKernel, FRAGMENTS, Fragment, KernelBuild, KernelProgress, build_kernel, cache_key,
+    requested_options, toolchain_id,
+};
 pub use manifest::{
     BIOS_FILE, DIGEST_FILE, INITRD_FILE, ImageInputs, ImageManifest, InitInput, InputPackage,
-    KERNEL_FILE, METADATA_FILE, SHA256SUM_FILE, image_digest, list_images,
+    KERNEL_FILE, KernelBuildInput, METADATA_FILE, SHA256SUM_FILE, image_digest, list_images,
 };
 pub use progress::BuildProgress;
 pub use supersede::Substitution;

@@ -59,6 +59,20 @@ pub struct ImageInputs {
     pub packages: Vec<InputPackage>,
     /// The dstack-init binary installed as `/init`.
     pub init: InitInput,
+    /// How our own kernel was built (absent with Debian's stock kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_build: Option<KernelBuildInput>,
+}
+
+/// The inputs of a kernel compiled from source, besides its source package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelBuildInput {
+    /// The config fragments, in merge order.
+    pub fragments: Vec<String>,
+    /// sha256 over source, fragments, toolchain and recipe.
+    pub cache_key: String,
+    /// The host compiler, linker and make, one line each.
+    pub toolchain: String,
 }
 
 /// One pinned package an image used.
@@ -174,6 +188,7 @@ mod tests {
                     sha256: "11".repeat(32),
                     size: 7,
                 },
+                kernel_build: None,
             },
         }
     }

@@ -38,6 +38,15 @@ pub enum BuildProgress {
         /// Package name.
         package: String,
     },
+    /// Our kernel is being built.
+    Kernel(crate::kernel::KernelProgress),
+    /// The kernel is ready (built now or taken from the cache).
+    KernelReady {
+        /// Its release.
+        release: String,
+        /// It came from the cache.
+        cached: bool,
+    },
     /// The kernel modules were resolved and decompressed.
     Modules {
         /// Number of modules in the load order.

@@ -6,7 +6,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use dstack_proto::supervisor::ImageInfo;
-use dstack_reproducible::{BuildOptions, BuildProgress, build_image, image_digest};
+use dstack_reproducible::{
+    BuildOptions, BuildProgress, KernelChoice, KernelProgress, build_image, image_digest,
+};
 use hyper::Method;
 
 use super::Failure;
@@ -39,12 +41,32 @@ pub(crate) struct BuildArgs {
     /// Cache of downloaded packages.
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// The kernel: `ours` (compiled from the pinned linux-source with
+    /// reproducible/kernel/*.config, no modules; cached by input hash) or
+    /// `debian` (Debian's stock cloud kernel with modules, for comparison).
+    #[arg(long, value_enum, default_value_t = KernelArg::Ours)]
+    kernel: KernelArg,
+    /// Cache of compiled kernels.
+    #[arg(long)]
+    kernel_cache: Option<PathBuf>,
+    /// Parallel jobs when the kernel has to be compiled (default: all CPUs).
+    #[arg(long)]
+    jobs: Option<usize>,
     /// When Debian no longer serves a pinned package (a kernel security
     /// update replaces it), use the newest version instead of failing. The
     /// image then differs from the locked one; the substitution is printed
     /// and recorded in metadata.json.
     #[arg(long)]
     allow_superseded: bool,
+}
+
+/// `--kernel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum KernelArg {
+    /// Our purpose-built kernel.
+    Ours,
+    /// Debian's stock cloud kernel.
+    Debian,
 }
 
 fn cache_home() -> PathBuf {
@@ -85,10 +107,10 @@ fn build(args: BuildArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let version = env!("CARGO_PKG_VERSION");
     let name = args.name.unwrap_or_else(|| {
-        if args.dev {
-            format!("dstack-dev-{version}")
-        } else {
-            format!("dstack-{version}")
+        let variant = if args.dev { "dstack-dev" } else { "dstack" };
+        match args.kernel {
+            KernelArg::Ours => format!("{variant}-{version}"),
+            KernelArg::Debian => format!("{variant}-{version}-debian-kernel"),
         }
     });
     let bar = indicatif::ProgressBar::new(0);
@@ -104,6 +126,16 @@ fn build(args: BuildArgs) -> Result<(), Failure> {
         name,
         dev: args.dev,
         cache_dir: args.cache.unwrap_or_else(|| cache_home().join("debs")),
+        kernel: match args.kernel {
+            KernelArg::Ours => KernelChoice::Ours,
+            KernelArg::Debian => KernelChoice::Debian,
+        },
+        kernel_cache_dir: args
+            .kernel_cache
+            .unwrap_or_else(|| cache_home().join("kernel")),
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
         progress: Some(Box::new(move |step| {
             match step {
             BuildProgress::Downloading {
@@ -137,6 +169,22 @@ fn build(args: BuildArgs) -> Result<(), Failure> {
             )),
             BuildProgress::Extracting { package } => {
                 progress_bar.set_message(format!("extracting {package}"))
+            }
+            BuildProgress::Kernel(KernelProgress::Unpacking) => {
+                progress_bar.set_message("kernel: unpacking linux-source")
+            }
+            BuildProgress::Kernel(KernelProgress::Configured { options }) => progress_bar
+                .set_message(format!("kernel: configured ({options} options checked)")),
+            BuildProgress::Kernel(KernelProgress::Compiling { objects, expected }) => {
+                progress_bar.set_length(expected.max(objects) as u64);
+                progress_bar.set_position(objects as u64);
+                progress_bar.set_message("kernel: compiling (first build only; then cached)");
+            }
+            BuildProgress::KernelReady { release, cached } => {
+                progress_bar.set_message(format!(
+                    "kernel {release}{}",
+                    if cached { " (cached)" } else { " built" }
+                ))
             }
             BuildProgress::Modules { count } => {
                 progress_bar.set_message(format!("{count} kernel modules"))

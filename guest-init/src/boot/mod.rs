@@ -201,7 +201,11 @@ impl Boot {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let path = modules::load_order_path(&self.cfg.modules_root, release.trim());
         let order = modules::read_load_order(&path)?.unwrap_or_else(|| {
-            tracing::warn!("no {}: loading no modules", path.display());
+            if Path::new("/proc/modules").exists() {
+                tracing::warn!("no {}: loading no modules", path.display());
+            } else {
+                tracing::info!("kernel without module support: everything is built in");
+            }
             Vec::new()
         });
         let dir = path.parent().map(Path::to_owned).unwrap_or_default();
