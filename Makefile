@@ -20,7 +20,11 @@ deps:
 
 build:
 	cargo build --locked -p dstack-cli -p dstack-supervisor -p dstack-kms -p dstack-e2e --bins
-	cargo build --locked -p dstack-init --release --target $(MUSL)
+	# Static libseccomp built for musl (scripts/build-libseccomp says why),
+	# so the containers' seccomp filters are enforced.
+	scripts/build-libseccomp >/dev/null
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$$(scripts/build-libseccomp)" \
+	  cargo build --locked -p dstack-init --release --target $(MUSL)
 	# The KMS's own image (kms/image.json); a separate build so features
 	# unified with the KMS never change the measured init binary.
 	cargo build --locked -p dstack-kms --release --target $(MUSL)

@@ -93,7 +93,7 @@ fn find_init() -> anyhow::Result<PathBuf> {
     candidates
         .into_iter()
         .find(|p| p.is_file())
-        .context("dstack-init not found: build it with `cargo build -p dstack-init --release --target x86_64-unknown-linux-musl` or pass --init")
+        .context("dstack-init not found: build it with `make build` (static musl, with libseccomp) or pass --init")
 }
 
 fn build(args: BuildArgs) -> Result<(), Failure> {

@@ -1,6 +1,7 @@
 //! The docker-compose subset a CVM runs: services with image, command,
 //! entrypoint, environment, ports, volumes, restart, depends_on, healthcheck,
-//! working_dir and user.
+//! working_dir, user, and the security keys (privileged, cap_add, cap_drop,
+//! security_opt).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::{ComposeError, parse_duration};
+use crate::{ComposeError, Security, parse_duration};
 
 /// The guest API paths a service may bind-mount from the guest, as upstream
 /// dstack's OS offers them (any other host path is refused: a compose file
@@ -63,6 +64,8 @@ pub struct Service {
     pub user: Option<String>,
     /// Time to wait after SIGTERM before SIGKILL.
     pub stop_grace_period: Duration,
+    /// `privileged`, `cap_add`, `cap_drop`, `security_opt`.
+    pub security: Security,
 }
 
 /// A published port: the guest listens on `published` and forwards to the
@@ -289,7 +292,7 @@ impl Service {
         let map = value.as_mapping().ok_or_else(|| {
             ComposeError::invalid(format!("services.{name}"), "must be a mapping")
         })?;
-        const KNOWN: [&str; 18] = [
+        const KNOWN: [&str; 22] = [
             "image",
             "command",
             "entrypoint",
@@ -308,6 +311,10 @@ impl Service {
             "labels",
             "logging",
             "stop_signal",
+            "privileged",
+            "cap_add",
+            "cap_drop",
+            "security_opt",
         ];
         for key in map.keys() {
             let key = key.as_str().unwrap_or_default();
@@ -470,6 +477,32 @@ impl Service {
                 "must be an absolute path",
             ));
         }
+        let privileged = match get("privileged") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ComposeError::invalid(
+                    field("privileged"),
+                    "must be true or false",
+                ));
+            }
+        };
+        let list = |key: &str| -> Result<Vec<String>, ComposeError> {
+            match get(key) {
+                None => Ok(Vec::new()),
+                Some(Value::Sequence(items)) => {
+                    items.iter().map(|v| scalar(&field(key), v)).collect()
+                }
+                Some(_) => Err(ComposeError::invalid(field(key), "must be a list")),
+            }
+        };
+        let security = Security::new(
+            field,
+            privileged,
+            &list("cap_add")?,
+            &list("cap_drop")?,
+            &list("security_opt")?,
+        )?;
         Ok(Service {
             image,
             command,
@@ -487,6 +520,7 @@ impl Service {
                 get("stop_grace_period"),
                 Duration::from_secs(10),
             )?,
+            security,
         })
     }
 }
@@ -691,6 +725,7 @@ fn parse_healthcheck(field: &str, value: &Value) -> Result<Option<Healthcheck>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{CapabilityName, SeccompMode};
 
     const TWO_SERVICES: &str = r#"
 services:
@@ -781,6 +816,54 @@ volumes:
             err("services:\n  web:\n    image: x\n    volumes: [\"/run/other.sock:/s\"]\n")
                 .contains("not allowed")
         );
+    }
+
+    #[test]
+    fn security_keys_are_carried_to_the_service() {
+        let c = Compose::parse(
+            "services:\n  web:\n    image: x\n    privileged: true\n    cap_add: [NET_ADMIN]\n    cap_drop: [cap_net_raw]\n    security_opt: [\"seccomp=unconfined\", \"no-new-privileges:false\"]\n  plain:\n    image: x\n",
+        )
+        .unwrap();
+        let web = &c.services["web"].security;
+        assert!(web.privileged);
+        assert_eq!(web.cap_add, [CapabilityName::Cap("CAP_NET_ADMIN")]);
+        assert_eq!(web.cap_drop, [CapabilityName::Cap("CAP_NET_RAW")]);
+        assert_eq!(web.seccomp, SeccompMode::Unconfined);
+        assert!(!web.no_new_privileges);
+        assert_eq!(c.services["plain"].security, Security::default());
+    }
+
+    #[test]
+    fn bad_security_keys_are_refused_naming_the_field() {
+        assert!(
+            err("services:\n  web:\n    image: x\n    privileged: yes please\n")
+                .starts_with("services.web.privileged")
+        );
+        assert!(
+            err("services:\n  web:\n    image: x\n    cap_add: NET_ADMIN\n")
+                .starts_with("services.web.cap_add: must be a list")
+        );
+        assert_eq!(
+            Compose::parse("services:\n  web:\n    image: x\n    cap_add: [SYS_MAGIC]\n")
+                .unwrap_err(),
+            ComposeError::UnknownCapability {
+                field: "services.web.cap_add".into(),
+                name: "SYS_MAGIC".into()
+            }
+        );
+        let e = err("services:\n  web:\n    image: x\n    security_opt: [\"seccomp=/p.json\"]\n");
+        assert!(
+            e.starts_with(
+                "services.web.security_opt[0]: security option \"seccomp=/p.json\" is not supported"
+            ),
+            "{e}"
+        );
+        assert!(matches!(
+            Compose::parse(
+                "services:\n  web:\n    image: x\n    security_opt: [\"apparmor=docker-default\"]\n"
+            ),
+            Err(ComposeError::UnsupportedSecurityOpt { .. })
+        ));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use dstack_proto::host::LogStream;
 use tokio::sync::oneshot;
 
 use super::spec::{BindMount, SpecInput, build_spec, hosts_file, resolv_conf};
-use super::{ContainerError, Inner, health, logs, proxy, reap, runner, unpack};
+use super::{ContainerError, Inner, hardening, health, logs, proxy, reap, runner, unpack};
 
 /// First restart delay; doubled per quick failure up to [`MAX_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_secs(1);
@@ -199,6 +199,13 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
                 .and_then(|path| std::fs::read_to_string(path).ok())
         };
         let (passwd, group) = (read_etc("etc/passwd"), read_etc("etc/group"));
+        let devices = if service.security.privileged {
+            let dev = std::path::Path::new("/dev");
+            hardening::guest_devices(dev)
+                .map_err(|e| ContainerError::io("listing devices in", dev, e))?
+        } else {
+            Vec::new()
+        };
         let spec = build_spec(&SpecInput {
             name: &name,
             service,
@@ -207,6 +214,7 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
             passwd: passwd.as_deref(),
             group: group.as_deref(),
             binds: &binds,
+            devices: &devices,
             nofile: runner::nofile_limit(),
         })?;
         runner::write_bundle(paths, &spec)

@@ -8,6 +8,7 @@
 //! mount) and `<run_dir>/youki` (libcontainer state).
 
 mod error;
+mod hardening;
 mod health;
 mod helper;
 mod lifecycle;
@@ -16,6 +17,7 @@ mod proxy;
 mod pull;
 mod reap;
 mod runner;
+mod seccomp;
 mod spec;
 mod unpack;
 

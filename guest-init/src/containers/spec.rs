@@ -1,9 +1,11 @@
 //! The OCI runtime spec (`config.json`) of one service: the image config
 //! (Entrypoint, Cmd, Env, WorkingDir, User) overridden by the compose service,
 //! plus the guest's fixed choices — no network namespace (every service
-//! shares the guest's, so services reach each other on 127.0.0.1), docker's
-//! default capabilities, no_new_privileges, and per-service /etc/hosts and
-//! /etc/resolv.conf. Pure: files are read by the caller.
+//! shares the guest's, so services reach each other on 127.0.0.1),
+//! per-service /etc/hosts and /etc/resolv.conf — and the service's
+//! confinement ([`super::hardening`]): docker's default capabilities, masked
+//! paths and seccomp profile, plus no_new_privileges, unless compose changes
+//! them. Pure: files are read by the caller.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,26 +15,8 @@ use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::Spec;
 use serde_json::json;
 
+use super::hardening::{self, GuestDevice, MASKED_PATHS, READONLY_PATHS};
 use crate::containers::ContainerError;
-
-/// Docker's default capability set (moby `oci/caps/defaults.go`): what a
-/// compose user expects a container to be able to do.
-pub(crate) const DEFAULT_CAPABILITIES: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
 
 /// The cgroup (under the cgroup2 root) holding every service's cgroup.
 pub(crate) const CGROUP_PARENT: &str = "dstack";
@@ -67,6 +51,9 @@ pub(crate) struct SpecInput<'a> {
     pub(crate) group: Option<&'a str>,
     /// Bind mounts: /etc/hosts, /etc/resolv.conf, volumes, sockets.
     pub(crate) binds: &'a [BindMount],
+    /// The guest's devices, created in a privileged service's /dev (empty
+    /// for the others).
+    pub(crate) devices: &'a [GuestDevice],
     /// RLIMIT_NOFILE (soft and hard) for the process.
     pub(crate) nofile: u64,
 }
@@ -254,6 +241,9 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| "/".into());
 
+    let security = &service.security;
+    let privileged = security.privileged;
+    let sys_mode = if privileged { "rw" } else { "ro" };
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
                "options": ["nosuid", "noexec", "nodev"]}),
@@ -266,37 +256,73 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+               "options": ["nosuid", "noexec", "nodev", sys_mode]}),
     ];
     for bind in input.binds {
         let mode = if bind.read_only { "ro" } else { "rw" };
         mounts.push(json!({"destination": bind.destination, "type": "bind",
                            "source": bind.source, "options": ["rbind", "rprivate", mode]}));
     }
-    let caps = DEFAULT_CAPABILITIES;
+    let caps = hardening::capabilities(security);
+    let (masked, readonly): (&[&str], &[&str]) = if privileged {
+        (&[], &[])
+    } else {
+        (&MASKED_PATHS, &READONLY_PATHS)
+    };
+    let mut process = json!({
+        "terminal": false,
+        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        // No inheritable or ambient set, as docker: a non-root process keeps
+        // no capabilities across execve (unless a file grants them).
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": input.nofile, "soft": input.nofile}]
+    });
+    // With no_new_privileges off the field is left out rather than set to
+    // false: libcontainer installs the seccomp filter while it still holds
+    // CAP_SYS_ADMIN only when the field is absent; with `false` it would load
+    // the filter after dropping capabilities and the kernel would refuse it.
+    if security.no_new_privileges {
+        process["noNewPrivileges"] = json!(true);
+    }
+    let mut linux = json!({
+        // Absolute, so libcontainer uses it as is (not `:youki:<id>`).
+        "cgroupsPath": format!("/{CGROUP_PARENT}/{}", input.name),
+        // No network namespace: services share the guest's (DESIGN §2).
+        "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+        "maskedPaths": masked,
+        "readonlyPaths": readonly
+    });
+    // Besides the default nodes libcontainer always creates (null, zero,
+    // full, random, urandom, tty, ptmx), a privileged service gets each of the
+    // guest's devices, as docker gives it the host's. (Made as new nodes in
+    // the service's own /dev, so nothing it does there touches the guest's.)
+    if !input.devices.is_empty() {
+        linux["devices"] = input
+            .devices
+            .iter()
+            .map(|d| {
+                json!({"path": d.path, "type": d.kind.to_string(), "major": d.major,
+                       "minor": d.minor, "fileMode": d.mode, "uid": d.uid, "gid": d.gid})
+            })
+            .collect();
+    }
+    let filter = hardening::seccomp_filter(security, &caps)
+        .map_err(|e| ContainerError::spec(input.name, format!("invalid seccomp filter: {e}")))?;
+    if let Some(filter) = filter {
+        linux["seccomp"] = serde_json::to_value(filter).map_err(|e| {
+            ContainerError::spec(input.name, format!("invalid seccomp filter: {e}"))
+        })?;
+    }
     let spec = json!({
         "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
-            "args": args,
-            "env": env,
-            "cwd": cwd,
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": input.nofile, "soft": input.nofile}],
-            "noNewPrivileges": true
-        },
+        "process": process,
         "root": {"path": input.rootfs, "readonly": false},
         "hostname": input.name,
         "mounts": mounts,
-        "linux": {
-            // Absolute, so libcontainer uses it as is (not `:youki:<id>`).
-            "cgroupsPath": format!("/{CGROUP_PARENT}/{}", input.name),
-            // No network namespace: services share the guest's (DESIGN §2).
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-            "maskedPaths": oci_spec::runtime::get_default_maskedpaths(),
-            "readonlyPaths": oci_spec::runtime::get_default_readonly_paths()
-        }
+        "linux": linux
     });
     serde_json::from_value(spec)
         .map_err(|e| ContainerError::spec(input.name, format!("invalid runtime spec: {e}")))

@@ -2,6 +2,7 @@ use dstack_compose::Compose;
 use serde_json::Value;
 
 use super::*;
+use crate::containers::hardening::{self, DEFAULT_CAPABILITIES};
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\napp:x:1000:1000::/home/app:/bin/sh\n";
 const GROUP: &str = "root:x:0:\nwww:x:33:\ndocker:x:999:app,www\napp:x:1000:\n";
@@ -28,6 +29,7 @@ fn spec_json(service: &Service, image: Option<&ImageConfig>) -> Value {
         passwd: Some(PASSWD),
         group: Some(GROUP),
         binds: &binds,
+        devices: &[],
         nofile: 1024,
     })
     .unwrap();
@@ -139,6 +141,7 @@ fn refuses_a_service_with_nothing_to_run() {
         passwd: None,
         group: None,
         binds: &[],
+        devices: &[],
         nofile: 1024,
     })
     .unwrap_err();
@@ -175,4 +178,163 @@ fn hosts_map_every_service_to_loopback() {
         resolv_conf(&["10.0.2.3".into(), "1.1.1.1".into()]),
         "nameserver 10.0.2.3\nnameserver 1.1.1.1\n"
     );
+}
+
+/// The capability set, sorted (oci-spec keeps sets unordered).
+fn caps_of(spec: &Value) -> Vec<String> {
+    let caps = &spec["process"]["capabilities"];
+    let set = |key: &str| {
+        let mut list: Vec<String> = serde_json::from_value(caps[key].clone()).unwrap();
+        list.sort();
+        list
+    };
+    let bounding = set("bounding");
+    // Effective and permitted are the same set; nothing is inheritable or ambient.
+    assert_eq!(set("effective"), bounding);
+    assert_eq!(set("permitted"), bounding);
+    assert!(caps.get("inheritable").is_none_or(Value::is_null), "{caps}");
+    assert!(caps.get("ambient").is_none_or(Value::is_null), "{caps}");
+    bounding
+}
+
+fn sorted(caps: &[&str]) -> Vec<String> {
+    let mut list: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+    list.sort();
+    list
+}
+
+fn syscall_allowed(spec: &Value, name: &str) -> bool {
+    spec["linux"]["seccomp"]["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| {
+            s["action"] == "SCMP_ACT_ALLOW"
+                && s.get("args").is_none()
+                && s["names"].as_array().unwrap().iter().any(|n| n == name)
+        })
+}
+
+fn web_spec(extra: &str) -> Value {
+    let yaml = format!("services:\n  web:\n    image: x\n    command: [\"true\"]\n{extra}");
+    spec_json(&service(&yaml), None)
+}
+
+#[test]
+fn services_are_confined_like_docker_by_default() {
+    let spec = web_spec("");
+    assert_eq!(caps_of(&spec), sorted(&DEFAULT_CAPABILITIES));
+    assert_eq!(spec["process"]["noNewPrivileges"], true);
+    let linux = &spec["linux"];
+    assert_eq!(linux["maskedPaths"], json!(MASKED_PATHS));
+    assert_eq!(linux["readonlyPaths"], json!(READONLY_PATHS));
+    for path in ["/proc/kcore", "/proc/keys", "/sys/firmware"] {
+        assert!(MASKED_PATHS.contains(&path), "{path}");
+    }
+    assert!(READONLY_PATHS.contains(&"/proc/sysrq-trigger"));
+    assert_eq!(linux["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(linux["seccomp"]["defaultErrnoRet"], 1);
+    for name in ["mount", "unshare", "setns", "keyctl", "add_key", "bpf"] {
+        assert!(!syscall_allowed(&spec, name), "{name}");
+    }
+    assert!(linux.get("devices").is_none());
+    let sys = spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/sys")
+        .unwrap();
+    assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
+}
+
+#[test]
+fn privileged_lifts_every_restriction() {
+    let web =
+        service("services:\n  web:\n    image: x\n    command: [\"true\"]\n    privileged: true\n");
+    let devices = [hardening::GuestDevice {
+        path: "/dev/vda".into(),
+        kind: 'b',
+        major: 254,
+        minor: 0,
+        mode: 0o660,
+        uid: 0,
+        gid: 6,
+    }];
+    let spec = build_spec(&SpecInput {
+        name: "web",
+        service: &web,
+        image: None,
+        rootfs: Path::new("/r"),
+        passwd: None,
+        group: None,
+        binds: &[],
+        devices: &devices,
+        nofile: 1024,
+    })
+    .unwrap();
+    let spec = serde_json::to_value(spec).unwrap();
+    assert_eq!(caps_of(&spec), sorted(&dstack_compose::LINUX_CAPABILITIES));
+    let linux = &spec["linux"];
+    assert!(linux.get("seccomp").is_none(), "{linux}");
+    assert_eq!(linux["maskedPaths"], json!([]));
+    assert_eq!(linux["readonlyPaths"], json!([]));
+    assert_eq!(
+        linux["devices"],
+        json!([{"path": "/dev/vda", "type": "b", "major": 254, "minor": 0,
+                "fileMode": 0o660, "uid": 0, "gid": 6}])
+    );
+    let sys = spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/sys")
+        .unwrap();
+    assert!(sys["options"].as_array().unwrap().contains(&json!("rw")));
+    // no_new_privileges stays on unless asked off, privileged or not.
+    assert_eq!(spec["process"]["noNewPrivileges"], true);
+}
+
+#[test]
+fn cap_add_and_cap_drop_change_capabilities_and_the_filter() {
+    let admin = web_spec("    cap_add: [SYS_ADMIN]\n");
+    let caps = caps_of(&admin);
+    assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len() + 1);
+    assert!(caps.contains(&"CAP_SYS_ADMIN".to_string()));
+    for name in ["mount", "unshare", "setns", "clone3"] {
+        assert!(syscall_allowed(&admin, name), "{name}");
+    }
+    assert!(!syscall_allowed(&admin, "keyctl"));
+
+    let only_bind = web_spec("    cap_drop: [ALL]\n    cap_add: [CAP_NET_BIND_SERVICE]\n");
+    assert_eq!(caps_of(&only_bind), ["CAP_NET_BIND_SERVICE"]);
+    // CAP_SYS_CHROOT dropped: so is chroot(2), as docker's profile does.
+    assert!(!syscall_allowed(&only_bind, "chroot"));
+
+    let all_but = web_spec("    cap_add: [ALL]\n    cap_drop: [sys_admin, NET_RAW]\n");
+    let caps = caps_of(&all_but);
+    assert_eq!(caps.len(), dstack_compose::LINUX_CAPABILITIES.len() - 2);
+    assert!(!caps.contains(&"CAP_SYS_ADMIN".to_string()));
+    assert!(!syscall_allowed(&all_but, "mount"));
+
+    let fewer = web_spec("    cap_drop: [NET_RAW, CAP_MKNOD]\n    cap_add: [CHOWN]\n");
+    let caps = caps_of(&fewer);
+    assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len() - 2, "{caps:?}");
+    assert!(!caps.contains(&"CAP_NET_RAW".to_string()));
+}
+
+#[test]
+fn security_opt_turns_off_seccomp_or_no_new_privileges() {
+    let unconfined = web_spec("    security_opt: [\"seccomp=unconfined\"]\n");
+    assert!(unconfined["linux"].get("seccomp").is_none());
+    assert_eq!(caps_of(&unconfined), sorted(&DEFAULT_CAPABILITIES));
+    assert_eq!(unconfined["linux"]["maskedPaths"], json!(MASKED_PATHS));
+
+    // Left out, not false: see build_spec.
+    let nnp_off = web_spec("    security_opt: [\"no-new-privileges:false\"]\n");
+    assert!(
+        nnp_off["process"].get("noNewPrivileges").is_none(),
+        "{}",
+        nnp_off["process"]
+    );
+    assert!(nnp_off["linux"].get("seccomp").is_some());
 }
