@@ -79,6 +79,14 @@ fn main() {
         Ok(_) => "ok".to_string(),
         Err(e) => errno_name(&e),
     };
+    // /proc/sys is one of docker's read-only paths (and exists on every kernel).
+    let procsys = match std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/kernel/domainname")
+    {
+        Ok(_) => "ok".to_string(),
+        Err(e) => errno_name(&e),
+    };
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let cap_eff = status
         .lines()
@@ -97,6 +105,6 @@ fn main() {
         .unwrap_or("unknown");
     println!(
         "probe keyctl={keyctl} add_key={add_key} unshare_user={unshare} vsock={vsock} \
-         sysrq={sysrq} capeff={cap_eff} nnp={nnp} seccomp={seccomp}"
+         sysrq={sysrq} procsys={procsys} capeff={cap_eff} nnp={nnp} seccomp={seccomp}"
     );
 }
