@@ -8,10 +8,17 @@ use std::sync::Arc;
 
 use dstack_attest::{Platform, RuntimeEvent, SimAuthority, SimPlatform, SimTdIdentity};
 
+fn manifest_dir() -> PathBuf {
+    // The manifest dir cargo gives the running test, before the one compiled
+    // in: a target dir shared by two checkouts can hold a build of the other.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 fn testdata(name: &str) -> PathBuf {
     let dir = std::env::var_os("DSTACK_TESTDATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"));
+        .unwrap_or_else(|| manifest_dir().join("../../shared/testdata"));
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -54,6 +54,21 @@ pub struct Anvil {
     keys: Vec<String>,
 }
 
+/// This checkout's `contracts/`. Under cargo (tests of any workspace crate)
+/// it is found from the running crate's manifest dir, before the one
+/// compiled in: a target dir shared by two checkouts can hold a build of
+/// the other.
+fn contracts_dir() -> PathBuf {
+    let compiled = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let Some(running) = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from) else {
+        return compiled;
+    };
+    running
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map_or(compiled, |root| root.join("contracts"))
+}
+
 impl Anvil {
     /// Where the pinned binary is: `$DSTACK_ANVIL`, else the platform package
     /// npm installs into `contracts/node_modules`.
@@ -65,7 +80,7 @@ impl Anvil {
             "aarch64" => "linux-arm64",
             _ => "linux-amd64",
         };
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        contracts_dir()
             .join("node_modules/@foundry-rs")
             .join(format!("anvil-{platform}"))
             .join("bin/anvil")

@@ -97,7 +97,11 @@ const UPSTREAM_APP: &[&str] = &[
 ];
 
 fn artifact(name: &str) -> JsonAbi {
-    let path = format!("{}/out/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    // The manifest dir cargo gives the running test, before the one compiled
+    // in: a target dir shared by two checkouts can hold a build of the other.
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let path = format!("{dir}/out/{name}.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let object: ContractObject =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));

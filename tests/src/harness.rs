@@ -13,7 +13,10 @@ use crate::oci::ImageSpec;
 
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // The manifest dir cargo gives the running test, before the one compiled
+    // in: a target dir shared by two checkouts can hold a build of the other.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()

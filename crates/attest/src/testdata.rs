@@ -11,7 +11,12 @@ use std::path::PathBuf;
 pub(crate) fn testdata_path(name: &str) -> PathBuf {
     let dir = match std::env::var_os("DSTACK_TESTDATA") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"),
+        // The manifest dir cargo gives the running test, before the one
+        // compiled in: a target dir shared by two checkouts can hold a
+        // build of the other.
+        None => std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+            .join("../../../shared/testdata"),
     };
     assert!(
         dir.is_dir(),
