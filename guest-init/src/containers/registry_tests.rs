@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
@@ -22,59 +22,80 @@ type Handler = Arc<dyn Fn(&Seen) -> Answer + Send + Sync>;
 /// `handler`, keeps connections open, and records requests and how many
 /// connections it accepted.
 async fn serve(handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>, Arc<Mutex<usize>>) {
+    serve_over(handler, None).await
+}
+
+/// [`serve`], over TLS when `tls` is given.
+async fn serve_over(
+    handler: Handler,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (String, Arc<Mutex<Vec<Seen>>>, Arc<Mutex<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let log = Arc::new(Mutex::new(Vec::new()));
     let accepted = Arc::new(Mutex::new(0));
     let (seen, count) = (log.clone(), accepted.clone());
     tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
+        while let Ok((conn, _)) = listener.accept().await {
             *count.lock().unwrap() += 1;
-            let (handler, seen) = (handler.clone(), seen.clone());
+            let (handler, seen, tls) = (handler.clone(), seen.clone(), tls.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let end = loop {
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break end;
+                match tls {
+                    None => answer(conn, handler, seen).await,
+                    Some(tls) => {
+                        if let Ok(conn) = tls.accept(conn).await {
+                            answer(conn, handler, seen).await;
                         }
-                        let mut chunk = [0u8; 1024];
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    buf.drain(..end + 4);
-                    let mut lines = head.lines();
-                    let path = lines
-                        .next()
-                        .and_then(|l| l.split(' ').nth(1))
-                        .unwrap_or_default()
-                        .to_string();
-                    let headers = lines
-                        .filter_map(|l| l.split_once(':'))
-                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                        .collect();
-                    let request = Seen { path, headers };
-                    seen.lock().unwrap().push(request.clone());
-                    let (status, extra, body) = handler(&request);
-                    let mut head =
-                        format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
-                    for (name, value) in extra {
-                        head.push_str(&format!("{name}: {value}\r\n"));
-                    }
-                    head.push_str("\r\n");
-                    if conn.write_all(head.as_bytes()).await.is_err()
-                        || conn.write_all(&body).await.is_err()
-                    {
-                        return;
                     }
                 }
             });
         }
     });
     (addr, log, accepted)
+}
+
+/// Answers the requests on one connection until it closes.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: S,
+    handler: Handler,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let mut chunk = [0u8; 1024];
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        buf.drain(..end + 4);
+        let mut lines = head.lines();
+        let path = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or_default()
+            .to_string();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let request = Seen { path, headers };
+        seen.lock().unwrap().push(request.clone());
+        let (status, extra, body) = handler(&request);
+        let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+        for (name, value) in extra {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        if conn.write_all(head.as_bytes()).await.is_err() || conn.write_all(&body).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn reference(registry: &str) -> Reference {
@@ -250,4 +271,53 @@ fn resolves_locations() {
     );
     assert!(resolve(&base, &value("relative/path")).is_none());
     assert!(resolve(&base, &value("//s.example/b")).is_none());
+}
+
+#[tokio::test]
+async fn speaks_https_trusting_only_the_bundle() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let handler: Handler = Arc::new(|_: &Seen| ("200 OK", vec![], b"over tls".to_vec()));
+    let (addr, _, _) = serve_over(handler, Some(acceptor)).await;
+    let port = addr.rsplit_once(':').unwrap().1;
+    let registry_name = format!("localhost:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("ca.pem");
+    std::fs::write(&bundle, cert.pem()).unwrap();
+
+    let registry = Registry::new(Vec::new());
+    registry.connections.trust_only(&bundle);
+    let manifest = registry
+        .manifest(&reference(&registry_name), &[])
+        .await
+        .unwrap();
+    assert_eq!(manifest, b"over tls");
+
+    // Another bundle does not vouch for the server: the handshake fails.
+    let other = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    std::fs::write(&bundle, other.pem()).unwrap();
+    let registry = Registry::new(Vec::new());
+    registry.connections.trust_only(&bundle);
+    let err = registry
+        .manifest(&reference(&registry_name), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Connect { .. }), "{err}");
 }

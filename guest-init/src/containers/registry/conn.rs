@@ -169,6 +169,13 @@ impl Connections {
         })
     }
 
+    /// Trusts only the roots in `bundle` (instead of the system's).
+    #[cfg(test)]
+    pub(super) fn trust_only(&self, bundle: &std::path::Path) {
+        let config = client_config(&bundle.to_string_lossy()).expect("test CA bundle");
+        assert!(self.tls.set(Arc::new(config)).is_ok(), "TLS already set up");
+    }
+
     fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, RegistryError> {
         if let Some(config) = self.tls.get() {
             return Ok(config.clone());
