@@ -11,7 +11,8 @@ FUZZ_SECONDS ?= 20
 MUSL := x86_64-unknown-linux-musl
 TESTDATA ?= $(shell scripts/find-testdata)
 BIN := $(CARGO_TARGET_DIR)/debug
-INIT := $(CARGO_TARGET_DIR)/$(MUSL)/release/dstack-init
+# dstack-init is built with the size-tuned `guest` profile (Cargo.toml).
+INIT := $(CARGO_TARGET_DIR)/$(MUSL)/guest/dstack-init
 
 .PHONY: demo quote-demo test lint unit e2e e2e-sdk fuzz deps build image bench kernel-twice
 
@@ -24,7 +25,7 @@ build:
 	# so the containers' seccomp filters are enforced.
 	scripts/build-libseccomp >/dev/null
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$$(scripts/build-libseccomp)" \
-	  cargo build --locked -p dstack-init --release --target $(MUSL)
+	  cargo build --locked -p dstack-init --profile guest --target $(MUSL)
 	# The KMS's own image (kms/image.json); a separate build so features
 	# unified with the KMS never change the measured init binary.
 	cargo build --locked -p dstack-kms --release --target $(MUSL)

@@ -44,7 +44,8 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Directory holding the static (musl) release binaries that go into
-/// images: `dstack-init`, `dstack-kms`.
+/// images, e.g. `dstack-kms` (dstack-init is built with the `guest`
+/// profile, in `x86_64-unknown-linux-musl/guest`).
 pub fn static_bin_dir() -> PathBuf {
     target_dir().join("x86_64-unknown-linux-musl/release")
 }

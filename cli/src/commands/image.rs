@@ -76,7 +76,8 @@ fn cache_home() -> PathBuf {
         .join(".cache/dstack-rs")
 }
 
-/// Find dstack-init: next to this executable, else in the cargo target dir's musl release build.
+/// Find dstack-init: next to this executable, else in the cargo target dir's
+/// musl build (profile `guest`, the size-tuned one `make build` uses).
 fn find_init() -> anyhow::Result<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(dir) = std::env::current_exe()
@@ -84,16 +85,16 @@ fn find_init() -> anyhow::Result<PathBuf> {
         .and_then(|p| p.parent().map(Path::to_path_buf))
     {
         candidates.push(dir.join("dstack-init"));
-        candidates.push(dir.join("../x86_64-unknown-linux-musl/release/dstack-init"));
+        candidates.push(dir.join("../x86_64-unknown-linux-musl/guest/dstack-init"));
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_home().join("target"));
-    candidates.push(target.join("x86_64-unknown-linux-musl/release/dstack-init"));
+    candidates.push(target.join("x86_64-unknown-linux-musl/guest/dstack-init"));
     candidates
         .into_iter()
         .find(|p| p.is_file())
-        .context("dstack-init not found: build it with `make build` (static musl, with libseccomp) or pass --init")
+        .context("dstack-init not found: build it with `make build` (static musl with libseccomp, profile guest) or pass --init")
 }
 
 fn build(args: BuildArgs) -> Result<(), Failure> {

@@ -17,7 +17,7 @@ pub enum ContainerError {
         image: String,
         /// Why it does not parse.
         #[source]
-        source: oci_client::ParseError,
+        source: oci_spec::distribution::ParseError,
     },
     /// The registry refused a request or could not be reached.
     #[error("registry request for {image} ({what}) failed")]
@@ -28,7 +28,7 @@ pub enum ContainerError {
         what: String,
         /// The registry client's error.
         #[source]
-        source: oci_client::errors::OciDistributionError,
+        source: crate::containers::registry::RegistryError,
     },
     /// Content from the registry does not hash to the digest that names it.
     #[error("{image}: {what} has digest {actual}, expected {expected}")]

@@ -1,4 +1,4 @@
-//! The compose services of the app: pulled with oci-client, unpacked onto
+//! The compose services of the app: pulled from registries, unpacked onto
 //! the data disk, run with libcontainer (youki) as children of PID1.
 //!
 //! Layout: `<data_dir>/images/{blobs/sha256,rootfs}/<hex>` (cache and
@@ -16,6 +16,7 @@ mod logs;
 mod proxy;
 mod pull;
 mod reap;
+mod registry;
 mod runner;
 mod seccomp;
 mod spec;
@@ -35,6 +36,7 @@ pub use helper::{HELPER_COMMAND, helper_main};
 use nix::sys::signal::Signal;
 use oci_spec::image::ImageConfiguration;
 pub use reap::ReapGuard;
+pub use registry::RegistryError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 pub use unpack::UnpackError;

@@ -1,23 +1,19 @@
-//! Pulling images with `oci-client`: registry aliases, plain HTTP only for
-//! listed registries, a linux/amd64 pick from multi-arch indexes, and a blob
-//! cache on the data disk. Every manifest, config and layer is hashed here
-//! and compared with the digest that names it (oci-client checks some of
-//! this too; checking it ourselves means no code path depends on which).
+//! Pulling images with our registry client (`registry.rs`): registry
+//! aliases, plain HTTP only for listed registries, a linux/amd64 pick from
+//! multi-arch indexes, and a blob cache on the data disk. Every manifest,
+//! config and layer is hashed here and compared with the digest that names it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use dstack_proto::host::RegistryAlias;
-use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{DigestError, OciDistributionError};
-use oci_client::manifest::{OciDescriptor, OciManifest};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
-use oci_spec::image::{Arch, ImageConfiguration, Os};
+use oci_spec::distribution::Reference;
+use oci_spec::image::ImageConfiguration;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::containers::ContainerError;
+use crate::containers::registry::Registry;
 
 /// Manifest media types we accept, image manifests and indexes, OCI and docker.
 const MANIFEST_TYPES: [&str; 4] = [
@@ -26,6 +22,32 @@ const MANIFEST_TYPES: [&str; 4] = [
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
+
+/// What a manifest or index points at; the fields we use of both the OCI
+/// and the docker (v2 schema 2) shapes, which agree on them.
+#[derive(Debug, Deserialize)]
+struct Descriptor {
+    digest: String,
+    size: u64,
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    os: String,
+    architecture: String,
+}
+
+/// An image manifest (`config` and `layers`) or an index / manifest list
+/// (`manifests`): told apart by which fields are there, as the media type
+/// is optional in OCI manifests.
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    manifests: Option<Vec<Descriptor>>,
+}
 
 /// A pulled image: what its reference resolved to and its parsed config.
 #[derive(Debug, Clone)]
@@ -42,7 +64,7 @@ pub(crate) struct PulledImage {
 
 /// Pulls images into `<images>/blobs/sha256/<hex>`.
 pub(crate) struct Puller {
-    client: Client,
+    registry: Registry,
     aliases: Vec<RegistryAlias>,
     blobs: PathBuf,
 }
@@ -135,19 +157,8 @@ impl Puller {
         aliases: Vec<RegistryAlias>,
         insecure: Vec<String>,
     ) -> Self {
-        // oci-client is built without a bundled crypto provider; use ring,
-        // like the rest of the workspace (an error only means one is set).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure),
-            // Index entries are picked here, not by the client.
-            platform_resolver: None,
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            ..ClientConfig::default()
-        };
         Puller {
-            client: Client::new(config),
+            registry: Registry::new(insecure),
             aliases,
             blobs: images_dir.join("blobs/sha256"),
         }
@@ -180,37 +191,22 @@ impl Puller {
         image: &str,
         reference: &Reference,
         what: &str,
-    ) -> Result<(OciManifest, String), ContainerError> {
+    ) -> Result<(Manifest, String), ContainerError> {
         let cached = reference
             .digest()
             .and_then(sha256_hex)
             .map(|hex| self.blobs.join(hex));
         let bytes = match cached.as_ref().and_then(|path| std::fs::read(path).ok()) {
             Some(bytes) => bytes,
-            None => {
-                let (bytes, _) = self
-                    .client
-                    .pull_manifest_raw(reference, &RegistryAuth::Anonymous, &MANIFEST_TYPES)
-                    .await
-                    .map_err(|source| match source {
-                        // oci-client checks a pinned digest itself; name it the same way we do.
-                        OciDistributionError::DigestError(DigestError::VerificationError {
-                            expected,
-                            actual,
-                        }) => ContainerError::DigestMismatch {
-                            image: image.into(),
-                            what: what.into(),
-                            expected,
-                            actual,
-                        },
-                        source => ContainerError::Registry {
-                            image: image.into(),
-                            what: what.into(),
-                            source,
-                        },
-                    })?;
-                bytes.to_vec()
-            }
+            None => self
+                .registry
+                .manifest(reference, &MANIFEST_TYPES)
+                .await
+                .map_err(|source| ContainerError::Registry {
+                    image: image.into(),
+                    what: what.into(),
+                    source,
+                })?,
         };
         let digest = sha256_digest(&bytes);
         if let Some(expected) = reference.digest()
@@ -245,7 +241,7 @@ impl Puller {
         &self,
         image: &str,
         reference: &Reference,
-        descriptor: &OciDescriptor,
+        descriptor: &Descriptor,
         what: &str,
     ) -> Result<PathBuf, ContainerError> {
         let hex = sha256_hex(&descriptor.digest).ok_or_else(|| ContainerError::BadImage {
@@ -261,32 +257,21 @@ impl Puller {
             what: what.into(),
             source,
         };
-        let mut stream = self
-            .client
-            .pull_blob_stream(reference, descriptor)
+        // The descriptor's size bounds the download: a registry cannot fill
+        // the disk with a blob that would fail its digest anyway.
+        let mut download = self
+            .registry
+            .blob(reference, &descriptor.digest, descriptor.size)
             .await
             .map_err(registry_err)?;
         let mut writer = BlobWriter::create(&self.blobs, hex)
             .map_err(|e| ContainerError::io("creating blob", &path, e))?;
-        let mut stream_error = None;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => writer
-                    .write(&bytes)
-                    .map_err(|e| ContainerError::io("writing blob", &path, e))?,
-                // oci-client's own digest check fails the last chunk; ours below
-                // gives the same answer with the image and layer named.
-                Err(e) => {
-                    stream_error = Some(e);
-                    break;
-                }
-            }
-        }
-        // A broken connection is a download error, not a digest mismatch.
-        if let Some(e) = stream_error
-            && i64::try_from(writer.written).unwrap_or(i64::MAX) < descriptor.size
-        {
-            return Err(ContainerError::io("downloading blob", &path, e));
+        // On an error the writer is dropped unfinished: only its temporary
+        // file remains, replaced by the next attempt.
+        while let Some(bytes) = download.chunk().await.map_err(registry_err)? {
+            writer
+                .write(&bytes)
+                .map_err(|e| ContainerError::io("writing blob", &path, e))?;
         }
         match writer.finish(&descriptor.digest) {
             Ok(path) => Ok(path),
@@ -311,40 +296,38 @@ impl Puller {
     ) -> Result<PulledImage, ContainerError> {
         let reference = self.fetch_reference(image)?;
         progress(format!("{service}: pulling {image}"));
+        let bad = |reason: &str| ContainerError::BadImage {
+            image: image.into(),
+            reason: reason.into(),
+        };
         let (top, digest) = self.manifest(image, &reference, "manifest").await?;
-        let manifest = match top {
-            OciManifest::Image(manifest) => manifest,
-            OciManifest::ImageIndex(index) => {
-                let entry = index
-                    .manifests
+        let manifest = match top.manifests {
+            None => top,
+            Some(entries) => {
+                let entry = entries
                     .iter()
                     .find(|m| {
                         m.platform
                             .as_ref()
-                            .is_some_and(|p| p.os == Os::Linux && p.architecture == Arch::Amd64)
+                            .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
                     })
-                    .ok_or_else(|| ContainerError::BadImage {
-                        image: image.into(),
-                        reason: "the image index has no linux/amd64 manifest".into(),
-                    })?;
+                    .ok_or_else(|| bad("the image index has no linux/amd64 manifest"))?;
                 let by_digest = reference.clone_with_digest(entry.digest.clone());
-                match self
+                let (manifest, _) = self
                     .manifest(image, &by_digest, "linux/amd64 manifest")
-                    .await?
-                    .0
-                {
-                    OciManifest::Image(manifest) => manifest,
-                    OciManifest::ImageIndex(_) => {
-                        return Err(ContainerError::BadImage {
-                            image: image.into(),
-                            reason: "the index's linux/amd64 entry is another index".into(),
-                        });
-                    }
+                    .await?;
+                if manifest.manifests.is_some() {
+                    return Err(bad("the index's linux/amd64 entry is another index"));
                 }
+                manifest
             }
         };
+        let config_descriptor = manifest
+            .config
+            .as_ref()
+            .ok_or_else(|| bad("the manifest has no config"))?;
         let config_path = self
-            .blob(image, &reference, &manifest.config, "config")
+            .blob(image, &reference, config_descriptor, "config")
             .await?;
         let config_bytes = std::fs::read(&config_path)
             .map_err(|e| ContainerError::io("reading config", &config_path, e))?;
@@ -353,7 +336,7 @@ impl Puller {
                 image: image.into(),
                 reason: format!("config is not an OCI image config: {e}"),
             })?;
-        let config_hex = sha256_hex(&manifest.config.digest)
+        let config_hex = sha256_hex(&config_descriptor.digest)
             .unwrap_or_default()
             .to_string();
         let mut layers = Vec::new();
@@ -362,8 +345,7 @@ impl Puller {
             for (i, layer) in manifest.layers.iter().enumerate() {
                 let what = format!("layer {}/{count}", i + 1);
                 let path = self.blob(image, &reference, layer, &what).await?;
-                let size = u64::try_from(layer.size).unwrap_or_default();
-                progress(format!("{service}: {what} ({})", human_size(size)));
+                progress(format!("{service}: {what} ({})", human_size(layer.size)));
                 layers.push(path);
             }
         }
