@@ -16,6 +16,7 @@ mod logs;
 mod proxy;
 mod pull;
 mod reap;
+mod reference;
 mod registry;
 mod runner;
 mod seccomp;

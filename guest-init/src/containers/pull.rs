@@ -167,12 +167,10 @@ impl Puller {
     /// The reference to fetch from: the registry replaced by its alias.
     pub(crate) fn fetch_reference(&self, image: &str) -> Result<Reference, ContainerError> {
         let reference: Reference =
-            image
-                .parse()
-                .map_err(|source| ContainerError::InvalidReference {
-                    image: image.to_string(),
-                    source,
-                })?;
+            super::reference::parse(image).map_err(|source| ContainerError::InvalidReference {
+                image: image.to_string(),
+                source,
+            })?;
         let Some(alias) = self.aliases.iter().find(|a| a.from == reference.registry()) else {
             return Ok(reference);
         };
