@@ -107,7 +107,7 @@ fn print_progress(step: BuildProgress) {
         BuildProgress::Cpio { entries, bytes } => {
             println!("cpio: {entries} entries, {bytes} bytes")
         }
-        BuildProgress::Gzip { bytes } => println!("gzip: {bytes} bytes"),
+        BuildProgress::Compressed { bytes } => println!("lz4: {bytes} bytes"),
         BuildProgress::Written { dir } => println!("written: {}", dir.display()),
         _ => {}
     }

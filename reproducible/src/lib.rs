@@ -3,7 +3,7 @@
 //! An image is a directory with `bzImage` (our own kernel, compiled from the
 //! pinned `linux-source-7.x` with the fragments in `kernel/`, everything
 //! built in; or Debian's stock cloud kernel, to compare),
-//! `initramfs.cpio.gz` (the static dstack-init as `/init`, CA roots, a
+//! `initramfs.cpio.lz4` (the static dstack-init as `/init`, CA roots, a
 //! library-complete `/sbin/mke2fs`, and with Debian's kernel the modules the
 //! guest loads; no shell outside the -dev variant), `ovmf.fd`,
 //! `metadata.json`, `sha256sum.txt` and `digest.txt` (the OS image hash,
@@ -27,6 +27,7 @@ mod elf;
 mod error;
 mod inputs;
 mod kernel;
+mod lz4;
 mod manifest;
 mod modules;
 mod progress;

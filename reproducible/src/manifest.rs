@@ -16,7 +16,7 @@ use crate::error::BuildError;
 /// The kernel file in an image directory.
 pub const KERNEL_FILE: &str = "bzImage";
 /// The initramfs file in an image directory.
-pub const INITRD_FILE: &str = "initramfs.cpio.gz";
+pub const INITRD_FILE: &str = "initramfs.cpio.lz4";
 /// The firmware file in an image directory.
 pub const BIOS_FILE: &str = "ovmf.fd";
 /// The metadata file in an image directory.

@@ -60,7 +60,7 @@ pub enum BuildProgress {
         bytes: u64,
     },
     /// The initramfs was compressed.
-    Gzip {
+    Compressed {
         /// Compressed size.
         bytes: u64,
     },

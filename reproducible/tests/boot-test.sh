@@ -29,7 +29,7 @@ start=$(date +%s.%N)
 # RDRAND lets the guest's CRNG seed at boot; QEMU's default TCG CPU lacks
 # it, and then every getrandom(GRND_NONBLOCK) user waits (mke2fs: ~4 s).
 timeout 180 qemu-system-x86_64 -accel tcg -cpu "${QEMU_CPU:-qemu64,+rdrand}" -m 512 -smp 1 -nographic -no-reboot \
-  -kernel "$img/bzImage" -initrd "$img/initramfs.cpio.gz" -append "$cmdline" \
+  -kernel "$img/bzImage" -initrd "$img/$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["initrd"])' "$img/metadata.json")" -append "$cmdline" \
   -drive file="$work/disk.raw",format=raw,if=virtio \
   -netdev user,id=n0 -device virtio-net-pci,netdev=n0 ${QEMU_EXTRA:-} >"$work/serial.log" </dev/null
 end=$(date +%s.%N)

@@ -193,7 +193,7 @@ fn build(args: BuildArgs) -> Result<(), Failure> {
             BuildProgress::Cpio { entries, .. } => {
                 progress_bar.set_message(format!("initramfs: {entries} entries"))
             }
-            BuildProgress::Gzip { bytes } => progress_bar.set_message(format!(
+            BuildProgress::Compressed { bytes } => progress_bar.set_message(format!(
                 "initramfs: {:.1} MiB compressed",
                 bytes as f64 / 1048576.0
             )),
