@@ -384,7 +384,7 @@ fn prepare_kernel(
     });
     Ok(PreparedKernel {
         release: built.release.clone(),
-        toolchain: kernel::toolchain_id()?,
+        toolchain: built.toolchain.clone(),
         source: KernelSource::Built(built),
     })
 }

@@ -10,22 +10,14 @@ use crate::error::BuildError;
 /// Extracts the data part of `deb` into `root` (no maintainer scripts run).
 pub(crate) fn extract(package: &str, deb: &Path, root: &Path) -> Result<(), BuildError> {
     fs::create_dir_all(root).map_err(BuildError::write(root))?;
-    let output = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(deb)
-        .arg(root)
-        .output()
-        .map_err(|source| BuildError::Spawn {
-            tool: "dpkg-deb",
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(BuildError::Extract {
+    let mut dpkg = Command::new("dpkg-deb");
+    dpkg.arg("-x").arg(deb).arg(root);
+    crate::tool::run("dpkg-deb", &mut dpkg)?
+        .map(drop)
+        .map_err(|stderr| BuildError::Extract {
             package: package.to_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(())
+            stderr,
+        })
 }
 
 /// More symlink hops than any package layout uses; stops symlink loops.

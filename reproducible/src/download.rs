@@ -82,19 +82,14 @@ fn download(pkgs: &[&PinnedPackage], cache_dir: &Path) -> Result<(), BuildError>
         .iter()
         .map(|p| format!("{}={}", p.name, p.version))
         .collect();
-    let output = Command::new("apt-get")
-        .args(["-q", "download"])
+    let mut apt = Command::new("apt-get");
+    apt.args(["-q", "download"])
         .args(&specs)
-        .current_dir(partial.path())
-        .output()
-        .map_err(|source| BuildError::Spawn {
-            tool: "apt-get",
-            source,
-        })?;
-    if !output.status.success() {
+        .current_dir(partial.path());
+    if let Err(stderr) = crate::tool::run("apt-get", &mut apt)? {
         return Err(BuildError::Download {
             packages: specs.join(" "),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            stderr,
         });
     }
     for pkg in pkgs {

@@ -174,6 +174,8 @@ pub struct BuiltKernel {
     pub release: String,
     /// The cache key (see [`cache_key`]).
     pub key: String,
+    /// The host toolchain it was (or would be) built with ([`toolchain_id`]).
+    pub toolchain: String,
     /// It was already cached; nothing was compiled.
     pub cached: bool,
 }
@@ -246,6 +248,7 @@ pub fn build_kernel(b: &KernelBuild<'_>) -> Result<BuiltKernel, BuildError> {
             config,
             release,
             key,
+            toolchain,
             cached: true,
         });
     }
@@ -308,6 +311,7 @@ pub fn build_kernel(b: &KernelBuild<'_>) -> Result<BuiltKernel, BuildError> {
         config,
         release,
         key,
+        toolchain,
         cached: false,
     })
 }
@@ -330,20 +334,12 @@ fn unpack_source(deb: &Path, work: &Path) -> Result<PathBuf, BuildError> {
             package: "linux-source".into(),
             path: "/usr/src/linux-source-*.tar.xz".into(),
         })?;
-    let out = Command::new("tar")
-        .arg("-xJf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(work)
-        .output()
-        .map_err(|source| BuildError::Spawn {
-            tool: "tar",
-            source,
-        })?;
-    if !out.status.success() {
+    let mut tar = Command::new("tar");
+    tar.arg("-xJf").arg(&tarball).arg("-C").arg(work);
+    if let Err(stderr) = crate::tool::run("tar", &mut tar)? {
         return Err(BuildError::Extract {
             package: tarball.display().to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            stderr,
         });
     }
     let _ = fs::remove_dir_all(&root);
@@ -428,20 +424,13 @@ fn run_make(
 }
 
 fn run_make_output(tree: &Path, args: &[&str]) -> Result<String, BuildError> {
-    let out = make_command(tree, args)
-        .output()
-        .map_err(|source| BuildError::Spawn {
-            tool: "make",
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(BuildError::KernelBuild {
+    crate::tool::run("make", &mut make_command(tree, args))?.map_err(|tail| {
+        BuildError::KernelBuild {
             step: args.join(" "),
             log: PathBuf::new(),
-            tail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            tail,
+        }
+    })
 }
 
 /// The last `n` lines of a log, for an error message.

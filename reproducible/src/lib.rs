@@ -33,6 +33,7 @@ mod modules;
 mod progress;
 mod stage;
 mod supersede;
+mod tool;
 mod tree;
 
 // The public interface is:
