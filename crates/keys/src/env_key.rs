@@ -525,6 +525,51 @@ mod tests {
         );
     }
 
+    /// A signature from upstream's KMS: the example in upstream's
+    /// `vmm-cli.py` (`verify_signature` docstring), a legacy signature for
+    /// the all-zero app id. Ours recovers the signer it names.
+    #[test]
+    fn accepts_upstreams_legacy_vector() {
+        let public_key =
+            hex::decode("e33a1832c6562067ff8f844a61e51ad051f1180b66ec2551fb0251735f3ee90a")
+                .unwrap();
+        let signature = hex::decode(concat!(
+            "8542c49081fbf4e03f62034f13fbf70630bdf256a53032e38465a27c36fd6bed",
+            "7a5e7111652004aef37f7fd92fbfc1285212c4ae6a6154203a48f5e16cad2cef00"
+        ))
+        .unwrap();
+        let response = SignedEnvKey {
+            public_key: &public_key,
+            signature: &signature,
+            timestamp: 0,
+            signature_v1: &[],
+        };
+        // Upstream prints the signer as 0x + compressed key; that parses.
+        let trusted: Signer =
+            "0x0217610d74cbd39b6143842c6d8bc310d79da1d82cc9d17f8876376221eda0c38f"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            verify_env_public_key_legacy(&response, &[0; 20], &trusted).map(|key| key.to_vec()),
+            Ok(public_key.clone())
+        );
+        assert_eq!(
+            verify_env_public_key_legacy(
+                &response,
+                &[0; 20],
+                &Signer::from_address(trusted.address())
+            )
+            .map(|key| key.to_vec()),
+            Ok(public_key.clone())
+        );
+        assert!(verify_env_public_key_legacy(&response, &[1; 20], &trusted).is_err());
+        // Without explicit consent (the v1 check), it is refused.
+        assert_eq!(
+            verify_env_public_key(&response, &[0; 20], &trusted, NOW, 300),
+            Err(EnvKeyError::NoSignatureV1)
+        );
+    }
+
     #[test]
     fn refuses_a_malformed_public_key_or_signer() {
         let root = root(0x6b);
