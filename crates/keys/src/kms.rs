@@ -122,7 +122,11 @@ impl KmsRootKeys {
         let env = self.env_secret(app_id)?;
         let k256 = derive_key(&self.k256_key()[..], &[app_id, b"app-key"], 32)?;
         let app_k256 = k256_signing_key(&k256, "derived app k256 key")?;
-        let k256_signature = self.sign(KMS_ISSUED_PREFIX, app_id, &[&compressed(&app_k256)])?;
+        let k256_signature = self.sign(kms_digest(
+            KMS_ISSUED_PREFIX,
+            app_id,
+            &[&compressed(&app_k256)],
+        ))?;
         let mut k256_key = Zeroizing::new([0u8; 32]);
         k256_key.copy_from_slice(&k256);
         Ok(KmsAppKeys {
@@ -133,19 +137,17 @@ impl KmsRootKeys {
         })
     }
 
-    /// The app's env-encryption public key, signed (legacy and v1 at `timestamp`).
+    /// The app's env-encryption public key, signed (legacy and v1 at
+    /// `timestamp`) in the layout `verify_env_public_key` checks (both
+    /// build it with one function).
     pub fn env_public_key(&self, app_id: &[u8], timestamp: u64) -> Result<EnvPublicKey, KeyError> {
         let secret = x25519_dalek::StaticSecret::from(*self.env_secret(app_id)?);
         let public_key = x25519_dalek::PublicKey::from(&secret).to_bytes();
         Ok(EnvPublicKey {
             public_key,
-            signature: self.sign(ENV_PUBKEY_PREFIX, app_id, &[&public_key])?,
+            signature: self.sign(env_key_digest(app_id, None, &public_key))?,
             timestamp,
-            signature_v1: self.sign(
-                ENV_PUBKEY_PREFIX,
-                app_id,
-                &[&timestamp.to_be_bytes(), &public_key],
-            )?,
+            signature_v1: self.sign(env_key_digest(app_id, Some(timestamp), &public_key))?,
         })
     }
 
@@ -158,16 +160,9 @@ impl KmsRootKeys {
         derive_dh_secret(&self.ca_key, &[app_id, b"env-encrypt-key"])
     }
 
-    /// The root k256 key's recoverable signature over
-    /// Keccak256(prefix ‖ ":" ‖ app_id ‖ parts…), as r ‖ s ‖ v (v = 0 or 1).
-    fn sign(&self, prefix: &[u8], app_id: &[u8], parts: &[&[u8]]) -> Result<Vec<u8>, KeyError> {
-        let mut digest = Keccak256::new();
-        digest.update(prefix);
-        digest.update(b":");
-        digest.update(app_id);
-        for part in parts {
-            digest.update(part);
-        }
+    /// The root k256 key's recoverable signature over `digest` (see
+    /// [`kms_digest`]), as r ‖ s ‖ v (v = 0 or 1).
+    fn sign(&self, digest: Keccak256) -> Result<Vec<u8>, KeyError> {
         let (signature, recid) = self
             .k256_key
             .sign_digest_recoverable(digest)
@@ -186,15 +181,44 @@ impl std::fmt::Debug for KmsRootKeys {
     }
 }
 
-/// Recovers the compressed secp256k1 public key that made `signature` (r ‖ s
-/// ‖ v) over Keccak256(prefix ‖ ":" ‖ app_id ‖ parts…): how a client checks
-/// that a KMS signed an env public key or an app key.
-pub fn recover_signer(
-    signature: &[u8],
-    prefix: &[u8],
+/// Keccak256(prefix ‖ ":" ‖ app_id ‖ parts…): what the KMS root k256 key
+/// signs (upstream `sign_message`), the one layout its signer and
+/// verifiers share.
+pub(crate) fn kms_digest(prefix: &[u8], app_id: &[u8], parts: &[&[u8]]) -> Keccak256 {
+    let mut digest = Keccak256::new();
+    digest.update(prefix);
+    digest.update(b":");
+    digest.update(app_id);
+    for part in parts {
+        digest.update(part);
+    }
+    digest
+}
+
+/// The digest behind an env public key's signatures: `signature_v1` covers
+/// the timestamp (u64 big-endian) before the key, the legacy `signature`
+/// has none.
+pub(crate) fn env_key_digest(
     app_id: &[u8],
-    parts: &[&[u8]],
-) -> Result<[u8; 33], KeyError> {
+    timestamp: Option<u64>,
+    public_key: &[u8],
+) -> Keccak256 {
+    match timestamp {
+        Some(timestamp) => kms_digest(
+            ENV_PUBKEY_PREFIX,
+            app_id,
+            &[&timestamp.to_be_bytes(), public_key],
+        ),
+        None => kms_digest(ENV_PUBKEY_PREFIX, app_id, &[public_key]),
+    }
+}
+
+/// The secp256k1 key whose 65-byte recoverable signature (r ‖ s ‖ v) over
+/// `digest` this is.
+pub(crate) fn recover_key(
+    signature: &[u8],
+    digest: Keccak256,
+) -> Result<k256::ecdsa::VerifyingKey, KeyError> {
     let invalid = || KeyError::InvalidSignature {
         algorithm: "secp256k1",
     };
@@ -204,26 +228,31 @@ pub fn recover_signer(
     };
     let sig = k256::ecdsa::Signature::from_slice(sig).map_err(|_| invalid())?;
     let recid = k256::ecdsa::RecoveryId::from_byte(v).ok_or_else(invalid)?;
-    let mut digest = Keccak256::new();
-    digest.update(prefix);
-    digest.update(b":");
-    digest.update(app_id);
-    for part in parts {
-        digest.update(part);
-    }
-    let key = k256::ecdsa::VerifyingKey::recover_from_digest(digest, &sig, recid)
-        .map_err(|_| invalid())?;
+    k256::ecdsa::VerifyingKey::recover_from_digest(digest, &sig, recid).map_err(|_| invalid())
+}
+
+/// Recovers the compressed secp256k1 public key that made `signature` (r ‖ s
+/// ‖ v) over Keccak256(prefix ‖ ":" ‖ app_id ‖ parts…): how a client checks
+/// that a KMS signed an env public key or an app key.
+pub fn recover_signer(
+    signature: &[u8],
+    prefix: &[u8],
+    app_id: &[u8],
+    parts: &[&[u8]],
+) -> Result<[u8; 33], KeyError> {
+    let key = recover_key(signature, kms_digest(prefix, app_id, parts))?;
+    Ok(compressed_point(&key))
+}
+
+pub(crate) fn compressed_point(key: &k256::ecdsa::VerifyingKey) -> [u8; 33] {
     let point = key.to_encoded_point(true);
     let mut out = [0u8; 33];
     out.copy_from_slice(point.as_bytes());
-    Ok(out)
+    out
 }
 
 fn compressed(key: &SigningKey) -> [u8; 33] {
-    let point = key.verifying_key().to_encoded_point(true);
-    let mut out = [0u8; 33];
-    out.copy_from_slice(point.as_bytes());
-    out
+    compressed_point(key.verifying_key())
 }
 
 fn hex_lower(bytes: &[u8]) -> String {

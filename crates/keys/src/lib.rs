@@ -8,10 +8,12 @@
 //!   GetKey, Sign and Verify.
 //! - [`report_data`]: dstack's `Hash(tag ":" content)` report_data rule.
 //! - [`sealing`]: the local key provider's sealing key and sealed box.
+//! - [`env_key`]: checking a KMS's signature over an app's env public key.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod app_keys;
+pub mod env_key;
 pub mod kdf;
 pub mod kms;
 pub mod report_data;
@@ -19,6 +21,9 @@ pub mod sealing;
 mod signing;
 
 pub use app_keys::{AppKeys, KmsReleasedKeys};
+pub use env_key::{
+    EnvKeyError, SignedEnvKey, Signer, verify_env_public_key, verify_env_public_key_legacy,
+};
 pub use kdf::{
     derive_dh_secret, derive_key, derive_p256_key_pair, derive_p256_key_pair_from_bytes,
 };
