@@ -287,6 +287,7 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
             .as_deref()
             .map(|id| id.strip_prefix("0x").unwrap_or(id).to_owned())
             .unwrap_or_default(),
+        format_nonempty_disk: false,
     };
     let vm: VmInfo = client.call(Method::POST, "/v1/vms", Some(&request)).await?;
     if !args.json {

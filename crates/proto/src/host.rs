@@ -74,6 +74,11 @@ pub struct SysConfig {
     /// The VM shape as a JSON string (upstream's `vm_config`).
     #[serde(default)]
     pub vm_config: String,
+    /// The operator's opt-in to format a data disk that holds something
+    /// other than zeros or a LUKS header (an old plain ext4 disk, another
+    /// system's data). A LUKS disk is never reformatted, whatever this says.
+    #[serde(default)]
+    pub format_nonempty_disk: bool,
 }
 
 impl SysConfig {
@@ -90,6 +95,7 @@ impl SysConfig {
             gateway_urls: Vec::new(),
             pccs_url: String::new(),
             vm_config: String::new(),
+            format_nonempty_disk: false,
         }
     }
 }
@@ -150,6 +156,11 @@ pub mod events {
     pub const SHUTDOWN_PROGRESS: &str = "shutdown.progress";
     /// Instance identity to persist; payload is [`super::InstanceInfo`] JSON.
     pub const INSTANCE_INFO: &str = "instance.info";
+    /// What became of the data disk; payload is one of [`DATA_DISK_STATES`],
+    /// followed for `refused` by `": "` and the reason.
+    pub const DATA_DISK: &str = "data-disk";
+    /// The states a `data-disk` event reports.
+    pub const DATA_DISK_STATES: &[&str] = &["formatted", "opened", "refused"];
     /// Boot phase the guest reports once every service has started.
     pub const PHASE_RUNNING: &str = "running";
 }

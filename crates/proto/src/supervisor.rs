@@ -91,6 +91,23 @@ pub struct DeployRequest {
     /// compose's own.
     #[serde(default)]
     pub app_id: String,
+    /// Allow the guest to format a data disk that holds something other
+    /// than zeros or a LUKS header ([`crate::host::SysConfig::format_nonempty_disk`]).
+    #[serde(default)]
+    pub format_nonempty_disk: bool,
+}
+
+/// `POST /v1/env-key` arguments: the app whose env-encryption key to
+/// fetch from the KMS (upstream's VMM `GetAppEnvEncryptPubKey`, which the
+/// supervisor proxies because the KMS URL is the one guests reach).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvKeyRequest {
+    /// The app id (hex, 20 bytes).
+    pub app_id: String,
+    /// The KMS to ask (as guests reach it); empty: the supervisor's default.
+    #[serde(default)]
+    pub kms_url: String,
 }
 
 fn one() -> u32 {
@@ -194,6 +211,11 @@ pub struct VmInfo {
     /// The RTMR3 event log, when the guest answers.
     #[serde(default)]
     pub rtmr3_events: Vec<crate::guest::MeasuredEvent>,
+    /// The encrypted data disk as the guest last reported it: `formatted`
+    /// (this boot made it), `opened`, or `refused: <reason>`; empty until
+    /// the guest reports.
+    #[serde(default)]
+    pub data_disk: String,
     /// The last boot error, if any.
     #[serde(default)]
     pub error: Option<String>,

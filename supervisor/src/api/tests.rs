@@ -43,6 +43,7 @@ fn vm_info(name: &str) -> VmInfo {
         tee: String::new(),
         key_provider: String::new(),
         rtmr3_events: vec![],
+        data_disk: String::new(),
         error: None,
     }
 }

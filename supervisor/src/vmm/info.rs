@@ -57,6 +57,7 @@ pub(super) async fn info(vm: &Vm, ask_guest: bool) -> VmInfo {
         tee: String::new(),
         key_provider: String::new(),
         rtmr3_events: Vec::new(),
+        data_disk: String::new(),
         error: guest.error.or(launch_error),
         summary,
     };
