@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::Vars;
 use crate::{Compose, ComposeError};
 
 /// The key provider an app asks for.
@@ -80,24 +81,53 @@ pub struct AppCompose {
 }
 
 impl AppCompose {
-    /// Parse and validate `app-compose.json` bytes, including the compose YAML in it.
+    /// Parse and validate `app-compose.json` bytes, including the compose
+    /// YAML in it, with no variables set.
     pub fn parse(text: &str) -> Result<(Self, Compose), ComposeError> {
+        let (app, compose, _) = Self::parse_with_vars(text, &Vars::new())?;
+        Ok((app, compose))
+    }
+
+    /// Parse only the app-compose JSON (not the compose YAML, which may
+    /// need variables that are not known yet).
+    pub fn parse_manifest(text: &str) -> Result<Self, ComposeError> {
         let app: AppCompose =
             serde_json::from_str(text).map_err(|e| ComposeError::AppComposeJson(e.to_string()))?;
-        if app.name.trim().is_empty() {
+        app.check()?;
+        Ok(app)
+    }
+
+    /// Parse `app-compose.json` and interpolate its compose YAML with
+    /// `vars` (the app's decrypted env); also returns the names of
+    /// variables the YAML used but `vars` does not set.
+    pub fn parse_with_vars(
+        text: &str,
+        vars: &Vars,
+    ) -> Result<(Self, Compose, Vec<String>), ComposeError> {
+        let app = Self::parse_manifest(text)?;
+        let yaml = app.docker_compose_file.as_deref().unwrap_or_default();
+        let (compose, unset) = Compose::parse_with_vars(yaml, vars)?;
+        Ok((app, compose, unset))
+    }
+
+    /// What can be checked without the variables: the manifest's fields,
+    /// and that the compose YAML is YAML.
+    fn check(&self) -> Result<(), ComposeError> {
+        if self.name.trim().is_empty() {
             return Err(ComposeError::invalid("name", "must not be empty"));
         }
-        if app.runner != "docker-compose" {
-            return Err(ComposeError::UnsupportedRunner(app.runner));
+        if self.runner != "docker-compose" {
+            return Err(ComposeError::UnsupportedRunner(self.runner.clone()));
         }
-        let yaml = app.docker_compose_file.as_deref().ok_or_else(|| {
+        let yaml = self.docker_compose_file.as_deref().ok_or_else(|| {
             ComposeError::invalid(
                 "docker_compose_file",
                 "is required for runner docker-compose",
             )
         })?;
-        let compose = Compose::parse(yaml)?;
-        if let Some(fs) = &app.storage_fs
+        serde_yaml::from_str::<serde_yaml::Value>(yaml)
+            .map_err(|e| ComposeError::Yaml(e.to_string()))?;
+        if let Some(fs) = &self.storage_fs
             && fs != "ext4"
         {
             return Err(ComposeError::invalid(
@@ -105,7 +135,7 @@ impl AppCompose {
                 format!("{fs:?} is not supported (only \"ext4\")"),
             ));
         }
-        Ok((app, compose))
+        Ok(())
     }
 
     /// The effective key provider (upstream's precedence rule).

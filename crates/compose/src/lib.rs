@@ -6,12 +6,14 @@
 
 mod app_compose;
 mod duration;
+pub mod interpolate;
 mod mr_config;
 mod security;
 mod service;
 
 pub use app_compose::{AppCompose, KeyProviderKind, app_compose_from_yaml, app_id, compose_hash};
 pub use duration::parse_duration;
+pub use interpolate::Vars;
 pub use mr_config::{MR_CONFIG_ID_LEN, mr_config_id_matches, mr_config_id_v1, mr_config_id_v2};
 pub use security::{CapabilityName, LINUX_CAPABILITIES, SeccompMode, Security};
 pub use service::{
