@@ -1,10 +1,17 @@
-//! The data disk: the first virtio-blk disk, mounted at `/data`.
+//! The data disk: the first virtio-blk disk, LUKS2-encrypted with the app's
+//! disk key and mounted at `/data` (ext4 inside).
 //!
-//! What is on it decides what happens, and the rule is conservative: only a
-//! disk whose first 128 KiB are all zero (a fresh image) is ever formatted.
-//! A LUKS header (primary or LUKS2 secondary) stops the boot: encryption
-//! comes with the KMS, and a disk with a LUKS header is never reformatted
-//! (DESIGN §7). ext4 is mounted. Anything else stops the boot too.
+//! What is on it decides what happens, and the rule is conservative:
+//! - a LUKS header is opened with the key, never reformatted: a wrong key
+//!   stops the boot and leaves every byte as it was (DESIGN §7);
+//! - a disk whose first 128 KiB are zero (a fresh image) is formatted:
+//!   LUKS2 header first, then ext4 inside;
+//! - anything else (an old plain ext4 disk, another system's data) stops
+//!   the boot, unless the operator opted in to formatting it.
+//!
+//! The header is written and read by `dstack-luks2` (pure Rust, tested both
+//! ways against cryptsetup); the mapping is a dm-crypt table loaded through
+//! `dstack-devmapper`. The passphrase is `hex(disk_crypt_key)`, upstream's.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -61,21 +68,59 @@ pub enum DiskError {
         #[source]
         source: io::Error,
     },
-    /// The disk is LUKS-encrypted, which this build cannot open.
+    /// The LUKS header does not open with this app's disk key.
     #[error(
-        "data disk {device} has a LUKS header: encrypted data disks are not supported yet, and a LUKS disk is never reformatted"
+        "data disk {device} is encrypted with another key (another app's disk, or keys from another KMS): refusing to touch it; a LUKS disk is never reformatted"
     )]
-    Encrypted {
+    WrongKey {
         /// The device path.
         device: PathBuf,
     },
-    /// The disk holds something other than ext4 or zeros.
-    #[error("data disk {device} holds {what}, not ext4: refusing to format it")]
+    /// The LUKS header is damaged or not the shape this guest accepts
+    /// (the host may have altered it).
+    #[error("data disk {device} has a LUKS header this guest refuses; the disk is left as it is")]
+    BadHeader {
+        /// The device path.
+        device: PathBuf,
+        /// What was wrong.
+        #[source]
+        source: dstack_luks2::Luks2Error,
+    },
+    /// Writing a new LUKS header failed.
+    #[error("cannot write a LUKS2 header to {device}")]
+    Encrypt {
+        /// The device path.
+        device: PathBuf,
+        /// The cause.
+        #[source]
+        source: dstack_luks2::Luks2Error,
+    },
+    /// The device-mapper mapping failed.
+    #[error("cannot map the encrypted disk {device}")]
+    Map {
+        /// The device path.
+        device: PathBuf,
+        /// The cause.
+        #[source]
+        source: dstack_devmapper::DmError,
+    },
+    /// The disk holds something other than a LUKS header or zeros.
+    #[error(
+        "data disk {device} holds {what}, not an encrypted dstack disk: refusing to format it (the operator may allow it with --format-nonempty-disk)"
+    )]
     Unrecognised {
         /// The device path.
         device: PathBuf,
         /// What was found.
         what: &'static str,
+    },
+    /// The LUKS volume opened but holds no ext4 filesystem.
+    #[error(
+        "encrypted data disk {device} opened, but holds no ext4 filesystem (a first boot interrupted while formatting?): refusing to format it (the operator may allow it with --format-nonempty-disk)"
+    )]
+    NoFilesystem {
+        /// The device path.
+        device: PathBuf,
     },
     /// mke2fs failed.
     #[error("formatting {device} failed: {detail}")]
@@ -170,28 +215,164 @@ pub fn wait_for_device(device: &Path, patience: Duration) -> Result<(), DiskErro
 /// How the data disk was prepared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskOutcome {
-    /// An existing ext4 filesystem was mounted.
-    Mounted,
-    /// The disk was empty, formatted and mounted.
+    /// An existing encrypted disk was opened and mounted.
+    Opened,
+    /// The disk was formatted (LUKS2, then ext4) and mounted.
     Formatted,
 }
 
-/// Probes `device`, formats it with `format` only when empty, mounts it at
-/// `target` and creates [`DATA_DIRS`]. Blocking: call from a blocking thread.
+impl DiskOutcome {
+    /// The `data-disk` event payload.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Formatted => "formatted",
+        }
+    }
+}
+
+/// The device-mapper name of the opened data disk (upstream's).
+pub const MAPPED_NAME: &str = "dstack_data_disk";
+
+/// Maps an opened LUKS volume to a plaintext block device and back.
+pub trait Mapper: Send + Sync + std::fmt::Debug {
+    /// Maps `volume`'s payload on `device` as [`MAPPED_NAME`]; returns the
+    /// plaintext device's path.
+    fn map(&self, device: &Path, volume: &dstack_luks2::Volume) -> Result<PathBuf, DiskError>;
+    /// Removes the mapping (after the filesystem is unmounted).
+    fn unmap(&self) -> Result<(), DiskError>;
+}
+
+/// The kernel's device-mapper.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DmMapper;
+
+impl Mapper for DmMapper {
+    fn map(&self, device: &Path, volume: &dstack_luks2::Volume) -> Result<PathBuf, DiskError> {
+        let failed = |source| DiskError::Map {
+            device: device.to_owned(),
+            source,
+        };
+        let probe_failed = |source| DiskError::Probe {
+            device: device.to_owned(),
+            source,
+        };
+        let size = File::open(device)
+            .and_then(|mut f| f.seek(SeekFrom::End(0)))
+            .map_err(probe_failed)?;
+        let segment = volume.segment();
+        let target = dstack_devmapper::crypt_target(
+            segment.cipher,
+            volume.key(),
+            device,
+            segment.offset / 512,
+            size.saturating_sub(segment.offset) / 512,
+            segment.sector_size,
+        );
+        let control = dstack_devmapper::Control::open().map_err(failed)?;
+        // cryptsetup's uuid convention, so tools that look at dm uuids see a LUKS2 mapping.
+        let uuid = format!(
+            "CRYPT-LUKS2-{}-{MAPPED_NAME}",
+            volume.uuid().replace('-', "")
+        );
+        let number = control
+            .create_live(MAPPED_NAME, &uuid, &[target], true)
+            .map_err(failed)?;
+        let node = number.node();
+        wait_for_device(&node, Duration::from_secs(5))?;
+        Ok(node)
+    }
+
+    fn unmap(&self) -> Result<(), DiskError> {
+        let failed = |source| DiskError::Map {
+            device: PathBuf::from(MAPPED_NAME),
+            source,
+        };
+        dstack_devmapper::Control::open()
+            .and_then(|control| control.remove(MAPPED_NAME))
+            .map_err(failed)
+    }
+}
+
+/// What `prepare` needs besides the device.
+#[derive(Debug)]
+pub struct DiskParams<'a> {
+    /// The LUKS passphrase: `hex(disk_crypt_key)`.
+    pub passphrase: &'a [u8],
+    /// The operator allowed formatting a disk with other content.
+    pub format_nonempty: bool,
+}
+
+/// Opens or formats the encrypted disk `device` (see the module doc),
+/// mounts the plaintext ext4 at `target` and creates [`DATA_DIRS`].
+/// Returns what was done and the plaintext device. Blocking: call from a
+/// blocking thread.
 pub fn prepare(
     sys: &dyn Syscall,
+    mapper: &dyn Mapper,
     device: &Path,
     target: &Path,
+    params: &DiskParams<'_>,
     format: &dyn Fn(&Path) -> Result<(), DiskError>,
-) -> Result<DiskOutcome, DiskError> {
-    let content = probe(device).map_err(|source| DiskError::Probe {
+) -> Result<(DiskOutcome, PathBuf), DiskError> {
+    let probe_failed = |source| DiskError::Probe {
         device: device.to_owned(),
         source,
-    })?;
-    let outcome = match content {
+    };
+    let content = probe(device).map_err(probe_failed)?;
+    let (outcome, plain) = match content {
         DiskContent::Luks => {
-            return Err(DiskError::Encrypted {
+            // Read-only: whatever fails below, the disk is left as it was.
+            let mut file = File::open(device).map_err(probe_failed)?;
+            let volume = dstack_luks2::open(&mut file, params.passphrase).map_err(|e| match e {
+                dstack_luks2::Luks2Error::WrongPassphrase => DiskError::WrongKey {
+                    device: device.to_owned(),
+                },
+                source => DiskError::BadHeader {
+                    device: device.to_owned(),
+                    source,
+                },
+            })?;
+            let plain = mapper.map(device, &volume)?;
+            let inner = probe(&plain).map_err(probe_failed);
+            match inner {
+                Ok(DiskContent::Ext4) => (DiskOutcome::Opened, plain),
+                // Nothing was ever written through the mapping (the first
+                // boot stopped between the header and mkfs): safe to format.
+                Ok(_) if params.format_nonempty || payload_untouched(device) => {
+                    tracing::warn!(
+                        "the encrypted disk holds no ext4 filesystem: formatting it, as the operator allowed"
+                    );
+                    format_inner(mapper, &plain, format)?;
+                    (DiskOutcome::Formatted, plain)
+                }
+                other => {
+                    let _ = mapper.unmap();
+                    other?;
+                    return Err(DiskError::NoFilesystem {
+                        device: device.to_owned(),
+                    });
+                }
+            }
+        }
+        DiskContent::Empty => (
+            DiskOutcome::Formatted,
+            format_new(mapper, device, params, format)?,
+        ),
+        DiskContent::Ext4 | DiskContent::Unrecognised(_) if params.format_nonempty => {
+            tracing::warn!(
+                "data disk {} is not an encrypted dstack disk: formatting it, as the operator allowed",
+                device.display()
+            );
+            (
+                DiskOutcome::Formatted,
+                format_new(mapper, device, params, format)?,
+            )
+        }
+        DiskContent::Ext4 => {
+            return Err(DiskError::Unrecognised {
                 device: device.to_owned(),
+                what: "an unencrypted ext4 filesystem",
             });
         }
         DiskContent::Unrecognised(what) => {
@@ -200,16 +381,72 @@ pub fn prepare(
                 what,
             });
         }
-        DiskContent::Ext4 => DiskOutcome::Mounted,
-        DiskContent::Empty => {
-            format(device)?;
-            tracing::info!(
-                "formatted {} (ext4): its first 128 KiB were zero, a fresh disk",
-                device.display()
-            );
-            DiskOutcome::Formatted
-        }
     };
+    let mounted = mount(sys, &plain, target);
+    if mounted.is_err() {
+        let _ = mapper.unmap();
+    }
+    mounted?;
+    Ok((outcome, plain))
+}
+
+/// Whether the start of the LUKS payload is still all zeros on the raw
+/// device: ciphertext is never all zeros, so nothing was written there.
+fn payload_untouched(device: &Path) -> bool {
+    let read = || -> io::Result<bool> {
+        let mut file = File::open(device)?;
+        file.seek(SeekFrom::Start(dstack_luks2::DATA_OFFSET))?;
+        let mut head = Vec::with_capacity(PROBE_LEN);
+        file.take(PROBE_LEN as u64).read_to_end(&mut head)?;
+        Ok(head.len() == PROBE_LEN && head.iter().all(|&b| b == 0))
+    };
+    read().unwrap_or(false)
+}
+
+/// Writes a fresh LUKS2 header, maps it and makes ext4 inside.
+fn format_new(
+    mapper: &dyn Mapper,
+    device: &Path,
+    params: &DiskParams<'_>,
+    format: &dyn Fn(&Path) -> Result<(), DiskError>,
+) -> Result<PathBuf, DiskError> {
+    let encrypt_failed = |source| DiskError::Encrypt {
+        device: device.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .map_err(|source| DiskError::Probe {
+            device: device.to_owned(),
+            source,
+        })?;
+    let volume = dstack_luks2::format(&mut file, params.passphrase, &mut rand_core::OsRng)
+        .map_err(encrypt_failed)?;
+    drop(file);
+    tracing::info!(
+        "wrote a LUKS2 header (aes-xts-plain64, 512-bit key) to {}",
+        device.display()
+    );
+    let plain = mapper.map(device, &volume)?;
+    format_inner(mapper, &plain, format)?;
+    Ok(plain)
+}
+
+fn format_inner(
+    mapper: &dyn Mapper,
+    plain: &Path,
+    format: &dyn Fn(&Path) -> Result<(), DiskError>,
+) -> Result<(), DiskError> {
+    let formatted = format(plain);
+    if formatted.is_err() {
+        let _ = mapper.unmap();
+    }
+    formatted
+}
+
+fn mount(sys: &dyn Syscall, device: &Path, target: &Path) -> Result<(), DiskError> {
     let mkdir = |path: PathBuf| {
         sys.mkdir_all(&path, 0o755)
             .map_err(|source| DiskError::Mkdir { path, source })
@@ -230,7 +467,7 @@ pub fn prepare(
     for dir in DATA_DIRS {
         mkdir(target.join(dir))?;
     }
-    Ok(outcome)
+    Ok(())
 }
 
 /// The mke2fs the image ships.
@@ -263,3 +500,45 @@ pub fn mke2fs(device: &Path) -> Result<(), DiskError> {
 #[cfg(test)]
 #[path = "disk_tests.rs"]
 mod tests;
+
+/// A mapper for tests: "maps" to a plain file and records what it was asked.
+#[cfg(test)]
+pub mod fake {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::{DiskError, Mapper};
+
+    /// Maps every volume to `plain`.
+    #[derive(Debug, Default)]
+    pub struct FakeMapper {
+        /// The plaintext stand-in.
+        pub plain: PathBuf,
+        /// The volume keys it was given, in order.
+        pub keys: Mutex<Vec<Vec<u8>>>,
+        /// How many times it was unmapped.
+        pub unmaps: Mutex<usize>,
+    }
+
+    impl FakeMapper {
+        /// A mapper onto `plain`.
+        pub fn onto(plain: &Path) -> Self {
+            Self {
+                plain: plain.to_owned(),
+                ..Self::default()
+            }
+        }
+    }
+
+    impl Mapper for FakeMapper {
+        fn map(&self, _device: &Path, volume: &dstack_luks2::Volume) -> Result<PathBuf, DiskError> {
+            self.keys.lock().unwrap().push(volume.key().to_vec());
+            Ok(self.plain.clone())
+        }
+
+        fn unmap(&self) -> Result<(), DiskError> {
+            *self.unmaps.lock().unwrap() += 1;
+            Ok(())
+        }
+    }
+}

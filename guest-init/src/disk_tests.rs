@@ -75,77 +75,281 @@ fn mounts(sys: &RecordingSyscall) -> Vec<MountSpec> {
         .collect()
 }
 
+const DISK_LEN: u64 = 24 << 20;
+const KEY: &[u8] = b"0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+fn params(passphrase: &[u8], format_nonempty: bool) -> DiskParams<'_> {
+    DiskParams {
+        passphrase,
+        format_nonempty,
+    }
+}
+
+/// "mkfs" for tests: stamps the ext4 magic on the plaintext stand-in.
+fn stamp_ext4(count: &Cell<u32>) -> impl Fn(&Path) -> Result<(), DiskError> + '_ {
+    move |plain: &Path| {
+        count.set(count.get() + 1);
+        let mut file = fs::OpenOptions::new().write(true).open(plain).unwrap();
+        file.seek(SeekFrom::Start(1080)).unwrap();
+        file.write_all(&[0x53, 0xef]).unwrap();
+        Ok(())
+    }
+}
+
+fn never(_: &Path) -> Result<(), DiskError> {
+    panic!("must not format")
+}
+
 #[test]
-fn an_empty_disk_is_formatted_then_mounted() {
+fn an_empty_disk_gets_a_luks2_header_then_ext4_inside_then_is_mounted() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = image(dir.path(), "vda", 1 << 20, &[]);
+    let disk = image(dir.path(), "vda", DISK_LEN, &[]);
+    let plain = image(dir.path(), "plain", 1 << 20, &[]);
+    let mapper = fake::FakeMapper::onto(&plain);
     let sys = RecordingSyscall::default();
     let formatted = Cell::new(0);
-    let format = |_: &Path| {
-        formatted.set(formatted.get() + 1);
-        Ok(())
-    };
-    let outcome = prepare(&sys, &disk, Path::new("/data"), &format).unwrap();
+    let (outcome, device) = prepare(
+        &sys,
+        &mapper,
+        &disk,
+        Path::new("/data"),
+        &params(KEY, false),
+        &stamp_ext4(&formatted),
+    )
+    .unwrap();
     assert_eq!(outcome, DiskOutcome::Formatted);
-    assert_eq!(formatted.get(), 1);
+    assert_eq!(outcome.state(), "formatted");
+    assert_eq!((formatted.get(), device.as_path()), (1, plain.as_path()));
+    // The header is real LUKS2 and opens with the passphrase to the key that was mapped.
+    assert_eq!(probe(&disk).unwrap(), DiskContent::Luks);
+    let volume = dstack_luks2::open(&mut File::open(&disk).unwrap(), KEY).unwrap();
+    assert_eq!(mapper.keys.lock().unwrap()[0], volume.key());
     let m = mounts(&sys);
     assert_eq!(m.len(), 1);
     assert_eq!(
-        (m[0].target.as_str(), m[0].fstype.as_str()),
-        ("/data", "ext4")
+        (
+            m[0].source.as_str(),
+            m[0].target.as_str(),
+            m[0].fstype.as_str()
+        ),
+        (plain.to_str().unwrap(), "/data", "ext4")
     );
     assert!(m[0].flags.contains(MsFlags::MS_NOATIME));
     let calls = sys.calls();
     for sub in ["/data/volumes", "/data/images", "/data/containers"] {
         assert!(calls.contains(&Call::Mkdir(sub.into())), "{sub}");
     }
-}
 
-#[test]
-fn ext4_is_mounted_without_formatting() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = image(dir.path(), "vda", 1 << 20, &[(1080, &[0x53, 0xef])]);
+    // The next boot opens the same volume and formats nothing.
     let sys = RecordingSyscall::default();
-    let never = |_: &Path| -> Result<(), DiskError> { panic!("must not format") };
-    let outcome = prepare(&sys, &disk, Path::new("/data"), &never).unwrap();
-    assert_eq!(outcome, DiskOutcome::Mounted);
+    let (outcome, _) = prepare(
+        &sys,
+        &mapper,
+        &disk,
+        Path::new("/data"),
+        &params(KEY, false),
+        &never,
+    )
+    .unwrap();
+    assert_eq!(outcome, DiskOutcome::Opened);
+    let keys = mapper.keys.lock().unwrap();
+    assert_eq!(keys[0], keys[1]);
     assert_eq!(mounts(&sys).len(), 1);
 }
 
 #[test]
-fn luks_and_unknown_disks_are_never_touched() {
+fn another_apps_disk_is_refused_and_left_byte_for_byte_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let never = |_: &Path| -> Result<(), DiskError> { panic!("must not format") };
-    let luks = image(dir.path(), "luks", 1 << 20, &[(0, b"LUKS\xba\xbe")]);
+    let disk = image(dir.path(), "vda", DISK_LEN, &[]);
+    let plain = image(dir.path(), "plain", 1 << 20, &[]);
+    let mapper = fake::FakeMapper::onto(&plain);
+    let formatted = Cell::new(0);
     let sys = RecordingSyscall::default();
-    let err = prepare(&sys, &luks, Path::new("/data"), &never).unwrap_err();
-    assert!(matches!(err, DiskError::Encrypted { .. }));
-    assert!(err.to_string().contains("LUKS header"), "{err}");
-    assert!(sys.calls().is_empty(), "nothing mounted or created");
-
-    let junk = image(dir.path(), "junk", 1 << 20, &[(0, b"hello")]);
-    let err = prepare(&sys, &junk, Path::new("/data"), &never).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "data disk {} holds unrecognised data, not ext4: refusing to format it",
-            junk.display()
+    let format = stamp_ext4(&formatted);
+    prepare(
+        &sys,
+        &mapper,
+        &disk,
+        Path::new("/d"),
+        &params(KEY, false),
+        &format,
+    )
+    .unwrap();
+    let before = fs::read(&disk).unwrap();
+    for allow in [false, true] {
+        let sys = RecordingSyscall::default();
+        let other = b"ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+        let err = prepare(
+            &sys,
+            &mapper,
+            &disk,
+            Path::new("/d"),
+            &params(other, allow),
+            &never,
         )
+        .unwrap_err();
+        assert!(matches!(err, DiskError::WrongKey { .. }), "{err}");
+        assert!(err.to_string().contains("another key"), "{err}");
+        assert!(sys.calls().is_empty(), "nothing mounted or created");
+        assert!(fs::read(&disk).unwrap() == before, "the disk changed");
+    }
+    assert_eq!(mapper.keys.lock().unwrap().len(), 1, "never mapped");
+}
+
+#[test]
+fn a_tampered_header_is_refused_and_not_reformatted() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = image(dir.path(), "plain", 1 << 20, &[]);
+    let mapper = fake::FakeMapper::onto(&plain);
+    // A LUKS magic with nothing valid behind it.
+    let bad = image(dir.path(), "bad", DISK_LEN, &[(0, b"LUKS\xba\xbe\x00\x02")]);
+    let before = fs::read(&bad).unwrap();
+    let sys = RecordingSyscall::default();
+    let err = prepare(
+        &sys,
+        &mapper,
+        &bad,
+        Path::new("/d"),
+        &params(KEY, true),
+        &never,
+    )
+    .unwrap_err();
+    assert!(matches!(err, DiskError::BadHeader { .. }), "{err}");
+    assert!(fs::read(&bad).unwrap() == before);
+    assert!(sys.calls().is_empty());
+}
+
+#[test]
+fn other_content_needs_the_operators_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = image(dir.path(), "plain", 1 << 20, &[]);
+    let mapper = fake::FakeMapper::onto(&plain);
+    let sys = RecordingSyscall::default();
+    for (name, patch, what) in [
+        (
+            "ext4",
+            &[0x53u8, 0xef][..],
+            "an unencrypted ext4 filesystem",
+        ),
+        ("junk", &b"hello"[..], "unrecognised data"),
+    ] {
+        let offset = if name == "ext4" { 1080 } else { 0 };
+        let disk = image(dir.path(), name, DISK_LEN, &[(offset, patch)]);
+        let before = fs::read(&disk).unwrap();
+        let err = prepare(
+            &sys,
+            &mapper,
+            &disk,
+            Path::new("/d"),
+            &params(KEY, false),
+            &never,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "data disk {} holds {what}, not an encrypted dstack disk: refusing to format it (the operator may allow it with --format-nonempty-disk)",
+                disk.display()
+            )
+        );
+        assert!(fs::read(&disk).unwrap() == before);
+        let formatted = Cell::new(0);
+        let (outcome, _) = prepare(
+            &sys,
+            &mapper,
+            &disk,
+            Path::new("/d"),
+            &params(KEY, true),
+            &stamp_ext4(&formatted),
+        )
+        .unwrap();
+        assert_eq!((outcome, formatted.get()), (DiskOutcome::Formatted, 1));
+        assert_eq!(probe(&disk).unwrap(), DiskContent::Luks);
+    }
+}
+
+#[test]
+fn an_interrupted_first_format_is_finished_but_written_data_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = image(dir.path(), "vda", DISK_LEN, &[]);
+    dstack_luks2::format(
+        &mut fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap(),
+        KEY,
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    // The header is there but mkfs never ran: the payload is still zeros.
+    let plain = image(dir.path(), "plain", 1 << 20, &[]);
+    let mapper = fake::FakeMapper::onto(&plain);
+    let sys = RecordingSyscall::default();
+    let formatted = Cell::new(0);
+    let (outcome, _) = prepare(
+        &sys,
+        &mapper,
+        &disk,
+        Path::new("/d"),
+        &params(KEY, false),
+        &stamp_ext4(&formatted),
+    )
+    .unwrap();
+    assert_eq!((outcome, formatted.get()), (DiskOutcome::Formatted, 1));
+
+    // Ciphertext in the payload but no ext4 inside: refused without the opt-in.
+    let mut file = fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    file.seek(SeekFrom::Start(dstack_luks2::DATA_OFFSET))
+        .unwrap();
+    file.write_all(&[0x5a; 4096]).unwrap();
+    drop(file);
+    let empty = image(dir.path(), "plain2", 1 << 20, &[]);
+    let mapper = fake::FakeMapper::onto(&empty);
+    let err = prepare(
+        &sys,
+        &mapper,
+        &disk,
+        Path::new("/d"),
+        &params(KEY, false),
+        &never,
+    )
+    .unwrap_err();
+    assert!(matches!(err, DiskError::NoFilesystem { .. }), "{err}");
+    assert_eq!(
+        *mapper.unmaps.lock().unwrap(),
+        1,
+        "the mapping is closed again"
     );
 }
 
 #[test]
 fn a_failed_mount_and_a_missing_disk_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = image(dir.path(), "vda", 1 << 20, &[(1080, &[0x53, 0xef])]);
+    let disk = image(dir.path(), "vda", DISK_LEN, &[]);
+    let plain = image(dir.path(), "plain", 1 << 20, &[]);
+    let mapper = fake::FakeMapper::onto(&plain);
     let sys = RecordingSyscall::default();
     sys.fail("/data", Errno::EINVAL);
-    let ok = |_: &Path| Ok(());
-    let err = prepare(&sys, &disk, Path::new("/data"), &ok).unwrap_err();
+    let formatted = Cell::new(0);
+    let err = prepare(
+        &sys,
+        &mapper,
+        &disk,
+        Path::new("/data"),
+        &params(KEY, false),
+        &stamp_ext4(&formatted),
+    )
+    .unwrap_err();
     assert!(matches!(
         err,
         DiskError::Mkdir { .. } | DiskError::Mount { .. }
     ));
+    assert_eq!(
+        *mapper.unmaps.lock().unwrap(),
+        1,
+        "unmapped after the failed mount"
+    );
 
     let missing = dir.path().join("vdb");
     let err = wait_for_device(&missing, Duration::from_millis(20)).unwrap_err();

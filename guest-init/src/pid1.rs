@@ -74,9 +74,9 @@ pub async fn run(sys: Arc<dyn Syscall>, cfg: BootConfig, factory: RuntimeFactory
 async fn boot_app(boot: &mut Boot, factory: RuntimeFactory) -> Result<ServicesRef, BootError> {
     boot.load_modules().await?;
     let bundle = boot.fetch_config().await?;
-    let compose = boot.apply_config(&bundle).await?;
+    boot.apply_config(&bundle).await?;
     boot.finish_background().await?;
-    boot.measure_ready(&bundle).await?;
+    let compose = boot.unlock(&bundle).await?;
     let runtime = boot.run_app(&bundle, compose, factory).await?;
     let services: ServicesRef = runtime;
     Ok(services)
@@ -100,12 +100,14 @@ async fn fail(boot: &Boot, error: &BootError) {
 async fn power_off(boot: &Boot, services: Option<&dyn crate::state::Services>) {
     let data = boot
         .data_mounted
-        .then_some((boot.cfg.data_dir.as_path(), boot.cfg.data_device.as_path()));
+        .as_deref()
+        .map(|plain| (boot.cfg.data_dir.as_path(), plain));
     let teardown = Teardown {
         sys: &*boot.sys,
         notifier: &boot.notifier,
         shipper: boot.shipper.as_ref(),
         data,
+        mapper: &*boot.mapper,
     };
     shutdown::power_off(&teardown, services).await;
 }

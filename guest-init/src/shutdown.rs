@@ -27,8 +27,10 @@ pub struct Teardown<'a> {
     pub notifier: &'a Notifier,
     /// The log shipper, if it runs.
     pub shipper: Option<&'a LogShipper>,
-    /// The data disk's mount point and device, if mounted.
+    /// The data disk's mount point and plaintext device, if mounted.
     pub data: Option<(&'a Path, &'a Path)>,
+    /// Removes the data disk's dm-crypt mapping after the unmount.
+    pub mapper: &'a dyn crate::disk::Mapper,
 }
 
 /// The exact console line of a clean unmount (tests look for it).
@@ -80,8 +82,14 @@ pub async fn power_off(t: &Teardown<'_>, services: Option<&dyn Services>) {
         tracing::info!("services stopped");
     }
     t.sys.sync();
-    if let Some((target, device)) = t.data {
-        unmount_data(t.sys, target, device).await;
+    if let Some((target, device)) = t.data
+        && unmount_data(t.sys, target, device).await
+    {
+        // The kernel drops the volume key with the mapping.
+        match t.mapper.unmap() {
+            Ok(()) => tracing::info!("closed the encrypted data disk"),
+            Err(e) => tracing::warn!("{}", crate::boot::error_chain(&e)),
+        }
     }
     tracing::info!("powering off");
     t.notifier.send(events::SHUTDOWN_PROGRESS, "powering off");
@@ -138,11 +146,13 @@ mod tests {
         let sys = RecordingSyscall::default();
         let notifier = Notifier::detached();
         let stopper = Stopper::default();
+        let mapper = crate::disk::fake::FakeMapper::default();
         let t = Teardown {
             sys: &sys,
             notifier: &notifier,
             shipper: None,
-            data: Some((Path::new("/data"), Path::new("/dev/vda"))),
+            data: Some((Path::new("/data"), Path::new("/dev/dm-0"))),
+            mapper: &mapper,
         };
         power_off(&t, Some(&stopper)).await;
         assert!(*stopper.0.lock().unwrap());
@@ -155,6 +165,8 @@ mod tests {
                 Call::Reboot(RebootCmd::PowerOff)
             ]
         );
+        // The mapping goes after the unmount, so the kernel forgets the key.
+        assert_eq!(*mapper.unmaps.lock().unwrap(), 1);
         assert_eq!(
             clean_unmount_line(Path::new("/data")),
             "unmounted /data cleanly"

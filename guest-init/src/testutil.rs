@@ -77,7 +77,7 @@ pub(crate) fn serve(
 pub(crate) fn bundle() -> ConfigBundle {
     ConfigBundle {
         app_compose: APP_COMPOSE.into(),
-        encrypted_env: vec![1, 2],
+        encrypted_env: Vec::new(),
         user_config: String::new(),
         sys_config: SysConfig::new("vm1", "hello"),
         instance_info: Default::default(),

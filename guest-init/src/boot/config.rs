@@ -18,8 +18,10 @@ pub mod phase {
     pub const HOST: &str = "connecting to host";
     /// Hostname and compose.
     pub const CONFIG: &str = "applying config";
-    /// Network and data disk (concurrently; identity in the background).
-    pub const NETWORK_AND_DISK: &str = "configuring network and data disk";
+    /// Network (identity and keys in the background).
+    pub const NETWORK_AND_DISK: &str = "configuring network and keys";
+    /// The app's env decrypted, the compose read, the encrypted data disk opened.
+    pub const UNLOCK: &str = "unlocking env and data disk";
     /// Image pulls.
     pub const PULL: &str = "pulling images";
     /// Container starts.

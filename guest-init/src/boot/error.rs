@@ -55,6 +55,9 @@ pub enum BootError {
     /// Network.
     #[error("configuring the network failed")]
     Network(#[from] NetworkError),
+    /// The encrypted env (upstream's blob): refused, never partly applied.
+    #[error("the app's encrypted env is refused")]
+    Env(#[source] dstack_envcrypt::EnvError),
     /// Data disk.
     #[error("preparing the data disk failed")]
     Disk(#[from] DiskError),

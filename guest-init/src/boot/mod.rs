@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::app::{AppParams, AppRuntime, RuntimeFactory};
 use crate::control::Control;
-use crate::disk::{self, DiskOutcome};
+use crate::disk;
 use crate::hostapi::HostClient;
 use crate::hostshared;
 use crate::local_key::LocalKeyError;
@@ -57,8 +57,12 @@ pub struct Boot {
     pub notifier: Notifier,
     /// The log shipper, once the host answered.
     pub shipper: Option<LogShipper>,
-    /// Whether the data disk is mounted.
-    pub data_mounted: bool,
+    /// The plaintext device of the data disk, once it is mapped and mounted.
+    pub data_mounted: Option<std::path::PathBuf>,
+    /// Maps the encrypted data disk (device-mapper; tests use a fake).
+    pub mapper: Arc<dyn disk::Mapper>,
+    /// Makes the filesystem inside a new encrypted disk.
+    pub mkfs: fn(&Path) -> Result<(), disk::DiskError>,
     /// Where log lines for the host go, once the host answered.
     pub logs: Option<mpsc::Sender<LogEntry>>,
     /// Boot work running in the background, awaited before containers.
@@ -114,7 +118,9 @@ impl Boot {
             reaper: Arc::new(Reaper::default()),
             notifier: Notifier::detached(),
             shipper: None,
-            data_mounted: false,
+            data_mounted: None,
+            mapper: Arc::new(disk::DmMapper),
+            mkfs: disk::mke2fs,
             logs: None,
             background: Vec::new(),
             platform: None,
@@ -308,18 +314,18 @@ impl Boot {
         Ok(bundle)
     }
 
-    /// Applies the config: hostname and compose first (a bad compose stops
-    /// the boot before any disk is touched), then the network and the data
-    /// disk at the same time (both mostly wait on the kernel), with the
-    /// identity in the background.
-    pub async fn apply_config(&mut self, bundle: &ConfigBundle) -> Result<Compose, BootError> {
+    /// Applies the config: hostname and the app-compose manifest first (a
+    /// bad manifest stops the boot before anything is touched), then the
+    /// network, with the identity and keys in the background. The compose
+    /// YAML is read in [`Boot::unlock`], once the app's env is decrypted.
+    pub async fn apply_config(&mut self, bundle: &ConfigBundle) -> Result<(), BootError> {
         self.phase(phase::CONFIG);
         let hostname = network::sanitize_hostname(&bundle.sys_config.vm_name);
         if let Err(e) = self.sys.set_hostname(&hostname) {
             tracing::warn!("cannot set hostname {hostname}: {e}");
         }
-        let (app, compose) = AppCompose::parse(&bundle.app_compose).map_err(BootError::Compose)?;
-        tracing::info!("app {:?}: {} services", app.name, compose.services.len());
+        let app = AppCompose::parse_manifest(&bundle.app_compose).map_err(BootError::Compose)?;
+        tracing::info!("app {:?}", app.name);
 
         self.phase(phase::NETWORK_AND_DISK);
         let started = Instant::now();
@@ -330,48 +336,23 @@ impl Boot {
                 .then(|| network::configure(&net_config, &hostname, &etc))
                 .transpose()
         });
-        let (sys, device, target) = (
-            self.sys.clone(),
-            self.cfg.data_device.clone(),
-            self.cfg.data_dir.clone(),
-        );
-        let disk = tokio::task::spawn_blocking(move || {
-            disk::wait_for_device(&device, Duration::from_secs(5))?;
-            disk::prepare(&*sys, &device, &target, &disk::mke2fs)
-        });
         // The identity task may fetch collateral from the PCCS: not before the network is up.
         let (net_up, net_ready) = tokio::sync::watch::channel(false);
         self.spawn_identity(bundle, app, net_ready);
-        let net = async move {
-            let result = net.await;
-            let _ = net_up.send(true);
-            result
-        };
-        let (net, disk) = tokio::join!(net, disk);
-        // Note a mount even if the network failed, so shutdown unmounts it.
-        let disk = disk?;
-        self.data_mounted = disk.is_ok();
+        let net = net.await;
+        let _ = net_up.send(true);
         match net?? {
             Some(net) => tracing::info!(
-                "network: {} {}/{} via {}",
+                "network: {} {}/{} via {} ({} ms)",
                 net.interface,
                 net.address,
                 net.prefix,
-                net.gateway
+                net.gateway,
+                ms(started)
             ),
             None => tracing::info!("network left as it is"),
         }
-        let how = match disk? {
-            DiskOutcome::Formatted => "formatted and mounted",
-            DiskOutcome::Mounted => "mounted",
-        };
-        tracing::info!(
-            "data disk {} {how} at {} ({} ms for network and disk)",
-            self.cfg.data_device.display(),
-            self.cfg.data_dir.display(),
-            ms(started)
-        );
-        Ok(compose)
+        Ok(())
     }
 
     /// Derives the identity and writes the host-shared files in the
@@ -507,19 +488,105 @@ impl Boot {
         self.identity = Some(task);
     }
 
-    /// Completes the measurements (`storage-fs`, `system-ready`) once the
-    /// identity is measured and the disk is up, then serves the guest API
-    /// (`dstack.sock`, `tappd.sock`) so services can mount it.
-    pub async fn measure_ready(&mut self, bundle: &ConfigBundle) -> Result<(), BootError> {
+    /// Once the identity is measured and the keys are in: decrypts the
+    /// app's env, reads the compose with it, opens (or formats) the
+    /// encrypted data disk with the disk key, completes the measurements
+    /// (`storage-fs`, `system-ready`), then serves the guest API
+    /// (`dstack.sock`, `tappd.sock`) so services can mount it. A bad env,
+    /// a bad compose or a refused disk stops the boot here, before any
+    /// service runs.
+    pub async fn unlock(&mut self, bundle: &ConfigBundle) -> Result<Compose, BootError> {
         let Some(identity) = self.identity.take() else {
             return Err(BootError::GuestApi(
                 "the app identity was never derived".into(),
             ));
         };
         let (measured, source) = identity.await??;
+        let (keys, signer) = tokio::task::spawn_blocking(move || {
+            let (keys, signer) = match source {
+                KeySource::Random => {
+                    let seed =
+                        Zeroizing::new(identity::random_seed32().map_err(BootError::Identity)?);
+                    (AppKeys::from_seed(&seed), None)
+                }
+                KeySource::Seed(seed) => (AppKeys::from_seed(&seed), None),
+                KeySource::Kms(keys, signer) => (app_keys_from_kms(&keys), Some(signer)),
+            };
+            let keys = keys.map_err(|e| BootError::GuestApi(e.into()))?;
+            Ok::<_, BootError>((keys, signer))
+        })
+        .await??;
+
+        self.phase(phase::UNLOCK);
+        let vars = app_env(bundle, &keys)?;
+        let (_, compose, unset) =
+            AppCompose::parse_with_vars(&bundle.app_compose, &vars).map_err(BootError::Compose)?;
+        drop(vars);
+        if !unset.is_empty() {
+            tracing::warn!(
+                "the compose file uses variables the app's env does not set (empty): {}",
+                unset.join(", ")
+            );
+        }
+        tracing::info!("compose: {} services", compose.services.len());
+
         self.emit(names::STORAGE_FS, measure::STORAGE_FS.as_bytes().to_vec())
             .await?;
+        self.prepare_disk(bundle, &keys).await?;
         self.emit(names::SYSTEM_READY, Vec::new()).await?;
+        self.serve_guest_api(bundle, measured, keys, signer).await?;
+        Ok(compose)
+    }
+
+    /// Opens or formats the encrypted data disk and reports the outcome.
+    async fn prepare_disk(
+        &mut self,
+        bundle: &ConfigBundle,
+        keys: &AppKeys,
+    ) -> Result<(), BootError> {
+        let started = Instant::now();
+        let passphrase = Zeroizing::new(hex::encode(keys.disk_crypt_key()).into_bytes());
+        let format_nonempty = bundle.sys_config.format_nonempty_disk;
+        let (sys, mapper, mkfs) = (self.sys.clone(), self.mapper.clone(), self.mkfs);
+        let (device, target) = (self.cfg.data_device.clone(), self.cfg.data_dir.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            disk::wait_for_device(&device, Duration::from_secs(5))?;
+            let params = disk::DiskParams {
+                passphrase: &passphrase,
+                format_nonempty,
+            };
+            disk::prepare(&*sys, &*mapper, &device, &target, &params, &mkfs)
+        })
+        .await?;
+        match result {
+            Ok((outcome, plain)) => {
+                self.notifier.send(events::DATA_DISK, outcome.state());
+                tracing::info!(
+                    "data disk {} {} and mounted at {} ({} ms)",
+                    self.cfg.data_device.display(),
+                    outcome.state(),
+                    self.cfg.data_dir.display(),
+                    ms(started)
+                );
+                self.data_mounted = Some(plain);
+                Ok(())
+            }
+            Err(e) => {
+                let reason = error_chain(&e);
+                self.notifier
+                    .send(events::DATA_DISK, format!("refused: {reason}"));
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn serve_guest_api(
+        &self,
+        bundle: &ConfigBundle,
+        measured: AppMeasurement,
+        keys: AppKeys,
+        signer: Option<kms_signer::KmsCertSigner>,
+    ) -> Result<(), BootError> {
         let platform = self.platform()?;
         let app = AppInfo {
             app_id: measured.app_id,
@@ -542,16 +609,6 @@ impl Boot {
         let dir = self.cfg.guest_socket_dir.clone();
         let started = Instant::now();
         let api = tokio::task::spawn_blocking(move || -> Result<GuestApi, BootError> {
-            let (keys, signer) = match source {
-                KeySource::Random => {
-                    let seed =
-                        Zeroizing::new(identity::random_seed32().map_err(BootError::Identity)?);
-                    (AppKeys::from_seed(&seed), None)
-                }
-                KeySource::Seed(seed) => (AppKeys::from_seed(&seed), None),
-                KeySource::Kms(keys, signer) => (app_keys_from_kms(&keys), Some(signer)),
-            };
-            let keys = keys.map_err(|e| BootError::GuestApi(e.into()))?;
             let api =
                 GuestApi::new(platform, app, keys).map_err(|e| BootError::GuestApi(e.into()))?;
             Ok(match signer {
@@ -669,6 +726,42 @@ fn kms_keys(
             last.unwrap_or_else(|| dstack_kms_client::ClientError::Url("no KMS URL".into())),
         ),
     })
+}
+
+/// The app's env: the encrypted blob decrypted with the env key and kept to
+/// `allowed_envs`. Values are never logged; names of dropped keys are.
+fn app_env(bundle: &ConfigBundle, keys: &AppKeys) -> Result<dstack_compose::Vars, BootError> {
+    let mut vars = dstack_compose::Vars::new();
+    if bundle.encrypted_env.is_empty() {
+        return Ok(vars);
+    }
+    let app = AppCompose::parse_manifest(&bundle.app_compose).map_err(BootError::Compose)?;
+    let env = dstack_envcrypt::open_for_app(
+        keys.env_crypt_key(),
+        &bundle.encrypted_env,
+        &app.allowed_envs,
+    )
+    .map_err(BootError::Env)?;
+    if !env.skipped.is_empty() {
+        tracing::warn!(
+            "encrypted env: dropped {} not in allowed_envs: {}",
+            env.skipped.len(),
+            env.skipped
+                .iter()
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    tracing::info!(
+        "encrypted env: {} variable(s) decrypted ({} bytes of ciphertext)",
+        env.vars.len(),
+        bundle.encrypted_env.len()
+    );
+    for var in env.vars {
+        vars.insert(var.key.clone(), var.value.to_string());
+    }
+    Ok(vars)
 }
 
 /// App keys from a KMS answer (the conversion `dstack simulator` shares).

@@ -19,13 +19,27 @@ use crate::state::Services;
 use crate::sys::fake::{Call, RecordingSyscall};
 use crate::testutil::{APP_COMPOSE, bundle, serve};
 
-/// A 1 MiB "disk" with an ext4 superblock magic: mounted, never formatted.
-fn ext4_image(dir: &Path) -> PathBuf {
+/// A fresh (all-zero, sparse) 24 MiB data disk.
+fn empty_disk(dir: &Path) -> PathBuf {
+    let path = dir.join("vda");
+    fs::File::create(&path).unwrap().set_len(24 << 20).unwrap();
+    path
+}
+
+/// "mkfs": stamps the ext4 magic on the plaintext stand-in.
+fn stamp_ext4(plain: &Path) -> Result<(), crate::disk::DiskError> {
     let mut disk = vec![0u8; 1 << 20];
     disk[1080..1082].copy_from_slice(&[0x53, 0xef]);
-    let path = dir.join("vda");
-    fs::write(&path, disk).unwrap();
-    path
+    fs::write(plain, disk).unwrap();
+    Ok(())
+}
+
+/// A boot whose data disk maps onto a plain file in `dir`.
+fn boot_in(dir: &Path, sys: Arc<RecordingSyscall>, cfg: BootConfig) -> Boot {
+    let mut boot = Boot::new(sys, cfg);
+    boot.mapper = Arc::new(crate::disk::fake::FakeMapper::onto(&dir.join("plain")));
+    boot.mkfs = stamp_ext4;
+    boot
 }
 
 fn config(dir: &Path) -> BootConfig {
@@ -40,7 +54,7 @@ fn config(dir: &Path) -> BootConfig {
         modules_root: dir.join("modules"),
         host: HostEndpoint::Unix(dir.join("host.sock")),
         host_patience: Duration::from_secs(2),
-        data_device: ext4_image(dir),
+        data_device: empty_disk(dir),
         data_dir: dir.join("data"),
         run_dir: dir.join("run/dstack"),
         guest_socket_dir: dir.join("var/run/dstack"),
@@ -194,13 +208,13 @@ async fn config_then_app_with_progress_reported_to_the_host() {
         serde_json::to_string(&bundle()).unwrap(),
     );
     let sys = Arc::new(RecordingSyscall::default());
-    let mut boot = Boot::new(sys.clone(), cfg.clone());
+    let mut boot = boot_in(dir.path(), sys.clone(), cfg.clone());
     let platform = sim_platform();
     boot.use_platform(platform.clone());
     let fetched = boot.fetch_config().await.unwrap();
-    let compose = boot.apply_config(&fetched).await.unwrap();
+    boot.apply_config(&fetched).await.unwrap();
     boot.finish_background().await.unwrap();
-    boot.measure_ready(&fetched).await.unwrap();
+    let compose = boot.unlock(&fetched).await.unwrap();
     // Measured in upstream's order, and the guest API is up.
     let names: Vec<String> = platform
         .event_log()
@@ -226,7 +240,10 @@ async fn config_then_app_with_progress_reported_to_the_host() {
     assert_eq!(boot.state.info().rtmr3_events.len(), 8);
     assert_eq!(boot.state.info().tee, "sim");
     assert!(sys.calls().contains(&Call::SetHostname("hello".into())));
-    assert!(boot.data_mounted);
+    assert_eq!(boot.data_mounted, Some(dir.path().join("plain")));
+    // The disk got a LUKS2 header keyed by the app's disk key.
+    let mut disk = fs::File::open(&cfg.data_device).unwrap();
+    assert!(dstack_luks2::probe(&mut disk).unwrap());
     let data_mount = sys.calls().into_iter().find_map(|c| match c {
         Call::Mount(m) if m.fstype == "ext4" => Some(m.target),
         _ => None,
@@ -258,8 +275,10 @@ async fn config_then_app_with_progress_reported_to_the_host() {
     }
     let want = [
         "boot.progress=applying config",
-        "boot.progress=configuring network and data disk",
+        "boot.progress=configuring network and keys",
         "instance.info=",
+        "boot.progress=unlocking env and data disk",
+        "data-disk=formatted",
         "boot.progress=pulling images",
         "boot.progress=web: pulled busybox",
         "boot.progress=starting containers",
@@ -274,7 +293,7 @@ async fn config_then_app_with_progress_reported_to_the_host() {
 async fn a_bad_compose_and_a_failed_start_are_named_errors() {
     let dir = tempfile::tempdir().unwrap();
     let sys = Arc::new(RecordingSyscall::default());
-    let mut boot = Boot::new(sys, config(dir.path()));
+    let mut boot = boot_in(dir.path(), sys, config(dir.path()));
     boot.use_platform(sim_platform());
     let mut bad = bundle();
     bad.app_compose = r#"{"manifest_version":2,"name":"a","runner":"bash"}"#.into();
@@ -285,8 +304,9 @@ async fn a_bad_compose_and_a_failed_start_are_named_errors() {
     );
 
     let good = bundle();
-    let compose = boot.apply_config(&good).await.unwrap();
+    boot.apply_config(&good).await.unwrap();
     boot.finish_background().await.unwrap();
+    let compose = boot.unlock(&good).await.unwrap();
     let runtime = Arc::new(FakeRuntime {
         fail_start: true,
         ..Default::default()
@@ -295,4 +315,35 @@ async fn a_bad_compose_and_a_failed_start_are_named_errors() {
     let result = boot.run_app(&good, compose, factory).await;
     assert!(matches!(result, Err(BootError::Start(_))));
     assert_eq!(boot.state.phase(), phase::START);
+}
+
+#[tokio::test]
+async fn an_encrypted_env_without_an_env_key_stops_the_boot_before_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(RecordingSyscall::default());
+    let cfg = config(dir.path());
+    let mut boot = boot_in(dir.path(), sys.clone(), cfg.clone());
+    boot.use_platform(sim_platform());
+    // The `none` key provider releases no env key: the blob cannot be read,
+    // and dropping it silently (upstream) would run the app without its secrets.
+    let mut with_env = bundle();
+    with_env.encrypted_env = vec![7; 100];
+    boot.apply_config(&with_env).await.unwrap();
+    boot.finish_background().await.unwrap();
+    let err = boot.unlock(&with_env).await.unwrap_err();
+    assert!(
+        matches!(err, BootError::Env(dstack_envcrypt::EnvError::NoEnvKey)),
+        "{err:?}"
+    );
+    assert_eq!(boot.data_mounted, None);
+    let mut disk = fs::File::open(&cfg.data_device).unwrap();
+    assert!(
+        !dstack_luks2::probe(&mut disk).unwrap(),
+        "the disk was not touched"
+    );
+    assert!(
+        !sys.calls()
+            .iter()
+            .any(|c| matches!(c, Call::Mount(m) if m.fstype == "ext4"))
+    );
 }
