@@ -76,6 +76,15 @@ pub enum DiskError {
         /// The device path.
         device: PathBuf,
     },
+    /// The app's key provider is `none`: each boot has a new random disk
+    /// key, so a disk written by an earlier boot cannot be opened.
+    #[error(
+        "data disk {device} was encrypted by an earlier boot, and this app's key provider is \"none\" (a new random disk key every boot): its data cannot be reopened, and the disk is left as it is; give the app a key provider that keeps its keys (a KMS, or the local key provider) to keep data across restarts, or deploy it again with a new disk"
+    )]
+    EphemeralKey {
+        /// The device path.
+        device: PathBuf,
+    },
     /// The LUKS header is damaged or not the shape this guest accepts
     /// (the host may have altered it).
     #[error("data disk {device} has a LUKS header this guest refuses; the disk is left as it is")]
@@ -301,6 +310,8 @@ pub struct DiskParams<'a> {
     pub passphrase: &'a [u8],
     /// The operator allowed formatting a disk with other content.
     pub format_nonempty: bool,
+    /// The key is random for this boot only (the `none` key provider).
+    pub ephemeral_key: bool,
 }
 
 /// Opens or formats the encrypted disk `device` (see the module doc),
@@ -325,6 +336,11 @@ pub fn prepare(
             // Read-only: whatever fails below, the disk is left as it was.
             let mut file = File::open(device).map_err(probe_failed)?;
             let volume = dstack_luks2::open(&mut file, params.passphrase).map_err(|e| match e {
+                dstack_luks2::Luks2Error::WrongPassphrase if params.ephemeral_key => {
+                    DiskError::EphemeralKey {
+                        device: device.to_owned(),
+                    }
+                }
                 dstack_luks2::Luks2Error::WrongPassphrase => DiskError::WrongKey {
                     device: device.to_owned(),
                 },

@@ -82,6 +82,7 @@ fn params(passphrase: &[u8], format_nonempty: bool) -> DiskParams<'_> {
     DiskParams {
         passphrase,
         format_nonempty,
+        ephemeral_key: false,
     }
 }
 
@@ -194,6 +195,26 @@ fn another_apps_disk_is_refused_and_left_byte_for_byte_unchanged() {
         assert!(fs::read(&disk).unwrap() == before, "the disk changed");
     }
     assert_eq!(mapper.keys.lock().unwrap().len(), 1, "never mapped");
+    // Under the `none` provider the refusal says why the key changed.
+    let ephemeral = DiskParams {
+        ephemeral_key: true,
+        ..params(b"00", false)
+    };
+    let err = prepare(
+        &sys_none(),
+        &mapper,
+        &disk,
+        Path::new("/d"),
+        &ephemeral,
+        &never,
+    )
+    .unwrap_err();
+    assert!(matches!(err, DiskError::EphemeralKey { .. }), "{err}");
+    assert!(fs::read(&disk).unwrap() == before);
+}
+
+fn sys_none() -> RecordingSyscall {
+    RecordingSyscall::default()
 }
 
 #[test]

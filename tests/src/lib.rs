@@ -3,4 +3,5 @@
 #![allow(missing_docs)]
 
 pub mod harness;
+pub mod kms;
 pub mod oci;

@@ -532,7 +532,8 @@ impl Boot {
 
         self.emit(names::STORAGE_FS, measure::STORAGE_FS.as_bytes().to_vec())
             .await?;
-        self.prepare_disk(bundle, &keys).await?;
+        let ephemeral_key = measured.key_provider_info == key_provider::NONE;
+        self.prepare_disk(bundle, &keys, ephemeral_key).await?;
         self.emit(names::SYSTEM_READY, Vec::new()).await?;
         self.serve_guest_api(bundle, measured, keys, signer).await?;
         Ok(compose)
@@ -543,6 +544,7 @@ impl Boot {
         &mut self,
         bundle: &ConfigBundle,
         keys: &AppKeys,
+        ephemeral_key: bool,
     ) -> Result<(), BootError> {
         let started = Instant::now();
         let passphrase = Zeroizing::new(hex::encode(keys.disk_crypt_key()).into_bytes());
@@ -554,6 +556,7 @@ impl Boot {
             let params = disk::DiskParams {
                 passphrase: &passphrase,
                 format_nonempty,
+                ephemeral_key,
             };
             disk::prepare(&*sys, &*mapper, &device, &target, &params, &mkfs)
         })
