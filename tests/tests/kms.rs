@@ -9,11 +9,10 @@
 #![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dstack_e2e::harness::{Supervisor, bin_dir, push_example, repo_root};
-use dstack_e2e::kms::{app_id_and_hash, kms, serve_kms, start_kms};
+use dstack_e2e::harness::{Supervisor, push_example, repo_root};
+use dstack_e2e::kms::{app_id_and_hash, serve_kms, start_kms};
 
 const DONE: Duration = Duration::from_secs(600);
 
