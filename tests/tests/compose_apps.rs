@@ -116,10 +116,23 @@ fn named_volume_survives_stop_and_start() {
     let sup = Supervisor::start("counter").unwrap();
     let port = free_port();
     let port_arg = format!("{port}:80");
+    // The data disk is encrypted with the app's disk key: keeping data
+    // across boots needs a key provider that gives the same key each boot
+    // (here the local one the sim host serves; `none` makes a new key).
+    let yaml = std::fs::read_to_string(example("counter")).unwrap();
+    let app = sup.state.path().join("counter.json");
+    let manifest = serde_json::json!({
+        "docker_compose_file": yaml,
+        "key_provider": "local",
+        "manifest_version": 2,
+        "name": "counter",
+        "runner": "docker-compose",
+    });
+    std::fs::write(&app, manifest.to_string()).unwrap();
     sup.dstack_ok(&[
         "vm",
         "deploy",
-        &example("counter"),
+        app.to_str().unwrap(),
         "--name",
         "counter",
         "--port",
