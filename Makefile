@@ -70,5 +70,6 @@ kernel-twice: image
 bench: image
 	bench/image/run
 	bench/boot/run
+	bench/disk/run
 
 test: deps lint unit e2e kernel-twice fuzz
