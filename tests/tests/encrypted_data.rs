@@ -291,8 +291,8 @@ fn disk_and_env_are_sealed_from_the_host() {
     let bytes = hex::decode(&blob).unwrap();
     let cases = [
         ("wrong-app", hex::encode(&bytes), "not encrypted to this app"),
-        ("truncated", hex::encode(&bytes[..40]), "truncated"),
-        ("too-large", "00".repeat(256 * 1024 + 1), "256 KiB"),
+        ("truncated", hex::encode(&bytes[..40]), "a cut-short file"),
+        ("too-large", "00".repeat(256 * 1024 + 1), "(256 kib)"),
     ];
     for (name, blob, want) in cases {
         let file = dir.join(format!("{name}.hex"));
