@@ -99,6 +99,16 @@ pub fn default_socket(state_dir: &Path) -> PathBuf {
     state_dir.join("supervisor.sock")
 }
 
+/// The address a guest on QEMU user networking (the only networking the
+/// supervisor gives VMs) reaches the host's loopback at: the user-net
+/// gateway. Host services guests use are written with it (registry
+/// aliases' targets, the sim PCCS URL, KMS URLs such as
+/// `https://10.0.2.2:8000`).
+pub const GUEST_HOST_ALIAS: &str = "10.0.2.2";
+
+/// The host's side of [`GUEST_HOST_ALIAS`].
+pub const HOST_LOOPBACK: &str = "127.0.0.1";
+
 /// The registry aliases used unless the operator gives `--registry-alias`:
 /// the host's loopback registry, as the guest reaches it through user-net.
 pub fn default_registry_aliases() -> Vec<RegistryAlias> {
@@ -106,9 +116,30 @@ pub fn default_registry_aliases() -> Vec<RegistryAlias> {
         .into_iter()
         .map(|from| RegistryAlias {
             from: from.into(),
-            to: "10.0.2.2:5000".into(),
+            to: format!("{GUEST_HOST_ALIAS}:5000"),
         })
         .collect()
+}
+
+/// A URL written as guests reach it, as the supervisor reaches the same
+/// service: a host of [`GUEST_HOST_ALIAS`] (the user-net gateway, which is
+/// the host's loopback) becomes [`HOST_LOOPBACK`]; any other URL is
+/// returned unchanged (the host reaches it as guests do). The inverse of
+/// the registry aliases' direction, kept in this one place.
+pub fn host_side_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _port)| host);
+    if host != GUEST_HOST_ALIAS {
+        return url.to_owned();
+    }
+    let port = &authority[host.len()..];
+    format!("{scheme}://{HOST_LOOPBACK}{port}{path}")
 }
 
 /// Parses `FROM=TO` (both `host[:port]`).
@@ -210,6 +241,36 @@ mod tests {
             Some(PathBuf::from("/home/u/.local/share/dstack"))
         );
         assert_eq!(default_state_dir(None, false, None), None);
+    }
+
+    #[test]
+    fn guest_host_alias_maps_to_loopback_only() {
+        assert_eq!(
+            host_side_url("https://10.0.2.2:8000"),
+            "https://127.0.0.1:8000"
+        );
+        assert_eq!(
+            host_side_url("https://10.0.2.2:8000/prpc"),
+            "https://127.0.0.1:8000/prpc"
+        );
+        assert_eq!(host_side_url("http://10.0.2.2"), "http://127.0.0.1");
+        for unchanged in [
+            "https://kms.example:443",
+            "https://10.0.2.22:8000",
+            "https://110.0.2.2:8000",
+            "https://10.0.2.3:8000",
+            "https://kms:8000/10.0.2.2",
+            "10.0.2.2:8000",
+        ] {
+            assert_eq!(host_side_url(unchanged), unchanged);
+        }
+        // The same alias the guests' defaults use.
+        assert!(
+            default_registry_aliases()[0]
+                .to
+                .starts_with(GUEST_HOST_ALIAS)
+        );
+        assert!(crate::sim_pccs::guest_url(8083).contains(GUEST_HOST_ALIAS));
     }
 
     #[test]

@@ -56,6 +56,29 @@ pub enum VmmError {
         #[source]
         source: io::Error,
     },
+    /// A KMS request names no KMS and the supervisor has no `--kms-url`.
+    #[error("no KMS configured: name one (kms_url) or start the supervisor with --kms-url")]
+    NoKms,
+    /// The KMS could not be reached (connect, TLS, HTTP or a timeout).
+    #[error("cannot reach the KMS at {url}{}: {reason}", reached_as(.url, .reached))]
+    KmsUnreachable {
+        /// The KMS as guests reach it (as the request or --kms-url wrote it).
+        url: String,
+        /// The URL the supervisor used (the guests' host alias mapped to loopback).
+        reached: String,
+        /// Why.
+        reason: String,
+    },
+    /// The KMS answered with an error, or with something that is not its API.
+    #[error("the KMS at {url} {what}: {message}")]
+    KmsFailed {
+        /// The KMS as guests reach it.
+        url: String,
+        /// `refused` or `answered garbage`.
+        what: &'static str,
+        /// Its error text, or what is wrong with the answer.
+        message: String,
+    },
     /// QEMU or the vsock backend could not be started.
     #[error("cannot start VM {vm}")]
     Launch {
@@ -101,6 +124,8 @@ impl VmmError {
             VmmError::Invalid { .. } => StatusCode::BAD_REQUEST,
             VmmError::Conflict { .. } | VmmError::WrongState { .. } => StatusCode::CONFLICT,
             VmmError::NoFreeCid => StatusCode::SERVICE_UNAVAILABLE,
+            VmmError::NoKms => StatusCode::BAD_REQUEST,
+            VmmError::KmsUnreachable { .. } | VmmError::KmsFailed { .. } => StatusCode::BAD_GATEWAY,
             VmmError::Io { .. } | VmmError::Launch { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,6 +133,15 @@ impl VmmError {
     /// The JSON body: this error and its causes, joined with `: `.
     pub fn to_api_error(&self) -> ApiError {
         ApiError::new(error_chain(self))
+    }
+}
+
+/// ` (reached as URL)` when the supervisor used another URL than the one given.
+fn reached_as(url: &str, reached: &str) -> String {
+    if url == reached {
+        String::new()
+    } else {
+        format!(" (reached as {reached})")
     }
 }
 

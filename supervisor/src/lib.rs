@@ -11,6 +11,7 @@
 //!   host), [`sim_tee`] (the TDX module it plays on hosts without TDX),
 //!   [`sim_pccs`] (the PCCS serving that module's collateral),
 //!   [`key_provider`] (the local key provider behind GetSealingKey),
+//!   `kms_proxy` (the operator API's relay to a KMS, for env keys),
 //!   [`guest_client`] (what the host asks of guests), [`serial`] and
 //!   [`logs`] (rotated logs), [`state`] (files on disk).
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@ pub mod guest_client;
 pub mod hostapi;
 pub mod images;
 pub mod key_provider;
+mod kms_proxy;
 pub mod logs;
 pub mod qemu;
 pub mod serial;

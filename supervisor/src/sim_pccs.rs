@@ -34,7 +34,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8083";
 
 /// Where a guest on QEMU user networking reaches a host port: the gateway.
 pub fn guest_url(port: u16) -> String {
-    format!("http://10.0.2.2:{port}")
+    format!("http://{}:{port}", crate::config::GUEST_HOST_ALIAS)
 }
 
 /// The PCCS routes, answering from `authority`.

@@ -12,11 +12,13 @@ use hyper::Method;
 use super::Failure;
 use crate::client::Client;
 
+mod env;
+
 /// VM commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum VmCommand {
     /// Deploy a compose file (or an app-compose.json) as a new CVM and wait for it to run.
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// List VMs.
     Ls(LsArgs),
     /// Show one VM: state, boot progress, measurements, containers.
@@ -24,7 +26,7 @@ pub(crate) enum VmCommand {
     /// Show a VM's container logs (or its serial console with --serial).
     Logs(LogsArgs),
     /// Start a stopped VM.
-    Start(VmArgs),
+    Start(StartArgs),
     /// Stop a VM gracefully (the guest stops its services and unmounts its disk).
     Stop(VmArgs),
     /// Remove a VM and everything stored for it.
@@ -64,6 +66,32 @@ pub(crate) struct DeployArgs {
     /// its keys if the KMS allows the new compose hash.
     #[arg(long)]
     app_id: Option<String>,
+    /// Encrypt the variables of this .env file (docker compose syntax) to
+    /// the app's env key from its KMS, checked against --kms-signer, and
+    /// give the guest only the ciphertext. The app must get its keys from
+    /// a KMS and list the variables in its app-compose's allowed_envs.
+    #[arg(long, value_name = "PATH", conflicts_with = "encrypted_env")]
+    env_file: Option<PathBuf>,
+    /// A trusted signer of the KMS's env keys: its k256 public key
+    /// (compressed, what `dstack kms info` shows) or its 0x address;
+    /// repeatable [default: the KMS's own GetMeta key, with a notice].
+    #[arg(
+        long = "kms-signer",
+        value_name = "HEX",
+        env = "DSTACK_KMS_SIGNER",
+        value_delimiter = ',',
+        value_parser = env::parse_signer
+    )]
+    kms_signers: Vec<dstack_envcrypt::Signer>,
+    /// A ready encrypted env (hex text, as the dstack SDKs'
+    /// encrypt_env_vars return it, or raw binary), passed on as it is.
+    #[arg(long, value_name = "PATH")]
+    encrypted_env: Option<PathBuf>,
+    /// Let the first boot format a data disk that holds something other
+    /// than zeros or a LUKS header (an old plain disk); a LUKS disk is
+    /// never reformatted.
+    #[arg(long)]
+    format_nonempty_disk: bool,
     /// Return once the VM is created, without waiting for the app.
     #[arg(long)]
     no_wait: bool,
@@ -91,6 +119,17 @@ pub(crate) struct VmArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Arguments of `dstack vm start`.
+#[derive(Debug, Args)]
+pub(crate) struct StartArgs {
+    /// VM id or name.
+    vm: String,
+    /// Let this boot (only) format a data disk that holds something other
+    /// than zeros or a LUKS header; a LUKS disk is never reformatted.
+    #[arg(long)]
+    format_nonempty_disk: bool,
 }
 
 /// Arguments of `dstack vm rm`.
@@ -124,19 +163,27 @@ pub(crate) struct LogsArgs {
 
 pub(crate) async fn run(cmd: VmCommand, client: Client) -> Result<(), Failure> {
     match cmd {
-        VmCommand::Deploy(args) => deploy(args, &client).await,
+        VmCommand::Deploy(args) => deploy(*args, &client).await,
         VmCommand::Ls(args) => ls(args, &client).await,
         VmCommand::Info(args) => info(args, &client).await,
         VmCommand::Logs(args) => logs(args, &client).await,
         VmCommand::Start(args) => {
+            let query = if args.format_nonempty_disk {
+                "?format_nonempty_disk=true"
+            } else {
+                ""
+            };
             let vm: VmInfo = client
                 .call(
                     Method::POST,
-                    &format!("/v1/vms/{}/start", enc(&args.vm)),
+                    &format!("/v1/vms/{}/start{query}", enc(&args.vm)),
                     None::<&()>,
                 )
                 .await?;
             println!("started {} ({})", vm.summary.name, vm.summary.id);
+            if args.format_nonempty_disk {
+                println!("  this boot may format a data disk that is neither empty nor LUKS");
+            }
             Ok(())
         }
         VmCommand::Stop(args) => {
@@ -235,17 +282,24 @@ fn default_name(file: &Path) -> String {
 pub(crate) fn compose_hash_of(file: &Path, name: Option<&str>) -> anyhow::Result<[u8; 32]> {
     let name = name.map_or_else(|| default_name(file), str::to_owned);
     Ok(dstack_compose::compose_hash(
-        app_compose(file, &name)?.as_bytes(),
+        app_compose(file, &name, false)?.as_bytes(),
     ))
 }
 
 /// Read the file: app-compose.json as-is, or wrap a compose YAML into one.
-fn app_compose(file: &Path, name: &str) -> anyhow::Result<String> {
+/// With `encrypted_env` the compose's `${VAR}` references are the guest's
+/// to resolve (with the decrypted variables), so an app-compose.json is
+/// checked without its compose being interpolated here.
+fn app_compose(file: &Path, name: &str, encrypted_env: bool) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     if text.trim_start().starts_with('{') {
-        dstack_compose::AppCompose::parse(&text)
-            .with_context(|| format!("{} is not a valid app-compose.json", file.display()))?;
+        let checked = if encrypted_env {
+            dstack_compose::AppCompose::parse_manifest(&text).map(drop)
+        } else {
+            dstack_compose::AppCompose::parse(&text).map(drop)
+        };
+        checked.with_context(|| format!("{} is not a valid app-compose.json", file.display()))?;
         Ok(text)
     } else {
         dstack_compose::app_compose_from_yaml(name, &text)
@@ -265,8 +319,26 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
         .name
         .clone()
         .unwrap_or_else(|| default_name(&args.file));
+    let encrypted = args.env_file.is_some() || args.encrypted_env.is_some();
+    let app_compose = app_compose(&args.file, &name, encrypted)?;
+    let app_id = args
+        .app_id
+        .as_deref()
+        .map(|id| id.strip_prefix("0x").unwrap_or(id).to_owned());
+    let encrypted_env = env::encrypted_env(
+        &env::EnvOptions {
+            env_file: args.env_file.as_deref(),
+            encrypted_env: args.encrypted_env.as_deref(),
+            signers: &args.kms_signers,
+            kms_url: args.kms.first().map_or("", String::as_str),
+            app_id: app_id.as_deref(),
+        },
+        &app_compose,
+        client,
+    )
+    .await?;
     let request = DeployRequest {
-        app_compose: app_compose(&args.file, &name)?,
+        app_compose,
         name,
         image: args.image.clone(),
         vcpu: args.vcpu,
@@ -277,17 +349,13 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
             .iter()
             .map(|p| parse_port(p))
             .collect::<anyhow::Result<_>>()?,
-        encrypted_env: String::new(),
+        encrypted_env,
         user_config: String::new(),
         stopped: false,
         kms_urls: args.kms.clone(),
         // An on-chain app id is a contract address, usually written with 0x.
-        app_id: args
-            .app_id
-            .as_deref()
-            .map(|id| id.strip_prefix("0x").unwrap_or(id).to_owned())
-            .unwrap_or_default(),
-        format_nonempty_disk: false,
+        app_id: app_id.unwrap_or_default(),
+        format_nonempty_disk: args.format_nonempty_disk,
     };
     let vm: VmInfo = client.call(Method::POST, "/v1/vms", Some(&request)).await?;
     if !args.json {
@@ -495,6 +563,9 @@ async fn info(args: VmArgs, client: &Client) -> Result<(), Failure> {
     }
     if !vm.key_provider.is_empty() {
         println!("key provider:  {}", vm.key_provider);
+    }
+    if !vm.data_disk.is_empty() {
+        println!("data disk:     {}", vm.data_disk);
     }
     if let Some(pid) = vm.pid {
         println!("qemu pid:      {pid}");

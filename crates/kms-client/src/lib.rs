@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use dstack_attest::Platform;
 use dstack_proto::kms::{
-    AppKeyResponse, GetAppKeyRequest, GetKmsKeyRequest, GetMetaResponse, GetTempCaCertResponse,
-    KmsKeyResponse, SignCertRequest, SignCertResponse,
+    AppId, AppKeyResponse, GetAppKeyRequest, GetKmsKeyRequest, GetMetaResponse,
+    GetTempCaCertResponse, KmsKeyResponse, PublicKeyResponse, SignCertRequest, SignCertResponse,
 };
 use dstack_ra_tls::{CertIssuer, CertRequest, Evidence, RaTlsCert, pem_certificate};
 use serde::Serialize;
@@ -129,6 +129,29 @@ impl KmsClient {
     pub async fn meta(&self, root: &KmsRoot) -> Result<GetMetaResponse, ClientError> {
         let config = dstack_ra_tls::pinned_root_client_config(&root.cert_der, RPC_USAGE, None)?;
         self.call(config, "GetMeta", &()).await
+    }
+
+    /// `GetMeta` from a server that is not checked at all (no root pinned):
+    /// for a caller that trusts nothing in the answer by itself, such as
+    /// the supervisor relaying it to a CLI that decides what to trust.
+    pub async fn meta_unverified(&self) -> Result<GetMetaResponse, ClientError> {
+        let config = dstack_ra_tls::unverified_client_config()?;
+        self.call(config, "GetMeta", &()).await
+    }
+
+    /// `GetAppEnvEncryptPubKey` for `app_id`, from a server that is not
+    /// checked: the answer carries the KMS root k256 key's signature, which
+    /// whoever encrypts to the key must verify
+    /// (`dstack_keys::verify_env_public_key`). No client certificate.
+    pub async fn app_env_encrypt_pub_key(
+        &self,
+        app_id: &[u8],
+    ) -> Result<PublicKeyResponse, ClientError> {
+        let config = dstack_ra_tls::unverified_client_config()?;
+        let request = AppId {
+            app_id: app_id.to_vec(),
+        };
+        self.call(config, "GetAppEnvEncryptPubKey", &request).await
     }
 
     /// The app's keys: an RA-TLS client certificate quoted on `platform`

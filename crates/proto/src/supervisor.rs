@@ -6,11 +6,15 @@
 //! - `POST   /v1/vms`                  ← [`DeployRequest`] → 201 [`VmInfo`]
 //! - `GET    /v1/vms`                  → `Vec<`[`VmSummary`]`>`
 //! - `GET    /v1/vms/{vm}`             → [`VmInfo`] (`{vm}` is an id or a name)
-//! - `POST   /v1/vms/{vm}/start`       → [`VmInfo`]
+//! - `POST   /v1/vms/{vm}/start[?format_nonempty_disk=true]` → [`VmInfo`]
 //! - `POST   /v1/vms/{vm}/stop`        → [`VmInfo`] (graceful: guest, then ACPI, then kill)
 //! - `DELETE /v1/vms/{vm}`             → 204 (stops it first; removes every file)
 //! - `GET    /v1/vms/{vm}/logs?follow=&service=&channel=&lines=` → text (one [`LogLine`] JSON per line)
 //! - `GET    /v1/images`               → `Vec<`[`ImageInfo`]`>`
+//! - `POST   /v1/env-key`              ← [`EnvKeyRequest`] → the KMS's
+//!   [`crate::kms::PublicKeyResponse`], unchanged (the caller checks its signature)
+//! - `POST   /v1/kms-meta`             ← [`KmsMetaRequest`] → the KMS's
+//!   [`crate::kms::GetMetaResponse`], unchanged
 
 use serde::{Deserialize, Serialize};
 
@@ -49,8 +53,8 @@ fn loopback() -> String {
     "127.0.0.1".into()
 }
 
-/// Create and boot a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Create and boot a VM. `Debug` shows `encrypted_env`'s length only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// VM name (unique on this host; `[a-z0-9][a-z0-9-]*`).
@@ -97,6 +101,27 @@ pub struct DeployRequest {
     pub format_nonempty_disk: bool,
 }
 
+impl std::fmt::Debug for DeployRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Ciphertext, but no log line or debug dump needs to carry it.
+        f.debug_struct("DeployRequest")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("app_compose_len", &self.app_compose.len())
+            .field("vcpu", &self.vcpu)
+            .field("memory_mb", &self.memory_mb)
+            .field("disk_gb", &self.disk_gb)
+            .field("ports", &self.ports)
+            .field("encrypted_env_len", &self.encrypted_env.len())
+            .field("user_config_len", &self.user_config.len())
+            .field("stopped", &self.stopped)
+            .field("kms_urls", &self.kms_urls)
+            .field("app_id", &self.app_id)
+            .field("format_nonempty_disk", &self.format_nonempty_disk)
+            .finish()
+    }
+}
+
 /// `POST /v1/env-key` arguments: the app whose env-encryption key to
 /// fetch from the KMS (upstream's VMM `GetAppEnvEncryptPubKey`, which the
 /// supervisor proxies because the KMS URL is the one guests reach).
@@ -105,6 +130,17 @@ pub struct DeployRequest {
 pub struct EnvKeyRequest {
     /// The app id (hex, 20 bytes).
     pub app_id: String,
+    /// The KMS to ask (as guests reach it); empty: the supervisor's default.
+    #[serde(default)]
+    pub kms_url: String,
+}
+
+/// `POST /v1/kms-meta` arguments: the KMS whose `GetMeta` to fetch (its
+/// `k256_pubkey` signs env keys; a CLI given no trusted signer falls back
+/// to it, and says so).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsMetaRequest {
     /// The KMS to ask (as guests reach it); empty: the supervisor's default.
     #[serde(default)]
     pub kms_url: String,

@@ -3,7 +3,10 @@
 
 use std::future::Future;
 
-use dstack_proto::supervisor::{DeployRequest, ImageInfo, LogChannel, Version, VmInfo, VmSummary};
+use dstack_proto::kms::{GetMetaResponse, PublicKeyResponse};
+use dstack_proto::supervisor::{
+    DeployRequest, EnvKeyRequest, ImageInfo, KmsMetaRequest, LogChannel, Version, VmInfo, VmSummary,
+};
 
 use crate::error::VmmError;
 use crate::logs::{LogQuery, LogStream};
@@ -19,8 +22,14 @@ pub enum Command {
     List,
     /// `GET /v1/vms/{vm}`.
     Get(String),
-    /// `POST /v1/vms/{vm}/start`.
-    Start(String),
+    /// `POST /v1/vms/{vm}/start[?format_nonempty_disk=true]`.
+    Start {
+        /// The VM.
+        vm: String,
+        /// Let this boot's guest format a data disk that holds something
+        /// other than zeros or a LUKS header (one-shot).
+        format_nonempty_disk: bool,
+    },
     /// `POST /v1/vms/{vm}/stop[?force=true]`.
     Stop {
         /// The VM.
@@ -44,6 +53,10 @@ pub enum Command {
     },
     /// `GET /v1/images`.
     Images,
+    /// `POST /v1/env-key`: the KMS's env public key for an app, relayed.
+    EnvKey(EnvKeyRequest),
+    /// `POST /v1/kms-meta`: the KMS's `GetMeta`, relayed.
+    KmsMeta(KmsMetaRequest),
 }
 
 /// The VMM's answer to a [`Command`].
@@ -67,6 +80,10 @@ pub enum Reply {
     },
     /// The OS images.
     Images(Vec<ImageInfo>),
+    /// The KMS's `GetAppEnvEncryptPubKey` answer, unchanged.
+    EnvKey(PublicKeyResponse),
+    /// The KMS's `GetMeta` answer, unchanged.
+    KmsMeta(Box<GetMetaResponse>),
 }
 
 impl std::fmt::Debug for Reply {
@@ -81,6 +98,8 @@ impl std::fmt::Debug for Reply {
                 f.debug_struct("Logs").field("channel", channel).finish()
             }
             Reply::Images(v) => f.debug_tuple("Images").field(v).finish(),
+            Reply::EnvKey(v) => f.debug_tuple("EnvKey").field(v).finish(),
+            Reply::KmsMeta(v) => f.debug_tuple("KmsMeta").field(v).finish(),
         }
     }
 }

@@ -37,6 +37,8 @@ pub fn router<H: RequestHandler>(handler: Arc<H>) -> Router {
         .route("/v1/vms/{vm}/stop", post(stop::<H>))
         .route("/v1/vms/{vm}/logs", get(logs::<H>))
         .route("/v1/images", get(images::<H>))
+        .route("/v1/env-key", post(env_key::<H>))
+        .route("/v1/kms-meta", post(kms_meta::<H>))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API path") })
         .method_not_allowed_fallback(|| async {
             error(
@@ -66,6 +68,8 @@ fn respond(reply: Reply) -> Response {
         Reply::Vm(vm) => axum::Json(vm).into_response(),
         Reply::Vms(vms) => axum::Json(vms).into_response(),
         Reply::Images(images) => axum::Json(images).into_response(),
+        Reply::EnvKey(key) => axum::Json(key).into_response(),
+        Reply::KmsMeta(meta) => axum::Json(meta).into_response(),
         Reply::Removed => StatusCode::NO_CONTENT.into_response(),
         Reply::Logs { channel, body } => {
             let content_type = match channel {
@@ -116,8 +120,13 @@ async fn get_vm<H: RequestHandler>(State(h): State<Arc<H>>, Path(vm): Path<Strin
     run(&*h, Ok(Command::Get(vm))).await
 }
 
-async fn start<H: RequestHandler>(State(h): State<Arc<H>>, Path(vm): Path<String>) -> Response {
-    run(&*h, Ok(Command::Start(vm))).await
+async fn start<H: RequestHandler>(
+    State(h): State<Arc<H>>,
+    Path(vm): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let command = query_params(query).and_then(|p| request::vms::start(vm, &p));
+    run(&*h, command).await
 }
 
 async fn stop<H: RequestHandler>(
@@ -157,6 +166,26 @@ fn query_params(
 
 async fn images<H: RequestHandler>(State(h): State<Arc<H>>) -> Response {
     run(&*h, Ok(Command::Images)).await
+}
+
+async fn env_key<H: RequestHandler>(
+    State(h): State<Arc<H>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match body {
+        Ok(body) => run(&*h, request::kms::env_key(&body)).await,
+        Err(e) => error(e.status(), &e.body_text()),
+    }
+}
+
+async fn kms_meta<H: RequestHandler>(
+    State(h): State<Arc<H>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match body {
+        Ok(body) => run(&*h, request::kms::meta(&body)).await,
+        Err(e) => error(e.status(), &e.body_text()),
+    }
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ impl RequestHandler for Fake {
             }
             Command::Deploy(req) => Ok(Reply::Created(vm_info(&req.name))),
             Command::List => Ok(Reply::Vms(vec![vm_info("web").summary])),
-            Command::Get(vm) | Command::Start(vm) | Command::Stop { vm, .. } => {
+            Command::Get(vm) | Command::Start { vm, .. } | Command::Stop { vm, .. } => {
                 known(&vm).map(|()| Reply::Vm(vm_info(&vm)))
             }
             Command::Remove { vm, .. } => known(&vm).map(|()| Reply::Removed),
@@ -88,6 +88,26 @@ impl RequestHandler for Fake {
                 })
             }
             Command::Images => Ok(Reply::Images(vec![])),
+            Command::EnvKey(req) if req.kms_url.is_empty() => Err(VmmError::NoKms),
+            Command::EnvKey(req) if req.kms_url == "https://10.0.2.2:1" => {
+                Err(VmmError::KmsUnreachable {
+                    url: req.kms_url,
+                    reached: "https://127.0.0.1:1".into(),
+                    reason: "Connection refused".into(),
+                })
+            }
+            Command::EnvKey(_) => Ok(Reply::EnvKey(dstack_proto::kms::PublicKeyResponse {
+                public_key: vec![1; 32],
+                signature: vec![],
+                timestamp: 7,
+                signature_v1: vec![2; 65],
+            })),
+            Command::KmsMeta(_) => Ok(Reply::KmsMeta(Box::new(
+                dstack_proto::kms::GetMetaResponse {
+                    k256_pubkey: vec![3; 33],
+                    ..Default::default()
+                },
+            ))),
         }
     }
 }
@@ -149,6 +169,19 @@ async fn every_route_maps_to_its_command_and_status() {
             StatusCode::NO_CONTENT,
         ),
         ("GET", "/v1/images", "", StatusCode::OK),
+        (
+            "POST",
+            "/v1/vms/web/start?format_nonempty_disk=true",
+            "",
+            StatusCode::OK,
+        ),
+        (
+            "POST",
+            "/v1/env-key",
+            r#"{"app_id":"11","kms_url":"https://k:1"}"#,
+            StatusCode::OK,
+        ),
+        ("POST", "/v1/kms-meta", "", StatusCode::OK),
     ];
     for (method, path, body, status) in cases {
         let answer = call(&app, method, path, body).await;
@@ -164,6 +197,70 @@ async fn every_route_maps_to_its_command_and_status() {
     assert_eq!(seen[3], "Get(\"web\")");
     assert_eq!(seen[5], "Stop { vm: \"0a1b2c3d\", force: false }");
     assert_eq!(seen[6], "Remove { vm: \"web\", force: true }");
+    assert_eq!(
+        seen[4],
+        "Start { vm: \"web\", format_nonempty_disk: false }"
+    );
+    assert_eq!(seen[8], "Start { vm: \"web\", format_nonempty_disk: true }");
+    assert!(seen[9].starts_with("EnvKey(EnvKeyRequest"), "{}", seen[9]);
+    assert_eq!(seen[10], "KmsMeta(KmsMetaRequest { kms_url: \"\" })");
+}
+
+#[tokio::test]
+async fn the_kms_relays_answer_the_kms_shapes_and_name_their_errors() {
+    let app = router(Arc::new(Fake::default()));
+    let answer = call(
+        &app,
+        "POST",
+        "/v1/env-key",
+        r#"{"app_id":"11","kms_url":"https://k:1"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let key: dstack_proto::kms::PublicKeyResponse = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!((key.public_key, key.timestamp), (vec![1; 32], 7));
+    // Upstream's field names and hex bytes.
+    assert!(
+        answer
+            .body
+            .contains(&format!("\"signature_v1\":\"{}\"", "02".repeat(65)))
+    );
+    let answer = call(&app, "POST", "/v1/kms-meta", r#"{"kms_url":""}"#).await;
+    let meta: dstack_proto::kms::GetMetaResponse = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(meta.k256_pubkey, vec![3; 33]);
+
+    let answer = call(&app, "POST", "/v1/env-key", r#"{"app_id":"11"}"#).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(error_text(&answer).starts_with("no KMS configured"));
+    let answer = call(
+        &app,
+        "POST",
+        "/v1/env-key",
+        r#"{"app_id":"11","kms_url":"https://10.0.2.2:1"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        error_text(&answer),
+        "cannot reach the KMS at https://10.0.2.2:1 (reached as https://127.0.0.1:1): \
+         Connection refused"
+    );
+    let answer = call(&app, "POST", "/v1/env-key", r#"{"appid":"11"}"#).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    let answer = call(&app, "GET", "/v1/env-key", "").await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    let answer = call(
+        &app,
+        "POST",
+        "/v1/vms/web/start?format_nonempty_disk=maybe",
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        error_text(&answer),
+        "format_nonempty_disk: \"maybe\" is not a boolean"
+    );
 }
 
 #[tokio::test]
@@ -265,6 +362,8 @@ async fn tcp_requires_the_bearer_token() {
     let answer = call(&app, "GET", "/v1/version", "").await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     error_text(&answer);
+    let answer = call(&app, "POST", "/v1/env-key", r#"{"app_id":"11"}"#).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     let wrong = Request::builder()
         .uri("/v1/version")
         .header("authorization", "Bearer nope");
@@ -294,10 +393,10 @@ async fn the_checked_in_openapi_matches_the_routes() {
                 continue;
             }
             documented += 1;
-            let body = if path == "/v1/vms" && method == "post" {
-                r#"{"name":"web","app_compose":"{}"}"#
-            } else {
-                ""
+            let body = match (path.as_str(), method) {
+                ("/v1/vms", "post") => r#"{"name":"web","app_compose":"{}"}"#,
+                ("/v1/env-key", "post") => r#"{"app_id":"11","kms_url":"https://k:1"}"#,
+                _ => "",
             };
             let answer = call(&app, &method.to_uppercase(), &path, body).await;
             assert!(
@@ -309,5 +408,5 @@ async fn the_checked_in_openapi_matches_the_routes() {
         }
     }
     // Every route of `router` (and no other) is documented.
-    assert_eq!(documented, 9);
+    assert_eq!(documented, 11);
 }

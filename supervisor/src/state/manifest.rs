@@ -22,7 +22,9 @@ pub enum Desired {
 
 /// A VM's definition: the fields of the deploy request (app-compose.json is
 /// a separate file, byte for byte) plus what the supervisor assigned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Fields added later have serde defaults, so older manifests still load.
+/// `Debug` shows `encrypted_env`'s length only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Short random hex id.
     pub id: String,
@@ -54,6 +56,34 @@ pub struct Manifest {
     /// KMS URLs handed to the guest (`SysConfig.kms_urls`).
     #[serde(default)]
     pub kms_urls: Vec<String>,
+    /// The operator's one-shot opt-in (`SysConfig.format_nonempty_disk`):
+    /// the next boot may format a data disk that holds something other
+    /// than zeros or a LUKS header. Set by a deploy or a start that asks
+    /// for it; cleared when the guest reports what it did with the disk
+    /// (`data-disk`), and by a start that does not ask for it.
+    #[serde(default)]
+    pub format_nonempty_disk: bool,
+}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("vcpu", &self.vcpu)
+            .field("memory_mb", &self.memory_mb)
+            .field("disk_gb", &self.disk_gb)
+            .field("ports", &self.ports)
+            .field("encrypted_env_len", &self.encrypted_env.len())
+            .field("user_config_len", &self.user_config.len())
+            .field("cid", &self.cid)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("desired", &self.desired)
+            .field("kms_urls", &self.kms_urls)
+            .field("format_nonempty_disk", &self.format_nonempty_disk)
+            .finish()
+    }
 }
 
 impl Manifest {
@@ -96,6 +126,7 @@ mod tests {
             created_at_ms: 1,
             desired: Desired::Running,
             kms_urls: vec![],
+            format_nonempty_disk: true,
         };
         manifest.save(&path).unwrap();
         assert_eq!(Manifest::load(&path).unwrap(), manifest);
@@ -104,6 +135,26 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"desired\": \"stopped\""), "{text}");
         assert_eq!(Manifest::load(&path).unwrap(), manifest);
+    }
+
+    #[test]
+    fn older_manifests_load_and_debug_hides_the_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        // As written before format_nonempty_disk existed.
+        std::fs::write(
+            &path,
+            r#"{"id":"0a1b2c3d","name":"web","image":"img","vcpu":1,"memory_mb":256,
+                "disk_gb":1,"encrypted_env":"c0ffee","cid":3,"created_at_ms":1,
+                "desired":"running"}"#,
+        )
+        .unwrap();
+        let manifest = Manifest::load(&path).unwrap();
+        assert!(!manifest.format_nonempty_disk);
+        assert_eq!(manifest.encrypted_env, "c0ffee");
+        let debug = format!("{manifest:?}");
+        assert!(!debug.contains("c0ffee"), "{debug}");
+        assert!(debug.contains("encrypted_env_len: 6"), "{debug}");
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct GuestStatus {
     /// The guest said "powering off": its exit is not a crash.
     #[serde(default)]
     pub powering_off: bool,
+    /// The last `data-disk` report of the current boot (`formatted`,
+    /// `opened`, `refused: <reason>`); "" before the guest reports.
+    #[serde(default)]
+    pub data_disk: String,
     /// The last [`MAX_EVENTS`] events, oldest first.
     #[serde(default)]
     pub events: VecDeque<VmEvent>,
@@ -53,11 +57,13 @@ impl GuestStatus {
         }
     }
 
-    /// Forgets the previous boot's phase and error (events stay as history).
+    /// Forgets the previous boot's phase, error and data-disk report
+    /// (events stay as history).
     pub fn new_boot(&mut self) {
         self.phase.clear();
         self.error = None;
         self.powering_off = false;
+        self.data_disk.clear();
     }
 }
 
@@ -83,12 +89,14 @@ mod tests {
             status.push(event(n));
         }
         status.phase = "running".into();
+        status.data_disk = "opened".into();
         assert_eq!(status.events.len(), MAX_EVENTS);
         assert_eq!(status.events[0].ts_ms, 5);
         status.save(&path).unwrap();
         assert_eq!(GuestStatus::load(&path), status);
         status.new_boot();
         assert_eq!(status.phase, "");
+        assert_eq!(status.data_disk, "");
         assert_eq!(status.events.len(), MAX_EVENTS);
     }
 }

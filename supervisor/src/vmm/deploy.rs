@@ -47,14 +47,32 @@ fn pinned_app_id(
     }))
 }
 
+/// Checks the app-compose before anything is created. Without an
+/// encrypted env the compose is parsed whole, its `${VAR}` references
+/// interpolated with no variables (as the guest will), so a compose that
+/// cannot run is refused here. With one, the guest interpolates the
+/// compose with the decrypted variables, which the host never sees: a
+/// `${IMAGE}` or `${PORT:?required}` that is empty here may be fine there.
+/// Then only what needs no variables is checked (the app-compose JSON and
+/// its fields, and that the compose is YAML), and the rest is left to the
+/// guest, which stops the boot with a named error.
+fn check_compose(request: &DeployRequest) -> Result<(), VmmError> {
+    let invalid = |e: dstack_compose::ComposeError| VmmError::invalid("app_compose", e.to_string());
+    if request.encrypted_env.is_empty() {
+        AppCompose::parse(&request.app_compose).map_err(invalid)?;
+    } else {
+        AppCompose::parse_manifest(&request.app_compose).map_err(invalid)?;
+    }
+    Ok(())
+}
+
 /// Prefix of a VM directory being assembled; removed at start-up if found.
 pub(super) const STAGING_PREFIX: &str = ".deploy-";
 
 impl Supervisor {
     pub(super) async fn deploy(&self, request: DeployRequest) -> Result<VmInfo, VmmError> {
         validate::check_request(&request)?;
-        AppCompose::parse(&request.app_compose)
-            .map_err(|e| VmmError::invalid("app_compose", e.to_string()))?;
+        check_compose(&request)?;
         let image = self.images.resolve(&request.image)?;
         let kms_urls = if request.kms_urls.is_empty() {
             self.config.kms_urls.clone()
@@ -87,6 +105,7 @@ impl Supervisor {
                 Desired::Running
             },
             kms_urls,
+            format_nonempty_disk: request.format_nonempty_disk,
         };
         let dir = match self.create_vm_dir(&manifest, &request.app_compose, pinned.as_ref()) {
             Ok(dir) => dir,
@@ -112,7 +131,7 @@ impl Supervisor {
 
         tracing::info!(vm = %vm.id, name = %request.name, "deployed");
         if !request.stopped
-            && let Err(e) = self.start(&vm).await
+            && let Err(e) = self.start(&vm, None).await
         {
             // All or nothing: a VM that cannot boot is not left half-made.
             self.remove(&vm, true).await?;
@@ -254,6 +273,53 @@ mod tests {
             "name": "web", "app_compose": "{\"name\":\"x\"}", "app_id": app_id,
         }))
         .unwrap()
+    }
+
+    fn compose_request(yaml: &str, encrypted_env: &str) -> DeployRequest {
+        let app_compose = serde_json::json!({
+            "manifest_version": 2, "name": "x", "runner": "docker-compose",
+            "docker_compose_file": yaml, "kms_enabled": true, "allowed_envs": ["IMAGE"],
+        })
+        .to_string();
+        serde_json::from_value(serde_json::json!({
+            "name": "web", "app_compose": app_compose, "encrypted_env": encrypted_env,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn variables_in_the_compose_wait_for_the_guest_only_with_an_encrypted_env() {
+        let yaml = "services:\n  web:\n    image: ${IMAGE:?set IMAGE in the env}\n";
+        let err = check_compose(&compose_request(yaml, "")).unwrap_err();
+        assert!(err.to_string().starts_with("app_compose: "), "{err}");
+        check_compose(&compose_request(yaml, "c0ffee")).unwrap();
+        // What needs no variables is still checked.
+        let err = check_compose(&compose_request("services: [", "c0ffee")).unwrap_err();
+        assert!(err.to_string().starts_with("app_compose: "), "{err}");
+        let mut request = compose_request(yaml, "c0ffee");
+        request.app_compose = request.app_compose.replace("docker-compose\"", "podman\"");
+        assert!(check_compose(&request).is_err());
+    }
+
+    #[test]
+    fn any_hex_env_passes_validation_whatever_its_size() {
+        let yaml = "services:\n  web:\n    image: nginx\n";
+        // Over upstream's 256 KiB: refusing it is the guest's job (a named
+        // boot error), never a silent cut here.
+        let big = "ab".repeat(300 * 1024);
+        let request = compose_request(yaml, &big);
+        validate::check_request(&request).unwrap();
+        check_compose(&request).unwrap();
+        let err = validate::check_request(&compose_request(yaml, "not hex")).unwrap_err();
+        assert_eq!(err.to_string(), "encrypted_env: must be hex");
+        // The request's Debug (what a log line could show) carries no env.
+        let debug = format!("{request:?}");
+        assert!(
+            !debug.contains("abab"),
+            "{}",
+            &debug[..200.min(debug.len())]
+        );
+        assert!(debug.contains(&format!("encrypted_env_len: {}", big.len())));
     }
 
     #[test]

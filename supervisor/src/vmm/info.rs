@@ -57,7 +57,7 @@ pub(super) async fn info(vm: &Vm, ask_guest: bool) -> VmInfo {
         tee: String::new(),
         key_provider: String::new(),
         rtmr3_events: Vec::new(),
-        data_disk: String::new(),
+        data_disk: guest.data_disk,
         error: guest.error.or(launch_error),
         summary,
     };

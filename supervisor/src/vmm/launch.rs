@@ -43,13 +43,36 @@ impl Supervisor {
     }
 
     /// `POST /v1/vms/{vm}/start`: boots the VM unless QEMU already runs.
-    pub(super) async fn start(&self, vm: &Arc<Vm>) -> Result<(), VmmError> {
+    ///
+    /// `format_nonempty_disk` is the operator's one-shot opt-in for this
+    /// boot: `Some` (an operator's start) stores it in the manifest, true
+    /// or false, replacing whatever a previous request left pending;
+    /// `None` (a deploy's first boot) keeps the manifest's. Asking for it
+    /// while QEMU runs is refused: it would apply to no boot.
+    pub(super) async fn start(
+        &self,
+        vm: &Arc<Vm>,
+        format_nonempty_disk: Option<bool>,
+    ) -> Result<(), VmmError> {
         let _op = vm.op.lock().await;
         if vm.is_removed() {
             return Err(VmmError::NotFound(vm.id.clone()));
         }
         if vm.qemu().is_some() {
+            if format_nonempty_disk == Some(true) {
+                return Err(VmmError::conflict(
+                    "format_nonempty_disk",
+                    format!(
+                        "VM {} is running, and the opt-in applies to a boot: stop it first",
+                        vm.manifest().name
+                    ),
+                ));
+            }
             return Ok(());
+        }
+        if let Some(allow) = format_nonempty_disk {
+            vm.set_format_nonempty_disk(allow)
+                .map_err(VmmError::io("write", vm.dir.manifest()))?;
         }
         let previous = vm.manifest().desired;
         vm.set_desired(Desired::Running)
@@ -58,6 +81,10 @@ impl Supervisor {
         if let Err(e) = self.launch(vm).await {
             // Not left "should run": a supervisor restart would retry it forever.
             let _ = vm.set_desired(previous);
+            // No boot happened: the one-shot opt-in applies to none later.
+            if format_nonempty_disk.is_some() {
+                let _ = vm.set_format_nonempty_disk(false);
+            }
             let mut run = vm.run();
             run.last_exit = LastExit::Clean;
             run.launch_error = Some(crate::error::error_chain(&e));

@@ -191,9 +191,12 @@ impl RequestHandler for Supervisor {
                 let vm = self.find(&key)?;
                 Ok(Reply::Vm(info::info(&vm, true).await))
             }
-            Command::Start(key) => {
+            Command::Start {
+                vm: key,
+                format_nonempty_disk,
+            } => {
                 let vm = self.find(&key)?;
-                self.start(&vm).await?;
+                self.start(&vm, Some(format_nonempty_disk)).await?;
                 Ok(Reply::Vm(info::info(&vm, false).await))
             }
             Command::Stop { vm: key, force } => {
@@ -216,6 +219,12 @@ impl RequestHandler for Supervisor {
                     body: crate::logs::open_stream(path, query),
                 })
             }
+            Command::EnvKey(request) => crate::kms_proxy::env_key(&request, &self.config.kms_urls)
+                .await
+                .map(Reply::EnvKey),
+            Command::KmsMeta(request) => crate::kms_proxy::meta(&request, &self.config.kms_urls)
+                .await
+                .map(|meta| Reply::KmsMeta(Box::new(meta))),
             Command::Images => Ok(Reply::Images(
                 self.images
                     .list()

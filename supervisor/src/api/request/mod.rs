@@ -1,5 +1,6 @@
 //! Turning HTTP requests into [`super::Command`]s, one file per resource.
 
+pub mod kms;
 pub mod logs;
 pub mod vms;
 

@@ -15,21 +15,41 @@ pub fn deploy(body: &[u8]) -> Result<Command, VmmError> {
 
 /// The `force` flag of stop and remove (no other parameter is accepted).
 pub fn force(params: &HashMap<String, String>) -> Result<bool, VmmError> {
-    let mut force = false;
-    for (key, value) in params {
-        match (key.as_str(), value.as_str()) {
-            ("force", "" | "1" | "true" | "yes") => force = true,
-            ("force", "0" | "false" | "no") => force = false,
-            ("force", other) => {
+    flag(params, "force")
+}
+
+/// `POST /v1/vms/{vm}/start` with its one-shot `format_nonempty_disk` flag
+/// (no other parameter is accepted).
+pub fn start(vm: String, params: &HashMap<String, String>) -> Result<Command, VmmError> {
+    Ok(Command::Start {
+        vm,
+        format_nonempty_disk: flag(params, "format_nonempty_disk")?,
+    })
+}
+
+/// The boolean query parameter `name`, false when absent; any other
+/// parameter is refused.
+fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, VmmError> {
+    let mut value = false;
+    for (key, given) in params {
+        if key != name {
+            return Err(VmmError::invalid(
+                key.as_str(),
+                format!("unknown parameter ({name})"),
+            ));
+        }
+        value = match given.as_str() {
+            "" | "1" | "true" | "yes" => true,
+            "0" | "false" | "no" => false,
+            other => {
                 return Err(VmmError::invalid(
-                    "force",
+                    name,
                     format!("{other:?} is not a boolean"),
                 ));
             }
-            (other, _) => return Err(VmmError::invalid(other, "unknown parameter (force)")),
-        }
+        };
     }
-    Ok(force)
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -59,6 +79,25 @@ mod tests {
         assert!(!force(&HashMap::new()).unwrap());
         assert!(force(&params("force", "maybe")).is_err());
         assert!(force(&params("graceful", "1")).is_err());
+        match start("web".into(), &params("format_nonempty_disk", "true")).unwrap() {
+            Command::Start {
+                vm,
+                format_nonempty_disk,
+            } => assert_eq!((vm.as_str(), format_nonempty_disk), ("web", true)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            start("web".into(), &HashMap::new()).unwrap(),
+            Command::Start {
+                format_nonempty_disk: false,
+                ..
+            }
+        ));
+        let err = start("web".into(), &params("force", "1")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "force: unknown parameter (format_nonempty_disk)"
+        );
         match deploy(br#"{"name":"a","app_compose":"{}"}"#).unwrap() {
             Command::Deploy(req) => {
                 assert_eq!((req.vcpu, req.memory_mb, req.disk_gb), (1, 1024, 4))

@@ -59,7 +59,14 @@ async fn deploy_stop_start_remove() {
     assert!(!dir.qemu_pid().exists() && !dir.vsock_pid().exists());
     assert_eq!(vm.manifest().desired, Desired::Stopped);
 
-    let Reply::Vm(started) = sup.handle(Command::Start(id.clone())).await.unwrap() else {
+    let Reply::Vm(started) = sup
+        .handle(Command::Start {
+            vm: id.clone(),
+            format_nonempty_disk: false,
+        })
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     assert_eq!(
@@ -138,7 +145,14 @@ async fn a_crash_is_restarted_but_a_power_off_or_failed_boot_is_not() {
     assert_eq!(vm.manifest().desired, Desired::Stopped);
 
     // A failed boot: error, then power-off, then exit. Shown as failed, not restarted.
-    let Reply::Vm(info) = sup.handle(Command::Start("web".into())).await.unwrap() else {
+    let Reply::Vm(info) = sup
+        .handle(Command::Start {
+            vm: "web".into(),
+            format_nonempty_disk: false,
+        })
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     let pid = info.pid.unwrap();
@@ -279,4 +293,84 @@ fn a_restarted_supervisor_readopts_and_cleans_up() {
         5,
         "images, vms, cids.json, sim-tee.json, sim-key-provider.json: {leftovers:?}"
     );
+}
+
+#[tokio::test]
+async fn the_format_opt_in_is_one_shot_and_the_disk_report_is_per_boot() {
+    let host = Host::new();
+    let sup = Supervisor::open(host.config("qemu", false)).await.unwrap();
+    let mut req = request("web");
+    req.format_nonempty_disk = true;
+    let info = deploy(&sup, req).await.unwrap();
+    let vm = sup.find("web").unwrap();
+    let dir = VmDir::new(&host.state().join("vms"), &info.summary.id);
+    let saved = || crate::state::Manifest::load(&dir.manifest()).unwrap();
+    assert!(
+        saved().format_nonempty_disk,
+        "the deploy's opt-in is stored"
+    );
+    assert!(vm.config().unwrap().sys_config.format_nonempty_disk);
+    assert_eq!(info.data_disk, "");
+
+    let note = |payload: &str| dstack_proto::host::Notification {
+        event: dstack_proto::host::events::DATA_DISK.into(),
+        payload: payload.into(),
+    };
+    vm.notify(note("formatted")).unwrap();
+    assert!(
+        !saved().format_nonempty_disk,
+        "used up by the guest's report"
+    );
+    assert!(!vm.config().unwrap().sys_config.format_nonempty_disk);
+    for _ in 0..2 {
+        assert_eq!(get(&sup, "web").await.unwrap().data_disk, "formatted");
+    }
+
+    // Asking for it while the VM runs applies to no boot: refused.
+    let err = sup
+        .handle(Command::Start {
+            vm: "web".into(),
+            format_nonempty_disk: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), axum::http::StatusCode::CONFLICT);
+    assert!(!saved().format_nonempty_disk);
+
+    let stop = || Command::Stop {
+        vm: "web".into(),
+        force: true,
+    };
+    sup.handle(stop()).await.unwrap();
+    let Reply::Vm(started) = sup
+        .handle(Command::Start {
+            vm: "web".into(),
+            format_nonempty_disk: true,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(started.data_disk, "", "a new boot forgets the last report");
+    assert!(saved().format_nonempty_disk);
+    assert!(vm.config().unwrap().sys_config.format_nonempty_disk);
+
+    // A start without it withdraws a pending opt-in.
+    sup.handle(stop()).await.unwrap();
+    sup.handle(Command::Start {
+        vm: "web".into(),
+        format_nonempty_disk: false,
+    })
+    .await
+    .unwrap();
+    assert!(!saved().format_nonempty_disk);
+    vm.notify(note("opened")).unwrap();
+    assert_eq!(get(&sup, "web").await.unwrap().data_disk, "opened");
+    sup.handle(Command::Remove {
+        vm: "web".into(),
+        force: true,
+    })
+    .await
+    .unwrap();
 }

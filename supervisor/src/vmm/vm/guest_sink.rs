@@ -41,6 +41,7 @@ impl GuestSink for Vm {
                 pccs_url: self.pccs_url.clone(),
                 kms_urls: manifest.kms_urls.clone(),
                 vm_config,
+                format_nonempty_disk: manifest.format_nonempty_disk,
                 ..SysConfig::new(manifest.id, manifest.name)
             },
             instance_info,
@@ -56,11 +57,19 @@ impl GuestSink for Vm {
         }
         let Notification { event, payload } = notification;
         tracing::info!(vm = %self.id, "guest: {event} {payload}");
+        if event == events::DATA_DISK {
+            // The guest has decided about the disk: a one-shot opt-in to
+            // format a non-empty one is used up, whatever it decided.
+            if let Err(e) = self.set_format_nonempty_disk(false) {
+                tracing::warn!(vm = %self.id, "cannot clear format_nonempty_disk: {e}");
+            }
+        }
         self.update_guest(|guest| {
             match event.as_str() {
                 events::BOOT_PROGRESS => guest.phase = payload.clone(),
                 events::BOOT_ERROR => guest.error = Some(payload.clone()),
                 events::SHUTDOWN_PROGRESS if payload == "powering off" => guest.powering_off = true,
+                events::DATA_DISK => guest.data_disk = payload.clone(),
                 _ => {}
             }
             guest.push(VmEvent {
@@ -125,6 +134,7 @@ pub(super) mod tests {
             created_at_ms: 0,
             desired: Desired::Running,
             kms_urls: vec!["https://10.0.2.2:8000".into()],
+            format_nonempty_disk: false,
         };
         manifest.save(&dir.join("manifest.json")).unwrap();
         Vm::new(
@@ -192,6 +202,59 @@ pub(super) mod tests {
         assert_eq!(saved.error.as_deref(), Some("pull failed"));
         assert_eq!(saved.events.len(), 6);
         assert_eq!(vm.state(), VmState::Stopped, "no QEMU: not running");
+    }
+
+    #[test]
+    fn the_format_opt_in_reaches_the_bundle_until_the_guest_reports_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = vm(dir.path());
+        assert!(!vm.config().unwrap().sys_config.format_nonempty_disk);
+        vm.set_format_nonempty_disk(true).unwrap();
+        assert!(vm.config().unwrap().sys_config.format_nonempty_disk);
+        // Persisted, atomically, with the rest of the manifest.
+        assert!(
+            Manifest::load(&vm.dir.manifest())
+                .unwrap()
+                .format_nonempty_disk
+        );
+        // Other events leave it (a crash before the disk step keeps it for the retry).
+        vm.notify(note("boot.progress", "preparing data disk"))
+            .unwrap();
+        assert!(vm.config().unwrap().sys_config.format_nonempty_disk);
+
+        vm.notify(note(events::DATA_DISK, "formatted")).unwrap();
+        assert!(!vm.config().unwrap().sys_config.format_nonempty_disk);
+        assert!(
+            !Manifest::load(&vm.dir.manifest())
+                .unwrap()
+                .format_nonempty_disk
+        );
+        assert_eq!(vm.guest().data_disk, "formatted");
+        // Kept for later reads (and a restarted supervisor) ...
+        assert_eq!(GuestStatus::load(&vm.dir.events()).data_disk, "formatted");
+        vm.notify(note(
+            events::DATA_DISK,
+            "refused: not a LUKS2 disk and not empty",
+        ))
+        .unwrap();
+        assert_eq!(
+            vm.guest().data_disk,
+            "refused: not a LUKS2 disk and not empty"
+        );
+        // ... until the next boot.
+        vm.update_guest(GuestStatus::new_boot);
+        assert_eq!(vm.guest().data_disk, "");
+    }
+
+    #[test]
+    fn a_large_encrypted_env_reaches_the_guest_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = vm(dir.path());
+        // Over upstream's 256 KiB: the guest, not the host, refuses it.
+        let blob: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+        vm.change_manifest(|m| m.encrypted_env = hex::encode(&blob))
+            .unwrap();
+        assert_eq!(vm.config().unwrap().encrypted_env, blob);
     }
 
     #[test]

@@ -185,10 +185,22 @@ impl Vm {
 
     /// Changes and persists the desired state.
     pub(crate) fn set_desired(&self, desired: Desired) -> io::Result<()> {
+        self.change_manifest(|m| m.desired = desired)
+    }
+
+    /// Sets and persists the one-shot opt-in to format a non-empty data
+    /// disk ([`Manifest::format_nonempty_disk`]).
+    pub(crate) fn set_format_nonempty_disk(&self, allow: bool) -> io::Result<()> {
+        self.change_manifest(|m| m.format_nonempty_disk = allow)
+    }
+
+    /// Applies `change` to the manifest and writes it (atomically) if that
+    /// changed anything; memory follows the file.
+    fn change_manifest(&self, change: impl FnOnce(&mut Manifest)) -> io::Result<()> {
         let mut manifest = lock(&self.manifest);
-        if manifest.desired != desired {
-            let mut updated = manifest.clone();
-            updated.desired = desired;
+        let mut updated = manifest.clone();
+        change(&mut updated);
+        if updated != *manifest {
             updated.save(&self.dir.manifest())?;
             *manifest = updated;
         }
