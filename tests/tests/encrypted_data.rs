@@ -75,8 +75,21 @@ fn deploy(sup: &Supervisor, app: &Path, name: &str, kms_port: u16, extra: &[&str
     let port_arg = format!("{port}:80");
     let app = app.display().to_string();
     let mut args = vec![
-        "vm", "deploy", &app, "--name", name, "--memory", "1G", "--disk", "1", "--kms", &kms,
-        "--port", &port_arg, "--timeout", "600",
+        "vm",
+        "deploy",
+        &app,
+        "--name",
+        name,
+        "--memory",
+        "1G",
+        "--disk",
+        "1",
+        "--kms",
+        &kms,
+        "--port",
+        &port_arg,
+        "--timeout",
+        "600",
     ];
     args.extend_from_slice(extra);
     sup.dstack(&args)
@@ -97,8 +110,11 @@ fn host_port(sup: &Supervisor, name: &str) -> u16 {
 }
 
 fn serial(sup: &Supervisor, name: &str) -> String {
-    String::from_utf8_lossy(&sup.dstack(&["vm", "logs", "--serial", "-n", "400", name]).stdout)
-        .into_owned()
+    String::from_utf8_lossy(
+        &sup.dstack(&["vm", "logs", "--serial", "-n", "400", name])
+            .stdout,
+    )
+    .into_owned()
 }
 
 /// Waits until the VM's boot failed; returns its error text.
@@ -190,8 +206,10 @@ fn disk_and_env_are_sealed_from_the_host() {
     let other = write_app(&dir, "sealed-b");
     let (app_id, app_hash) = app_id_and_hash(&app);
     let (other_id, other_hash) = app_id_and_hash(&other);
-    let (kms_process, kms_port) =
-        start_kms(&sup, &[(&app_id, &[&app_hash]), (&other_id, &[&other_hash])]);
+    let (kms_process, kms_port) = start_kms(
+        &sup,
+        &[(&app_id, &[&app_hash]), (&other_id, &[&other_hash])],
+    );
     let kms_url = format!("https://127.0.0.1:{kms_port}");
     let kms_info: serde_json::Value =
         serde_json::from_str(&sup.dstack_ok(&["kms", "info", &kms_url, "--json"])).unwrap();
@@ -228,7 +246,11 @@ fn disk_and_env_are_sealed_from_the_host() {
     assert!(!cli_output.contains(SECRET) && !cli_output.contains(NOT_ALLOWED));
     let port = host_port(&sup, "a");
     let env = http_get(port, "/env.txt", BOOT).unwrap();
-    assert_eq!(env.trim(), format!("token={SECRET} other="), "OTHER is not in allowed_envs");
+    assert_eq!(
+        env.trim(),
+        format!("token={SECRET} other="),
+        "OTHER is not in allowed_envs"
+    );
     let marker = http_get(port, "/marker.txt", BOOT).unwrap();
     assert_eq!(marker.lines().count(), 8);
     let info = vm_info(&sup, "a");
@@ -240,7 +262,10 @@ fn disk_and_env_are_sealed_from_the_host() {
     let raw = std::fs::read(&disk).unwrap();
     assert!(raw.starts_with(b"LUKS\xba\xbe\x00\x02"));
     for needle in [MARKER, SECRET, "boots", "www"] {
-        assert!(!contains(&raw, needle.as_bytes()), "{needle} is readable in the raw disk");
+        assert!(
+            !contains(&raw, needle.as_bytes()),
+            "{needle} is readable in the raw disk"
+        );
     }
     drop(raw);
     let dump = Command::new("cryptsetup")
@@ -249,7 +274,11 @@ fn disk_and_env_are_sealed_from_the_host() {
         .output()
         .expect("cryptsetup (cryptsetup-bin) is installed");
     let dump_text = String::from_utf8_lossy(&dump.stdout);
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     assert!(dump_text.contains("Version:       \t2"), "{dump_text}");
     assert!(dump_text.contains("aes-xts-plain64"), "{dump_text}");
 
@@ -262,7 +291,11 @@ fn disk_and_env_are_sealed_from_the_host() {
 
     // App B, created stopped, gets A's disk: refused, and not one byte changes.
     let out = deploy(&sup, &other, "b", kms_port, &["--stopped"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let b_disk = vm_dir(&sup, "b").join("disk.img");
     std::fs::copy(&disk, &b_disk).unwrap();
     let before = sha256_file(&b_disk);
@@ -281,7 +314,11 @@ fn disk_and_env_are_sealed_from_the_host() {
     std::fs::write(&blob_file, &blob).unwrap();
     let blob_arg = blob_file.display().to_string();
     let out = deploy(&sup, &other, "b", kms_port, &["--encrypted-env", &blob_arg]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let env = http_get(host_port(&sup, "b"), "/env.txt", BOOT).unwrap();
     assert_eq!(env.trim(), format!("token={SDK_SECRET} other="));
     sup.dstack_ok(&["vm", "rm", "--force", "b"]);
@@ -290,7 +327,11 @@ fn disk_and_env_are_sealed_from_the_host() {
     // the blob cut short, and one over upstream's 256 KiB limit.
     let bytes = hex::decode(&blob).unwrap();
     let cases = [
-        ("wrong-app", hex::encode(&bytes), "not encrypted to this app"),
+        (
+            "wrong-app",
+            hex::encode(&bytes),
+            "not encrypted to this app",
+        ),
         ("truncated", hex::encode(&bytes[..40]), "a cut-short file"),
         ("too-large", "00".repeat(256 * 1024 + 1), "(256 kib)"),
     ];
@@ -305,7 +346,11 @@ fn disk_and_env_are_sealed_from_the_host() {
             kms_port,
             &["--encrypted-env", &file_arg, "--no-wait"],
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let error = boot_error(&sup, name);
         assert!(
             error.contains("encrypted env") && error.to_lowercase().contains(want),
@@ -316,13 +361,24 @@ fn disk_and_env_are_sealed_from_the_host() {
 
     // Nothing on the host holds a value: state, logs, serial consoles.
     let mut found = Vec::new();
-    files_containing(sup.state.path(), &[SECRET, NOT_ALLOWED, SDK_SECRET], &mut found);
+    files_containing(
+        sup.state.path(),
+        &[SECRET, NOT_ALLOWED, SDK_SECRET],
+        &mut found,
+    );
     let allowed_env_files = [env_file.clone()];
-    found.retain(|hit| !allowed_env_files.iter().any(|f| hit.starts_with(&f.display().to_string())));
+    found.retain(|hit| {
+        !allowed_env_files
+            .iter()
+            .any(|f| hit.starts_with(&f.display().to_string()))
+    });
     assert!(found.is_empty(), "env values on the host: {found:?}");
     let logs = sup.dstack_ok(&["vm", "logs", "-n", "2000", "a"]);
     let console = serial(&sup, "a");
     for value in [SECRET, NOT_ALLOWED] {
-        assert!(!logs.contains(value) && !console.contains(value), "{value} in logs");
+        assert!(
+            !logs.contains(value) && !console.contains(value),
+            "{value} in logs"
+        );
     }
 }

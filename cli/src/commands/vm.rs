@@ -31,6 +31,35 @@ pub(crate) enum VmCommand {
     Stop(VmArgs),
     /// Remove a VM and everything stored for it.
     Rm(RmArgs),
+    /// Print an app's env-encryption public key from its KMS, once its
+    /// signature checks out: the key the SDKs' encrypt_env_vars take.
+    EnvKey(EnvKeyArgs),
+}
+
+/// Arguments of `dstack vm env-key`.
+#[derive(Debug, Args)]
+pub(crate) struct EnvKeyArgs {
+    /// The app: its app-compose.json (or compose YAML, with --name) as
+    /// `deploy` would send it.
+    file: PathBuf,
+    /// The name a compose YAML is wrapped under (as `deploy --name`).
+    #[arg(long)]
+    name: Option<String>,
+    /// The app id, if the deploy pins one (`deploy --app-id`).
+    #[arg(long)]
+    app_id: Option<String>,
+    /// The KMS, as guests reach it [default: the supervisor's --kms-url].
+    #[arg(long, default_value = "")]
+    kms: String,
+    /// Trusted signers of the KMS's env keys (as `deploy --kms-signer`).
+    #[arg(
+        long = "kms-signer",
+        value_name = "HEX",
+        env = "DSTACK_KMS_SIGNER",
+        value_delimiter = ',',
+        value_parser = env::parse_signer
+    )]
+    kms_signers: Vec<dstack_envcrypt::Signer>,
 }
 
 /// Arguments of `dstack vm deploy`.
@@ -92,6 +121,9 @@ pub(crate) struct DeployArgs {
     /// never reformatted.
     #[arg(long)]
     format_nonempty_disk: bool,
+    /// Create the VM without starting it (`dstack vm start` starts it).
+    #[arg(long)]
+    stopped: bool,
     /// Return once the VM is created, without waiting for the app.
     #[arg(long)]
     no_wait: bool,
@@ -167,6 +199,7 @@ pub(crate) async fn run(cmd: VmCommand, client: Client) -> Result<(), Failure> {
         VmCommand::Ls(args) => ls(args, &client).await,
         VmCommand::Info(args) => info(args, &client).await,
         VmCommand::Logs(args) => logs(args, &client).await,
+        VmCommand::EnvKey(args) => env_key(args, &client).await,
         VmCommand::Start(args) => {
             let query = if args.format_nonempty_disk {
                 "?format_nonempty_disk=true"
@@ -351,7 +384,7 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
             .collect::<anyhow::Result<_>>()?,
         encrypted_env,
         user_config: String::new(),
-        stopped: false,
+        stopped: args.stopped,
         kms_urls: args.kms.clone(),
         // An on-chain app id is a contract address, usually written with 0x.
         app_id: app_id.unwrap_or_default(),
@@ -364,7 +397,7 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
             vm.summary.name, vm.summary.id, vm.compose_hash
         );
     }
-    if args.no_wait {
+    if args.no_wait || args.stopped {
         print_deployed(&vm, args.json);
         return Ok(());
     }
@@ -376,6 +409,18 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
     )
     .await?;
     print_deployed(&vm, args.json);
+    Ok(())
+}
+
+async fn env_key(args: EnvKeyArgs, client: &Client) -> Result<(), Failure> {
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.file));
+    let app_compose = app_compose(&args.file, &name, true)?;
+    let app_id = env::deploy_app_id(args.app_id.as_deref(), &app_compose)?;
+    let key = env::checked_env_key(&app_id, &args.kms_signers, &args.kms, client).await?;
+    println!("{}", hex::encode(key));
     Ok(())
 }
 

@@ -81,25 +81,9 @@ pub(super) async fn encrypted_env(
         );
     }
     let app_id = deploy_app_id(options.app_id, app_compose)?;
-    let response: PublicKeyResponse = client
-        .call(
-            Method::POST,
-            "/v1/env-key",
-            Some(&EnvKeyRequest {
-                app_id: hex::encode(app_id),
-                kms_url: options.kms_url.to_owned(),
-            }),
-        )
-        .await
-        .map_err(|e| Failure::Failed(format!("cannot get the app's env key: {e:#}")))?;
-    let fallback;
-    let trusted = if options.signers.is_empty() {
-        fallback = [kms_reported_signer(client, options.kms_url).await?];
-        &fallback[..]
-    } else {
-        options.signers
-    };
-    let blob = seal_for(&vars, &response, &app_id, trusted, now_unix())?;
+    let (response, trusted) =
+        fetch_env_key(&app_id, options.signers, options.kms_url, client).await?;
+    let blob = seal_for(&vars, &response, &app_id, &trusted, now_unix())?;
     eprintln!(
         "sealed {} variable{} for app {} to the env key of {} (signer checked)",
         vars.len(),
@@ -147,6 +131,47 @@ pub(super) fn dropped_keys(vars: &[EnvVar], allowed: &[String]) -> Vec<String> {
         }
     }
     dropped
+}
+
+/// The app's env-key answer from its KMS (through the supervisor) and the
+/// signers to check it against: `signers`, or, when none is given, the
+/// KMS's own GetMeta key (announced).
+async fn fetch_env_key(
+    app_id: &[u8; 20],
+    signers: &[Signer],
+    kms_url: &str,
+    client: &Client,
+) -> Result<(PublicKeyResponse, Vec<Signer>), Failure> {
+    let response: PublicKeyResponse = client
+        .call(
+            Method::POST,
+            "/v1/env-key",
+            Some(&EnvKeyRequest {
+                app_id: hex::encode(app_id),
+                kms_url: kms_url.to_owned(),
+            }),
+        )
+        .await
+        .map_err(|e| Failure::Failed(format!("cannot get the app's env key: {e:#}")))?;
+    let trusted = if signers.is_empty() {
+        vec![kms_reported_signer(client, kms_url).await?]
+    } else {
+        signers.to_vec()
+    };
+    Ok((response, trusted))
+}
+
+/// The app's env public key, verified: what `dstack vm env-key` prints, to
+/// encrypt to with other tools (the SDKs' `encrypt_env_vars`).
+pub(super) async fn checked_env_key(
+    app_id: &[u8; 20],
+    signers: &[Signer],
+    kms_url: &str,
+    client: &Client,
+) -> Result<[u8; 32], Failure> {
+    let (response, trusted) = fetch_env_key(app_id, signers, kms_url, client).await?;
+    verify_env_key(&response, app_id, &trusted, now_unix())
+        .map_err(|e| Failure::Rejected(describe(&e, &trusted)))
 }
 
 /// The app id this deploy will have: `--app-id`, else the compose's own.
