@@ -22,7 +22,7 @@ services:
       - >-
         /probe;
         /bin/busybox unshare -U /bin/busybox true;
-        echo "unshare-exit=$?";
+        echo "unshare-exit=$$?";
         echo done
   privileged:
     image: 127.0.0.1:5000/dstack-tests/hardening:latest
