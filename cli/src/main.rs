@@ -86,7 +86,19 @@ fn run(cli: Cli) -> Result<(), commands::Failure> {
     }
 }
 
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`dstack vm info
+/// web | head`) would panic; a command-line tool should just end, as
+/// coreutils do.
+fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no Rust handler, and this runs first in
+    // main, before any thread exists.
+    #[allow(unsafe_code)]
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(commands::Failure::Rejected(reason)) => {
