@@ -270,23 +270,15 @@ impl Mapper for DmMapper {
             .and_then(|mut f| f.seek(SeekFrom::End(0)))
             .map_err(probe_failed)?;
         let segment = volume.segment();
-        let target = dstack_devmapper::crypt_target(
-            segment.cipher,
-            volume.key(),
-            device,
-            segment.offset / 512,
-            size.saturating_sub(segment.offset) / 512,
-            segment.sector_size,
-        );
-        let control = dstack_devmapper::Control::open().map_err(failed)?;
-        // cryptsetup's uuid convention, so tools that look at dm uuids see a LUKS2 mapping.
-        let uuid = format!(
-            "CRYPT-LUKS2-{}-{MAPPED_NAME}",
-            volume.uuid().replace('-', "")
-        );
-        let number = control
-            .create_live(MAPPED_NAME, &uuid, &[target], true)
-            .map_err(failed)?;
+        let payload = dstack_devmapper::LuksPayload {
+            luks_uuid: volume.uuid(),
+            cipher: segment.cipher,
+            key: volume.key(),
+            offset: segment.offset,
+            sector_size: segment.sector_size,
+        };
+        let number =
+            dstack_devmapper::map_luks(MAPPED_NAME, device, size, &payload).map_err(failed)?;
         let node = number.node();
         wait_for_device(&node, Duration::from_secs(5))?;
         Ok(node)

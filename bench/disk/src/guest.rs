@@ -178,20 +178,14 @@ fn format_and_map(device: &Path) -> Result<PathBuf, Failure> {
 
     let size = size_of(device)?;
     let segment = volume.segment();
-    let target = dstack_devmapper::crypt_target(
-        segment.cipher,
-        volume.key(),
-        device,
-        segment.offset / 512,
-        size.saturating_sub(segment.offset) / 512,
-        segment.sector_size,
-    );
-    let uuid = format!(
-        "CRYPT-LUKS2-{}-{MAPPED_NAME}",
-        volume.uuid().replace('-', "")
-    );
-    let number = dstack_devmapper::Control::open()
-        .and_then(|control| control.create_live(MAPPED_NAME, &uuid, &[target], true))
+    let payload = dstack_devmapper::LuksPayload {
+        luks_uuid: volume.uuid(),
+        cipher: segment.cipher,
+        key: volume.key(),
+        offset: segment.offset,
+        sector_size: segment.sector_size,
+    };
+    let number = dstack_devmapper::map_luks(MAPPED_NAME, device, size, &payload)
         .context(|| format!("dm-crypt mapping of {}", device.display()))?;
     let node = number.node();
     wait_for(&node)?;

@@ -116,6 +116,43 @@ pub fn crypt_target(
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// A LUKS2 volume's payload as dm-crypt should map it.
+#[derive(Debug, Clone, Copy)]
+pub struct LuksPayload<'a> {
+    /// The header's uuid (for the mapping's dm uuid).
+    pub luks_uuid: &'a str,
+    /// Cipher spec, e.g. `aes-xts-plain64`.
+    pub cipher: &'a str,
+    /// The volume key.
+    pub key: &'a [u8],
+    /// Byte offset of the payload on the device.
+    pub offset: u64,
+    /// Encryption sector size in bytes.
+    pub sector_size: u32,
+}
+
+/// Maps `payload` on `device` (of `device_bytes`) as `name`, live, with the
+/// key wiped from the kernel's copy of the request; the dm uuid follows
+/// cryptsetup's convention (`CRYPT-LUKS2-<uuid without dashes>-<name>`), so
+/// tools that read dm uuids see a LUKS2 mapping.
+pub fn map_luks(
+    name: &str,
+    device: &Path,
+    device_bytes: u64,
+    payload: &LuksPayload<'_>,
+) -> Result<DeviceNumber, DmError> {
+    let target = crypt_target(
+        payload.cipher,
+        payload.key,
+        device,
+        payload.offset / 512,
+        device_bytes.saturating_sub(payload.offset) / 512,
+        payload.sector_size,
+    );
+    let uuid = format!("CRYPT-LUKS2-{}-{name}", payload.luks_uuid.replace('-', ""));
+    Control::open()?.create_live(name, &uuid, &[target], true)
+}
+
 /// A mapped device's numbers, and the node devtmpfs gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceNumber {
