@@ -61,6 +61,31 @@ pub fn write_bundle(
     Ok(files.into_iter().map(|(name, _, _)| name).collect())
 }
 
+/// Lays out the app directory upstream's guest has (`/dstack`, the parent
+/// of `.host-shared`; UPSTREAM.md §3.2) for services that bind-mount it:
+/// the compose file as `docker-compose.yaml`, and `tapp` beside it, the
+/// legacy name, linking to it.
+pub fn lay_out_app_dir(shared_dir: &Path, compose_yaml: &str) -> Result<(), WriteError> {
+    let Some(app_dir) = shared_dir.parent() else {
+        return Ok(());
+    };
+    write_atomic(
+        &app_dir.join("docker-compose.yaml"),
+        compose_yaml.as_bytes(),
+        0o644,
+    )?;
+    if let (Some(root), Some(name)) = (app_dir.parent(), app_dir.file_name()) {
+        let link = root.join("tapp");
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(name, &link).map_err(|source| WriteError {
+                path: link.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -68,6 +93,25 @@ mod tests {
     use dstack_proto::host::SysConfig;
 
     use super::*;
+
+    #[test]
+    fn the_app_dir_has_the_compose_file_and_a_tapp_link() {
+        let root = tempfile::tempdir().unwrap();
+        let shared = root.path().join("dstack/.host-shared");
+        fs::create_dir_all(&shared).unwrap();
+        lay_out_app_dir(&shared, "services: {}\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(root.path().join("dstack/docker-compose.yaml")).unwrap(),
+            "services: {}\n"
+        );
+        assert_eq!(
+            fs::read_link(root.path().join("tapp")).unwrap(),
+            Path::new("dstack")
+        );
+        assert!(root.path().join("tapp/.host-shared").is_dir());
+        // Again (a reboot keeps nothing, but a second call must not fail).
+        lay_out_app_dir(&shared, "services: {}\n").unwrap();
+    }
 
     #[test]
     fn writes_exact_bytes_and_protects_secrets() {

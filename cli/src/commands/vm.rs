@@ -12,6 +12,7 @@ use hyper::Method;
 use super::Failure;
 use crate::client::Client;
 
+mod check;
 mod env;
 
 /// VM commands.
@@ -124,6 +125,12 @@ pub(crate) struct DeployArgs {
     /// Create the VM without starting it (`dstack vm start` starts it).
     #[arg(long)]
     stopped: bool,
+    /// Only check the file, as the guest would read it (no supervisor or
+    /// VM needed): list every key it would ignore or refuse, with the
+    /// reason, and exit non-zero when it would refuse the file. Variables
+    /// come from --env-file when given.
+    #[arg(long)]
+    check: bool,
     /// Return once the VM is created, without waiting for the app.
     #[arg(long)]
     no_wait: bool,
@@ -348,6 +355,10 @@ fn now_ms() -> u64 {
 }
 
 async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
+    if args.check {
+        return check::check_file(&args.file, args.env_file.as_deref())?
+            .finish(&args.file, args.json);
+    }
     let name = args
         .name
         .clone()

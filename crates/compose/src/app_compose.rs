@@ -22,6 +22,9 @@ pub enum KeyProviderKind {
     Tpm,
 }
 
+/// What to write instead of a script run by a shell in the guest.
+const INIT_SERVICE_HINT: &str = "run the script in an init service from an image that has a shell, and make the app wait for it with depends_on: {init: {condition: service_completed_successfully}}";
+
 fn yes() -> bool {
     true
 }
@@ -78,6 +81,13 @@ pub struct AppCompose {
     /// Data filesystem (`ext4`).
     #[serde(default)]
     pub storage_fs: Option<String>,
+    /// A shell script upstream runs before the app starts (refused here:
+    /// the guest has no shell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_launch_script: Option<String>,
+    /// Scripts upstream's HEAD runs at boot (refused here for the same reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_script: Option<serde_json::Value>,
 }
 
 impl AppCompose {
@@ -116,7 +126,38 @@ impl AppCompose {
         if self.name.trim().is_empty() {
             return Err(ComposeError::invalid("name", "must not be empty"));
         }
-        if self.runner != "docker-compose" {
+        if self.runner == "bash" {
+            return Err(ComposeError::NeedsShell {
+                field: "runner".into(),
+                what: "runner \"bash\"".into(),
+                alternative: INIT_SERVICE_HINT.into(),
+            });
+        }
+        if self
+            .pre_launch_script
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty())
+        {
+            return Err(ComposeError::NeedsShell {
+                field: "pre_launch_script".into(),
+                what: "a pre-launch script".into(),
+                alternative: INIT_SERVICE_HINT.into(),
+            });
+        }
+        let has_init_script = match &self.init_script {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::String(s)) => !s.trim().is_empty(),
+            Some(serde_json::Value::Array(items)) => !items.is_empty(),
+            Some(_) => true,
+        };
+        if has_init_script {
+            return Err(ComposeError::NeedsShell {
+                field: "init_script".into(),
+                what: "an init script".into(),
+                alternative: INIT_SERVICE_HINT.into(),
+            });
+        }
+        if self.runner != "docker-compose" && self.runner != "nerdctl-compose" {
             return Err(ComposeError::UnsupportedRunner(self.runner.clone()));
         }
         let yaml = self.docker_compose_file.as_deref().ok_or_else(|| {
@@ -125,8 +166,7 @@ impl AppCompose {
                 "is required for runner docker-compose",
             )
         })?;
-        serde_yaml::from_str::<serde_yaml::Value>(yaml)
-            .map_err(|e| ComposeError::Yaml(e.to_string()))?;
+        crate::yaml::load(yaml)?;
         if let Some(fs) = &self.storage_fs
             && fs != "ext4"
         {
@@ -226,7 +266,27 @@ mod tests {
         assert!(matches!(err, ComposeError::AppComposeJson(_)));
         let err =
             AppCompose::parse(r#"{"manifest_version":2,"name":"a","runner":"bash"}"#).unwrap_err();
-        assert_eq!(err, ComposeError::UnsupportedRunner("bash".into()));
+        assert!(
+            matches!(err, ComposeError::NeedsShell { ref field, .. } if field == "runner"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("service_completed_successfully"),
+            "{err}"
+        );
+        let err = AppCompose::parse(r#"{"manifest_version":2,"name":"a","runner":"podman"}"#)
+            .unwrap_err();
+        assert_eq!(err, ComposeError::UnsupportedRunner("podman".into()));
+        let err = AppCompose::parse(
+            r#"{"manifest_version":2,"name":"a","runner":"docker-compose","docker_compose_file":"services: {w: {image: x}}","pre_launch_script":"echo hi"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ComposeError::NeedsShell { ref field, .. } if field == "pre_launch_script"),
+            "{err}"
+        );
+        let empty_script = r#"{"manifest_version":2,"name":"a","runner":"docker-compose","docker_compose_file":"services: {w: {image: x}}","pre_launch_script":""}"#;
+        assert!(AppCompose::parse(empty_script).is_ok());
         let err =
             AppCompose::parse(r#"{"manifest_version":2,"name":"a","runner":"docker-compose"}"#)
                 .unwrap_err();

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use crate::ComposeError;
 
@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn documents_are_interpolated_and_bare_environment_entries_resolved() {
-        let mut doc: Value = serde_yaml::from_str(
+        let mut doc: Value = yaml_serde::from_str(
             r#"
 services:
   web:
@@ -376,7 +376,7 @@ services:
         assert_eq!(web["image"], "nginx:latest");
         assert_eq!(
             web["environment"],
-            serde_yaml::from_str::<Value>("[NAME=web, FIXED=8080]").unwrap()
+            yaml_serde::from_str::<Value>("[NAME=web, FIXED=8080]").unwrap()
         );
         assert_eq!(web["ports"][0], "8080:80");
         let api = &doc["services"]["api"]["environment"];
@@ -388,7 +388,7 @@ services:
     #[test]
     fn errors_name_the_field() {
         let mut doc: Value =
-            serde_yaml::from_str("services:\n  web:\n    image: ${IMAGE:?which image}\n").unwrap();
+            yaml_serde::from_str("services:\n  web:\n    image: ${IMAGE:?which image}\n").unwrap();
         let err = interpolate_document(&mut doc, &Vars::new())
             .unwrap_err()
             .to_string();

@@ -7,19 +7,63 @@
 mod app_compose;
 mod duration;
 pub mod interpolate;
+mod limits;
+mod mounts;
 mod mr_config;
+mod network;
+mod project;
 mod security;
 mod service;
+mod yaml;
 
 pub use app_compose::{AppCompose, KeyProviderKind, app_compose_from_yaml, app_id, compose_hash};
 pub use duration::parse_duration;
 pub use interpolate::Vars;
+pub use limits::{Limits, ULIMIT_NAMES, Ulimit};
+pub use mounts::{
+    APP_DIR, DOCKER_SOCKETS, DSTACK_SOCKETS, DeviceMapping, FileKind, FileMount, TmpfsMount,
+    VolumeMount, VolumeSource, normalize_absolute,
+};
 pub use mr_config::{MR_CONFIG_ID_LEN, mr_config_id_matches, mr_config_id_v1, mr_config_id_v2};
+pub use network::{NetworkMode, ServiceNetwork};
+pub use project::{Check, Compose, NetworkDef};
 pub use security::{CapabilityName, LINUX_CAPABILITIES, SeccompMode, Security};
 pub use service::{
-    Compose, DSTACK_SOCKETS, Dependency, DependencyCondition, Healthcheck, PortSpec, RestartPolicy,
-    Service, VolumeMount, VolumeSource,
+    Dependency, DependencyCondition, Healthcheck, HostNamespaces, PLATFORMS, PortSpec,
+    RestartPolicy, Service,
 };
+pub use yaml::parse_bytes;
+
+/// A key accepted without effect in a CVM, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    /// Dotted path of the key, e.g. `services.web.logging`.
+    pub field: String,
+    /// Why it has no effect.
+    pub reason: String,
+}
+
+/// What reading a file found so far: ignored keys and refusals.
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    pub(crate) ignored: Vec<Ignored>,
+    pub(crate) refused: Vec<ComposeError>,
+}
+
+impl Findings {
+    pub(crate) fn ignore(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.ignored.push(Ignored {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    pub(crate) fn refuse(&mut self, error: ComposeError) {
+        if !self.refused.contains(&error) {
+            self.refused.push(error);
+        }
+    }
+}
 
 /// Why a compose file was refused. Every variant names the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +84,7 @@ pub enum ComposeError {
         reason: String,
     },
     /// The runner is not one this platform runs.
-    #[error("runner {0:?} is not supported (only \"docker-compose\")")]
+    #[error("runner {0:?} is not supported (only \"docker-compose\" or \"nerdctl-compose\")")]
     UnsupportedRunner(String),
     /// A `cap_add` or `cap_drop` entry names no Linux capability.
     #[error("{field}: {name:?} is not a Linux capability (e.g. NET_ADMIN, CAP_SYS_TIME or ALL)")]
@@ -60,6 +104,40 @@ pub enum ComposeError {
         option: String,
         /// Why, and what is supported.
         reason: String,
+    },
+    /// A key this platform understands but cannot honour in a CVM.
+    #[error("{field}: not supported in a CVM: {reason}")]
+    Unsupported {
+        /// Dotted path of the key.
+        field: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// The service asks for a GPU and the CVM has none.
+    #[error(
+        "{field}: this CVM has no GPU (GPU passthrough is not available on this platform); remove the GPU reservation or deploy it where GPUs are offered"
+    )]
+    GpuUnavailable {
+        /// Dotted path of the key that asks for the GPU.
+        field: String,
+    },
+    /// `platform:` names another platform than linux/amd64.
+    #[error("{field}: platform {platform:?} is not supported: a CVM runs linux/amd64 images only")]
+    UnsupportedPlatform {
+        /// Dotted path of the key.
+        field: String,
+        /// The platform as written.
+        platform: String,
+    },
+    /// Something needs a shell in the guest, which it does not have.
+    #[error("{field}: {what} needs a shell, and the guest has none by design; {alternative}")]
+    NeedsShell {
+        /// Dotted path of the key.
+        field: String,
+        /// What asked for the shell.
+        what: String,
+        /// What to do instead.
+        alternative: String,
     },
     /// `depends_on` forms a cycle.
     #[error("services depend on each other in a cycle: {0}")]

@@ -1,45 +1,29 @@
-//! The docker-compose subset a CVM runs: services with image, command,
-//! entrypoint, environment, ports, volumes, restart, depends_on, healthcheck,
-//! working_dir, user, and the security keys (privileged, cap_add, cap_drop,
-//! security_opt).
+//! One compose service: what this platform reads of it, and how each key
+//! is classified — honoured, ignored with a reason (it has no effect in a
+//! CVM, as `labels` or `logging`), or refused with a named error (running
+//! the service without it would not be what the file asks for).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_yaml::Value;
+use crate::interpolate::Vars;
+use crate::limits::{Limits, Ulimit, parse_ulimits};
+use crate::mounts::{
+    DeviceMapping, FileKind, FileMount, TmpfsMount, VolumeMount, parse_devices, parse_file_mounts,
+    parse_shm_size, parse_tmpfs, parse_volume,
+};
+use crate::network::ServiceNetwork;
+use crate::yaml::{
+    Mapping, Value, boolean, duration, key_text, list, list_or_dict, one_or_many, scalar,
+    string_list, unsigned,
+};
+use crate::{ComposeError, Findings, Security};
 
-use crate::interpolate::{Vars, interpolate_document};
-use crate::{ComposeError, Security, parse_duration};
-
-/// The guest API paths a service may bind-mount from the guest, as upstream
-/// dstack's OS offers them (any other host path is refused: a compose file
-/// must not reach into the guest's own filesystem). Each names `dstack.sock`
-/// or `tappd.sock`, or for the two directories, the directory holding both.
-pub const DSTACK_SOCKETS: [&str; 10] = [
-    "/var/run/dstack.sock",
-    "/var/run/tappd.sock",
-    "/run/dstack.sock",
-    "/run/tappd.sock",
-    "/var/run/dstack/dstack.sock",
-    "/var/run/dstack/tappd.sock",
-    "/run/dstack/dstack.sock",
-    "/run/dstack/tappd.sock",
-    "/var/run/dstack",
-    "/run/dstack",
-];
-
-/// A parsed, validated compose file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Compose {
-    /// Services by name.
-    pub services: BTreeMap<String, Service>,
-    /// Declared named volumes.
-    pub volumes: BTreeSet<String>,
-}
+/// The names compose files give the one platform a CVM runs.
+pub const PLATFORMS: [&str; 4] = ["linux/amd64", "linux/x86_64", "amd64", "x86_64"];
 
 /// One service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     /// Image reference.
     pub image: String,
@@ -53,6 +37,12 @@ pub struct Service {
     pub ports: Vec<PortSpec>,
     /// Mounts.
     pub volumes: Vec<VolumeMount>,
+    /// `tmpfs` mounts.
+    pub tmpfs: Vec<TmpfsMount>,
+    /// `configs` and `secrets` files.
+    pub files: Vec<FileMount>,
+    /// `devices`.
+    pub devices: Vec<DeviceMapping>,
     /// Restart policy.
     pub restart: RestartPolicy,
     /// Services to start first.
@@ -63,10 +53,39 @@ pub struct Service {
     pub working_dir: Option<String>,
     /// `uid[:gid]` or a user name from the image.
     pub user: Option<String>,
-    /// Time to wait after SIGTERM before SIGKILL.
+    /// `group_add`: extra groups, by name (from the image) or number.
+    pub group_add: Vec<String>,
+    /// Time to wait after the stop signal before SIGKILL.
     pub stop_grace_period: Duration,
+    /// The stop signal (default SIGTERM), as a number.
+    pub stop_signal: Option<i32>,
     /// `privileged`, `cap_add`, `cap_drop`, `security_opt`.
     pub security: Security,
+    /// `pid: host`, `ipc: host`, `uts: host`.
+    pub host_namespaces: HostNamespaces,
+    /// `read_only`: the root filesystem is mounted read-only.
+    pub read_only: bool,
+    /// `shm_size`, bytes (default 64 MiB).
+    pub shm_size: Option<u64>,
+    /// `sysctls`.
+    pub sysctls: BTreeMap<String, String>,
+    /// `ulimits`.
+    pub ulimits: BTreeMap<String, Ulimit>,
+    /// cgroup limits.
+    pub limits: Limits,
+    /// Network keys.
+    pub network: ServiceNetwork,
+}
+
+/// Namespaces a service shares with the CVM instead of getting its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostNamespaces {
+    /// `pid: host`: sees (and may signal) every process of the CVM.
+    pub pid: bool,
+    /// `ipc: host`.
+    pub ipc: bool,
+    /// `uts: host`: the CVM's hostname.
+    pub uts: bool,
 }
 
 /// A published port: the guest listens on `published` and forwards to the
@@ -77,26 +96,6 @@ pub struct PortSpec {
     pub published: u16,
     /// Port the service listens on.
     pub target: u16,
-}
-
-/// Where a mount comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VolumeSource {
-    /// A named volume on the data disk.
-    Named(String),
-    /// One of [`DSTACK_SOCKETS`].
-    DstackSocket(String),
-}
-
-/// A mount in a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeMount {
-    /// Source.
-    pub source: VolumeSource,
-    /// Absolute path in the container.
-    pub target: String,
-    /// Mounted read-only.
-    pub read_only: bool,
 }
 
 /// When a service is restarted after it exits.
@@ -147,297 +146,583 @@ pub struct Healthcheck {
     pub start_period: Duration,
 }
 
-#[derive(Deserialize)]
-struct RawCompose {
-    #[serde(default)]
-    services: BTreeMap<String, Value>,
-    #[serde(default)]
-    volumes: BTreeMap<String, Value>,
+/// What the top level declares, which a service's references must name.
+#[derive(Debug, Default)]
+pub(crate) struct Declared {
+    pub(crate) volumes: BTreeSet<String>,
+    pub(crate) networks: BTreeSet<String>,
+    pub(crate) configs: BTreeSet<String>,
+    pub(crate) secrets: BTreeSet<String>,
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+/// How this platform treats a service key.
+enum Rule {
+    /// Read below.
+    Read,
+    /// Accepted with no effect in a CVM; the reason says why.
+    Ignore(&'static str),
+    /// Refused; the reason says why and what to do instead.
+    Refuse(&'static str),
 }
 
-impl Compose {
-    /// Parse and validate a compose YAML with no variables set (every
-    /// `${VAR}` without a default becomes empty, as in docker compose).
-    pub fn parse(yaml: &str) -> Result<Self, ComposeError> {
-        Self::parse_with_vars(yaml, &Vars::new()).map(|(compose, _)| compose)
-    }
+const LOG_NOTE: &str = "output is collected by the CVM and read with `dstack vm logs`";
 
-    /// Parse a compose YAML, interpolating `vars` first; also returns the
-    /// names of variables used but unset.
-    pub fn parse_with_vars(yaml: &str, vars: &Vars) -> Result<(Self, Vec<String>), ComposeError> {
-        let mut doc: Value =
-            serde_yaml::from_str(yaml).map_err(|e| ComposeError::Yaml(e.to_string()))?;
-        let unset = interpolate_document(&mut doc, vars)?;
-        let raw: RawCompose =
-            serde_yaml::from_value(doc).map_err(|e| ComposeError::Yaml(e.to_string()))?;
-        Self::from_raw(raw).map(|compose| (compose, unset))
-    }
-
-    fn from_raw(raw: RawCompose) -> Result<Self, ComposeError> {
-        if raw.services.is_empty() {
-            return Err(ComposeError::invalid(
-                "services",
-                "at least one service is required",
-            ));
+fn rule(key: &str) -> Option<Rule> {
+    use Rule::*;
+    Some(match key {
+        "image" | "build" | "command" | "entrypoint" | "environment" | "env_file" | "ports"
+        | "volumes" | "restart" | "depends_on" | "healthcheck" | "working_dir" | "user"
+        | "group_add" | "stop_grace_period" | "stop_signal" | "privileged" | "cap_add"
+        | "cap_drop" | "security_opt" | "pid" | "ipc" | "uts" | "read_only" | "tmpfs"
+        | "devices" | "configs" | "secrets" | "shm_size" | "ulimits" | "sysctls" | "deploy"
+        | "mem_limit" | "mem_reservation" | "memswap_limit" | "cpus" | "cpu_shares" | "cpuset"
+        | "pids_limit" | "oom_score_adj" | "network_mode" | "networks" | "hostname"
+        | "domainname" | "container_name" | "extra_hosts" | "dns" | "dns_search" | "dns_opt"
+        | "links" | "profiles" | "platform" | "pull_policy" | "init" | "scale" | "gpus"
+        | "runtime" | "cgroup" => Read,
+        "labels" | "label_file" | "annotations" => {
+            Ignore("labels are metadata; nothing in a CVM reads them")
         }
-        let volumes: BTreeSet<String> = raw.volumes.keys().cloned().collect();
-        for name in &volumes {
-            if !valid_name(name) {
-                return Err(ComposeError::invalid(
-                    format!("volumes.{name}"),
-                    "invalid volume name",
-                ));
-            }
+        "logging" => Ignore(LOG_NOTE),
+        "expose" => {
+            Ignore("informational: services reach each other's ports on their networks without it")
         }
-        let mut services = BTreeMap::new();
-        for (name, value) in &raw.services {
-            if !valid_name(name) {
-                return Err(ComposeError::invalid(
-                    format!("services.{name}"),
-                    "service names use letters, digits, '.', '_' and '-'",
-                ));
-            }
-            services.insert(name.clone(), Service::parse(name, value, &volumes)?);
+        "stdin_open" | "tty" | "attach" => {
+            Ignore("services run detached; there is no terminal to attach")
         }
-        let compose = Compose { services, volumes };
-        compose.start_order()?;
-        Ok(compose)
-    }
-
-    /// Service names in an order where every service comes after what it depends on.
-    pub fn start_order(&self) -> Result<Vec<String>, ComposeError> {
-        for (name, service) in &self.services {
-            for dep in &service.depends_on {
-                if !self.services.contains_key(&dep.service) {
-                    return Err(ComposeError::invalid(
-                        format!("services.{name}.depends_on"),
-                        format!("unknown service {:?}", dep.service),
-                    ));
-                }
-            }
+        "mac_address" => Ignore("interfaces inside a CVM get their own addresses"),
+        "mem_swappiness" => Ignore("the CVM has no swap"),
+        "develop" => Ignore("compose watch is a development tool; a CVM runs what was measured"),
+        "extends" => {
+            Refuse("extends reads another file, which the CVM does not have; inline the service")
         }
-        let mut order = Vec::new();
-        let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 visiting, 2 done
-        fn visit<'a>(
-            name: &'a str,
-            compose: &'a Compose,
-            state: &mut BTreeMap<&'a str, u8>,
-            order: &mut Vec<String>,
-            path: &mut Vec<&'a str>,
-        ) -> Result<(), ComposeError> {
-            match state.get(name) {
-                Some(2) => return Ok(()),
-                Some(_) => {
-                    path.push(name);
-                    return Err(ComposeError::DependencyCycle(path.join(" -> ")));
-                }
-                None => {}
-            }
-            state.insert(name, 1);
-            path.push(name);
-            for dep in &compose.services[name].depends_on {
-                visit(&dep.service, compose, state, order, path)?;
-            }
-            path.pop();
-            state.insert(name, 2);
-            order.push(name.to_string());
-            Ok(())
+        "external_links" => Refuse("there are no containers outside the app to link to"),
+        "volumes_from" => Refuse("not supported; mount the same named volumes in both services"),
+        "userns_mode" => Refuse("user namespace remapping is not supported"),
+        "cgroup_parent" => Refuse("services' cgroups are placed by the CVM"),
+        "credential_spec" | "isolation" => Refuse("a Windows container option"),
+        "storage_opt" => Refuse(
+            "per-container storage quotas are not supported; limit the data disk size instead",
+        ),
+        "blkio_config" => Refuse("block I/O limits are not enforced in a CVM"),
+        "cpu_count" | "cpu_percent" => Refuse("a Windows container option; use cpus"),
+        "cpu_period" | "cpu_quota" | "cpu_rt_period" | "cpu_rt_runtime" => {
+            Refuse("not supported; use cpus")
         }
-        for name in self.services.keys() {
-            visit(name, self, &mut state, &mut order, &mut Vec::new())?;
+        "device_cgroup_rules" => Refuse("not supported; list the devices under devices"),
+        "oom_kill_disable" => Refuse("cgroup v2 cannot disable the OOM killer"),
+        "post_start" | "pre_stop" => {
+            Refuse("lifecycle hooks are not supported; use an init service with depends_on")
         }
-        Ok(order)
-    }
+        "provider" | "models" | "use_api_socket" => Refuse("not supported in a CVM"),
+        _ => return None,
+    })
 }
 
-fn string_list(field: &str, value: &Value) -> Result<Vec<String>, ComposeError> {
-    match value {
-        Value::String(s) => {
-            shell_words::split(s).map_err(|e| ComposeError::invalid(field, e.to_string()))
-        }
-        Value::Sequence(items) => items.iter().map(|v| scalar(field, v)).collect(),
-        _ => Err(ComposeError::invalid(
-            field,
-            "must be a string or a list of strings",
-        )),
+/// The signal names `stop_signal` may use, with their numbers on x86-64.
+const SIGNALS: [(&str, i32); 14] = [
+    ("SIGHUP", 1),
+    ("SIGINT", 2),
+    ("SIGQUIT", 3),
+    ("SIGKILL", 9),
+    ("SIGUSR1", 10),
+    ("SIGUSR2", 12),
+    ("SIGTERM", 15),
+    ("SIGCONT", 18),
+    ("SIGSTOP", 19),
+    ("SIGTSTP", 20),
+    ("SIGWINCH", 28),
+    ("SIGPWR", 30),
+    ("SIGRTMIN+3", 37),
+    ("SIGRTMIN", 34),
+];
+
+fn signal(field: &str, value: &Value) -> Result<i32, ComposeError> {
+    let text = scalar(field, value)?;
+    let upper = text.trim().to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper.clone()
+    } else {
+        format!("SIG{upper}")
+    };
+    if let Ok(n) = upper.parse::<i32>()
+        && (1..=64).contains(&n)
+    {
+        return Ok(n);
     }
+    SIGNALS
+        .iter()
+        .find(|(s, _)| *s == name)
+        .map(|(_, n)| *n)
+        .ok_or_else(|| ComposeError::invalid(field, format!("{text:?} is not a signal name")))
 }
 
-fn scalar(field: &str, value: &Value) -> Result<String, ComposeError> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        Value::Null => Ok(String::new()),
-        _ => Err(ComposeError::invalid(field, "must be a scalar")),
+/// Whether a service with `profiles` is started: only when one of them is
+/// in `COMPOSE_PROFILES` (comma-separated; `*` enables all), as `docker
+/// compose up` decides.
+pub(crate) fn profile_active(profiles: &[String], vars: &Vars) -> bool {
+    if profiles.is_empty() {
+        return true;
     }
+    let enabled: Vec<&str> = vars
+        .get("COMPOSE_PROFILES")
+        .map(|p| p.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    enabled.contains(&"*") || profiles.iter().any(|p| enabled.contains(&p.as_str()))
 }
 
-fn duration(
-    field: &str,
-    value: Option<&Value>,
-    default: Duration,
-) -> Result<Duration, ComposeError> {
-    match value {
-        None => Ok(default),
-        Some(v) => {
-            let text = scalar(field, v)?;
-            parse_duration(&text).ok_or_else(|| {
-                ComposeError::invalid(
-                    field,
-                    format!("{text:?} is not a duration like 30s or 1m30s"),
-                )
-            })
-        }
+/// Reads a service's `profiles` (empty when it has none).
+pub(crate) fn profiles(name: &str, value: &Value) -> Result<Vec<String>, ComposeError> {
+    match value.get("profiles") {
+        None => Ok(Vec::new()),
+        Some(v) => list(&format!("services.{name}.profiles"), v),
     }
 }
 
 impl Service {
-    fn parse(name: &str, value: &Value, volumes: &BTreeSet<String>) -> Result<Self, ComposeError> {
-        let field = |f: &str| format!("services.{name}.{f}");
-        let map = value.as_mapping().ok_or_else(|| {
-            ComposeError::invalid(format!("services.{name}"), "must be a mapping")
-        })?;
-        const KNOWN: [&str; 22] = [
-            "image",
-            "command",
-            "entrypoint",
-            "environment",
-            "ports",
-            "volumes",
-            "restart",
-            "depends_on",
-            "healthcheck",
-            "working_dir",
-            "user",
-            "stop_grace_period",
-            "container_name",
-            "hostname",
-            "expose",
-            "labels",
-            "logging",
-            "stop_signal",
-            "privileged",
-            "cap_add",
-            "cap_drop",
-            "security_opt",
-        ];
+    /// Reads one service. Every key's problem is recorded in `findings`
+    /// (so a check lists them all); `None` when any key was refused.
+    pub(crate) fn parse(
+        name: &str,
+        value: &Value,
+        declared: &Declared,
+        findings: &mut Findings,
+    ) -> Option<Self> {
+        let base = format!("services.{name}");
+        let Some(map) = value.as_mapping() else {
+            findings.refuse(ComposeError::invalid(base, "must be a mapping"));
+            return None;
+        };
+        let refused_before = findings.refused.len();
         for key in map.keys() {
-            let key = key.as_str().unwrap_or_default();
-            if !KNOWN.contains(&key) {
-                return Err(ComposeError::invalid(
-                    field(key),
-                    "is not supported in a CVM",
-                ));
+            let key = key_text(key);
+            let field = format!("{base}.{key}");
+            match rule(&key) {
+                Some(Rule::Read) => {}
+                Some(Rule::Ignore(reason)) => findings.ignore(field, reason),
+                Some(Rule::Refuse(reason)) => findings.refuse(ComposeError::Unsupported {
+                    field,
+                    reason: reason.into(),
+                }),
+                None if key.starts_with("x-") => {}
+                None => findings.refuse(ComposeError::invalid(
+                    field,
+                    "is not a compose service key this platform knows",
+                )),
             }
         }
-        let get = |k: &str| map.get(k);
-        let image = match get("image") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            _ => {
-                return Err(ComposeError::invalid(
-                    field("image"),
-                    "is required (services are pulled from a registry; build: is not supported)",
-                ));
-            }
-        };
-        let command = get("command")
-            .map(|v| string_list(&field("command"), v))
-            .transpose()?;
-        let entrypoint = get("entrypoint")
-            .map(|v| string_list(&field("entrypoint"), v))
-            .transpose()?;
-        let environment = match get("environment") {
-            None => BTreeMap::new(),
-            Some(Value::Mapping(m)) => m
-                .iter()
-                .map(|(k, v)| {
-                    Ok((
-                        scalar(&field("environment"), k)?,
-                        scalar(&field("environment"), v)?,
-                    ))
-                })
-                .collect::<Result<_, ComposeError>>()?,
-            Some(Value::Sequence(items)) => items
-                .iter()
-                .map(|item| {
-                    let s = scalar(&field("environment"), item)?;
-                    Ok(match s.split_once('=') {
-                        Some((k, v)) => (k.to_string(), v.to_string()),
-                        None => (s, String::new()),
-                    })
-                })
-                .collect::<Result<_, ComposeError>>()?,
-            Some(_) => {
-                return Err(ComposeError::invalid(
-                    field("environment"),
-                    "must be a mapping or a list",
-                ));
-            }
-        };
-        for key in environment.keys() {
-            if key.is_empty() || key.contains('\0') {
-                return Err(ComposeError::invalid(
-                    field("environment"),
-                    format!("bad variable name {key:?}"),
-                ));
+        let service = ServiceReader {
+            base: &base,
+            map,
+            declared,
+        }
+        .read(name, findings);
+        match service {
+            Ok(service) if findings.refused.len() == refused_before => Some(service),
+            Ok(_) => None,
+            Err(e) => {
+                findings.refuse(e);
+                None
             }
         }
-        let ports = match get("ports") {
-            None => Vec::new(),
-            Some(Value::Sequence(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| parse_port(&format!("services.{name}.ports[{i}]"), item))
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(ComposeError::invalid(field("ports"), "must be a list")),
+    }
+}
+
+struct ServiceReader<'a> {
+    base: &'a str,
+    map: &'a Mapping,
+    declared: &'a Declared,
+}
+
+impl ServiceReader<'_> {
+    fn field(&self, key: &str) -> String {
+        format!("{}.{key}", self.base)
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key)
+    }
+
+    /// Reads every key; the first refusal of a key is recorded and reading
+    /// goes on, so one pass names every problem.
+    fn read(&self, name: &str, findings: &mut Findings) -> Result<Service, ComposeError> {
+        let f = |k: &str| self.field(k);
+        let keep = |r: Result<(), ComposeError>, findings: &mut Findings| {
+            if let Err(e) = r {
+                findings.refuse(e);
+            }
         };
-        let mounts = match get("volumes") {
-            None => Vec::new(),
-            Some(Value::Sequence(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    parse_volume(&format!("services.{name}.volumes[{i}]"), item, volumes)
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(ComposeError::invalid(field("volumes"), "must be a list")),
+        let mut service = Service {
+            image: String::new(),
+            command: None,
+            entrypoint: None,
+            environment: BTreeMap::new(),
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            tmpfs: Vec::new(),
+            files: Vec::new(),
+            devices: Vec::new(),
+            restart: RestartPolicy::No,
+            depends_on: Vec::new(),
+            healthcheck: None,
+            working_dir: None,
+            user: None,
+            group_add: Vec::new(),
+            stop_grace_period: Duration::from_secs(10),
+            stop_signal: None,
+            security: Security::default(),
+            host_namespaces: HostNamespaces::default(),
+            read_only: false,
+            shm_size: None,
+            sysctls: BTreeMap::new(),
+            ulimits: BTreeMap::new(),
+            limits: Limits::default(),
+            network: ServiceNetwork::default(),
         };
-        let restart = match get("restart")
-            .map(|v| scalar(&field("restart"), v))
-            .transpose()?
-            .as_deref()
+        let s = &mut service;
+        keep(self.image(s), findings);
+        keep(self.platform(findings), findings);
+        keep(self.process(s), findings);
+        keep(self.environment(s, findings), findings);
+        keep(self.ports(s), findings);
+        let mounts = self.mounts(s, findings);
+        keep(mounts, findings);
+        keep(self.lifecycle(name, s), findings);
+        keep(self.confinement(s), findings);
+        match Limits::parse(self.base, self.map, findings) {
+            Ok(limits) => s.limits = limits,
+            Err(e) => keep(Err(e), findings),
+        }
+        match ServiceNetwork::parse(self.base, self.map, &self.declared.networks, findings) {
+            Ok(network) => s.network = network,
+            Err(e) => keep(Err(e), findings),
+        }
+        if let Some(links) = self.get("links") {
+            // Services already reach each other by name; a link's alias
+            // (`db:database`) is one more name for the same service.
+            keep(one_or_many(&f("links"), links).map(|_| ()), findings);
+        }
+        Ok(service)
+    }
+
+    fn image(&self, s: &mut Service) -> Result<(), ComposeError> {
+        if self.get("build").is_some() {
+            return Err(ComposeError::Unsupported {
+                field: self.field("build"),
+                reason: "building images inside the CVM is not available yet; build and push the image, then name it under image:".into(),
+            });
+        }
+        match self.get("image") {
+            Some(Value::String(image)) if !image.trim().is_empty() => {
+                s.image = image.trim().to_string();
+                Ok(())
+            }
+            _ => Err(ComposeError::invalid(self.field("image"), "is required")),
+        }
+    }
+
+    fn platform(&self, findings: &mut Findings) -> Result<(), ComposeError> {
+        if let Some(platform) = self.get("platform") {
+            let text = scalar(&self.field("platform"), platform)?;
+            if !PLATFORMS.contains(&text.trim().to_ascii_lowercase().as_str()) {
+                return Err(ComposeError::UnsupportedPlatform {
+                    field: self.field("platform"),
+                    platform: text,
+                });
+            }
+            findings.ignore(
+                self.field("platform"),
+                "linux/amd64 is the platform every CVM runs",
+            );
+        }
+        if let Some(policy) = self.get("pull_policy") {
+            let text = scalar(&self.field("pull_policy"), policy)?;
+            match text.as_str() {
+                "always" | "missing" | "if_not_present" | "daily" | "weekly" => findings.ignore(
+                    self.field("pull_policy"),
+                    "a CVM pulls every image when it boots",
+                ),
+                t if t.starts_with("every_") => findings.ignore(
+                    self.field("pull_policy"),
+                    "a CVM pulls every image when it boots",
+                ),
+                other => {
+                    return Err(ComposeError::Unsupported {
+                        field: self.field("pull_policy"),
+                        reason: format!(
+                            "{other:?}: a CVM starts with no local images, so it must pull"
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(runtime) = self.get("runtime") {
+            let text = scalar(&self.field("runtime"), runtime)?;
+            if text != "runc" {
+                return Err(if text.contains("nvidia") {
+                    ComposeError::GpuUnavailable {
+                        field: self.field("runtime"),
+                    }
+                } else {
+                    ComposeError::Unsupported {
+                        field: self.field("runtime"),
+                        reason: format!(
+                            "runtime {text:?}: services run under the CVM's own OCI runtime"
+                        ),
+                    }
+                });
+            }
+        }
+        if self.get("gpus").is_some() {
+            return Err(ComposeError::GpuUnavailable {
+                field: self.field("gpus"),
+            });
+        }
+        if let Some(scale) = self.get("scale") {
+            let n = unsigned(&self.field("scale"), scale)?;
+            if n != 1 {
+                return Err(ComposeError::Unsupported {
+                    field: self.field("scale"),
+                    reason: format!("{n} instances: a CVM runs one instance of each service"),
+                });
+            }
+        }
+        if let Some(init) = self.get("init")
+            && boolean(&self.field("init"), init)?
         {
-            None | Some("no") | Some("") => RestartPolicy::No,
-            Some("always") => RestartPolicy::Always,
-            Some("unless-stopped") => RestartPolicy::UnlessStopped,
-            Some("on-failure") => RestartPolicy::OnFailure(None),
-            Some(other) => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
-                Some(Ok(n)) => RestartPolicy::OnFailure(Some(n)),
-                _ => {
+            findings.ignore(
+                self.field("init"),
+                "no init process is injected: the command runs as the container's PID 1",
+            );
+        }
+        if let Some(cgroup) = self.get("cgroup") {
+            let text = scalar(&self.field("cgroup"), cgroup)?;
+            if text != "private" {
+                return Err(ComposeError::Unsupported {
+                    field: self.field("cgroup"),
+                    reason: format!("cgroup {text:?}: each service has its own cgroup namespace"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn process(&self, s: &mut Service) -> Result<(), ComposeError> {
+        s.command = self
+            .get("command")
+            .map(|v| string_list(&self.field("command"), v))
+            .transpose()?;
+        s.entrypoint = self
+            .get("entrypoint")
+            .map(|v| string_list(&self.field("entrypoint"), v))
+            .transpose()?;
+        s.working_dir = self
+            .get("working_dir")
+            .map(|v| scalar(&self.field("working_dir"), v))
+            .transpose()?;
+        if let Some(dir) = &s.working_dir
+            && !dir.starts_with('/')
+        {
+            return Err(ComposeError::invalid(
+                self.field("working_dir"),
+                "must be an absolute path",
+            ));
+        }
+        s.user = self
+            .get("user")
+            .map(|v| scalar(&self.field("user"), v))
+            .transpose()?;
+        if let Some(groups) = self.get("group_add") {
+            s.group_add = list(&self.field("group_add"), groups)?;
+        }
+        Ok(())
+    }
+
+    fn environment(&self, s: &mut Service, findings: &mut Findings) -> Result<(), ComposeError> {
+        if let Some(env_file) = self.get("env_file") {
+            self.env_file(env_file, findings)?;
+        }
+        let field = self.field("environment");
+        if let Some(env) = self.get("environment") {
+            for (key, value) in list_or_dict(&field, env, '=')? {
+                if key.is_empty() || key.contains('\0') || key.contains('=') {
                     return Err(ComposeError::invalid(
-                        field("restart"),
-                        format!("{other:?} is not no, always, unless-stopped or on-failure[:N]"),
+                        &field,
+                        format!("bad variable name {key:?}"),
                     ));
                 }
-            },
+                s.environment.insert(key, value.unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    /// `env_file` names files beside the compose file on the developer's
+    /// machine; the CVM receives only the compose file. A file marked
+    /// `required: false` is skipped, as docker compose skips a missing one.
+    fn env_file(&self, value: &Value, findings: &mut Findings) -> Result<(), ComposeError> {
+        let field = self.field("env_file");
+        let entries: Vec<(String, bool)> = match value {
+            Value::Sequence(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Mapping(m) => Ok((
+                        m.get("path")
+                            .map(|p| scalar(&field, p))
+                            .transpose()?
+                            .unwrap_or_default(),
+                        m.get("required")
+                            .map(|r| boolean(&field, r))
+                            .transpose()?
+                            .unwrap_or(true),
+                    )),
+                    other => Ok((scalar(&field, other)?, true)),
+                })
+                .collect::<Result<_, ComposeError>>()?,
+            other => vec![(scalar(&field, other)?, true)],
         };
-        let depends_on = match get("depends_on") {
+        for (path, required) in entries {
+            if required {
+                return Err(ComposeError::Unsupported {
+                    field,
+                    reason: format!(
+                        "{path:?} is a file on your machine, which the CVM does not receive: pass its values as encrypted env (dstack vm deploy --env-file {path}) and list them under environment:"
+                    ),
+                });
+            }
+            findings.ignore(
+                field.clone(),
+                format!("{path:?} (required: false) is not in the CVM, so it is skipped"),
+            );
+        }
+        Ok(())
+    }
+
+    fn ports(&self, s: &mut Service) -> Result<(), ComposeError> {
+        match self.get("ports") {
+            None => {}
+            Some(Value::Sequence(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    s.ports
+                        .extend(parse_port(&format!("{}[{i}]", self.field("ports")), item)?);
+                }
+            }
+            Some(_) => return Err(ComposeError::invalid(self.field("ports"), "must be a list")),
+        }
+        let mut seen = BTreeSet::new();
+        for port in &s.ports {
+            if !seen.insert(port.published) {
+                return Err(ComposeError::invalid(
+                    self.field("ports"),
+                    format!("port {} is published twice", port.published),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn mounts(&self, s: &mut Service, findings: &mut Findings) -> Result<(), ComposeError> {
+        match self.get("volumes") {
+            None => {}
+            Some(Value::Sequence(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let field = format!("{}[{i}]", self.field("volumes"));
+                    s.volumes.push(parse_volume(
+                        &field,
+                        item,
+                        &self.declared.volumes,
+                        findings,
+                    )?);
+                }
+            }
+            Some(_) => {
+                return Err(ComposeError::invalid(
+                    self.field("volumes"),
+                    "must be a list",
+                ));
+            }
+        }
+        if let Some(tmpfs) = self.get("tmpfs") {
+            s.tmpfs = parse_tmpfs(&self.field("tmpfs"), tmpfs)?;
+        }
+        if let Some(devices) = self.get("devices") {
+            s.devices = parse_devices(&self.field("devices"), devices)?;
+        }
+        if let Some(configs) = self.get("configs") {
+            s.files.extend(parse_file_mounts(
+                &self.field("configs"),
+                configs,
+                FileKind::Config,
+                &self.declared.configs,
+            )?);
+        }
+        if let Some(secrets) = self.get("secrets") {
+            s.files.extend(parse_file_mounts(
+                &self.field("secrets"),
+                secrets,
+                FileKind::Secret,
+                &self.declared.secrets,
+            )?);
+        }
+        if let Some(size) = self.get("shm_size") {
+            s.shm_size = Some(parse_shm_size(&self.field("shm_size"), size)?);
+        }
+        let mut targets = BTreeSet::new();
+        let all = s
+            .volumes
+            .iter()
+            .map(|v| v.target.as_str())
+            .chain(s.tmpfs.iter().map(|t| t.target.as_str()))
+            .chain(s.files.iter().map(|f| f.target.as_str()));
+        for target in all {
+            if !targets.insert(target) {
+                return Err(ComposeError::invalid(
+                    self.base,
+                    format!("two mounts share the target {target:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn lifecycle(&self, name: &str, s: &mut Service) -> Result<(), ComposeError> {
+        let f = |k: &str| self.field(k);
+        let deploy_policy = self.get("deploy").and_then(|d| d.get("restart_policy"));
+        s.restart = match (self.get("restart"), deploy_policy) {
+            (Some(v), _) => restart_policy(&f("restart"), &scalar(&f("restart"), v)?)?,
+            (None, Some(policy)) => {
+                let field = format!("{}.restart_policy", f("deploy"));
+                let condition = policy
+                    .get("condition")
+                    .map(|c| scalar(&field, c))
+                    .transpose()?
+                    .unwrap_or_else(|| "any".into());
+                let attempts = policy
+                    .get("max_attempts")
+                    .map(|a| unsigned(&field, a))
+                    .transpose()?
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+                match condition.as_str() {
+                    "none" => RestartPolicy::No,
+                    "any" if attempts.is_none() => RestartPolicy::Always,
+                    "any" | "on-failure" => RestartPolicy::OnFailure(attempts),
+                    other => {
+                        return Err(ComposeError::invalid(
+                            field,
+                            format!("condition {other:?} is not none, on-failure or any"),
+                        ));
+                    }
+                }
+            }
+            (None, None) => RestartPolicy::No,
+        };
+        s.depends_on = match self.get("depends_on") {
             None => Vec::new(),
             Some(Value::Sequence(items)) => items
                 .iter()
                 .map(|v| {
                     Ok(Dependency {
-                        service: scalar(&field("depends_on"), v)?,
+                        service: scalar(&f("depends_on"), v)?,
                         condition: DependencyCondition::Started,
                     })
                 })
@@ -445,8 +730,25 @@ impl Service {
             Some(Value::Mapping(m)) => m
                 .iter()
                 .map(|(k, v)| {
-                    let service = scalar(&field("depends_on"), k)?;
-                    let condition = match v.get("condition").and_then(Value::as_str) {
+                    let service = key_text(k);
+                    let field = format!("{}.{service}", f("depends_on"));
+                    if let Some(settings) = v.as_mapping() {
+                        for key in settings.keys() {
+                            let key = key_text(key);
+                            if !matches!(key.as_str(), "condition" | "required" | "restart") {
+                                return Err(ComposeError::invalid(
+                                    format!("{field}.{key}"),
+                                    "is not condition, required or restart",
+                                ));
+                            }
+                        }
+                    }
+                    let condition = match v
+                        .get("condition")
+                        .map(|c| scalar(&field, c))
+                        .transpose()?
+                        .as_deref()
+                    {
                         None | Some("service_started") => DependencyCondition::Started,
                         Some("service_healthy") => DependencyCondition::Healthy,
                         Some("service_completed_successfully") => {
@@ -454,7 +756,7 @@ impl Service {
                         }
                         Some(other) => {
                             return Err(ComposeError::invalid(
-                                field("depends_on"),
+                                field,
                                 format!("unknown condition {other:?}"),
                             ));
                         }
@@ -464,85 +766,126 @@ impl Service {
                 .collect::<Result<_, ComposeError>>()?,
             Some(_) => {
                 return Err(ComposeError::invalid(
-                    field("depends_on"),
+                    f("depends_on"),
                     "must be a list or a mapping",
                 ));
             }
         };
-        let healthcheck = get("healthcheck")
-            .map(|v| parse_healthcheck(&field("healthcheck"), v))
-            .transpose()?
-            .flatten();
-        for dep in &depends_on {
-            if dep.service == name {
-                return Err(ComposeError::invalid(
-                    field("depends_on"),
-                    "a service cannot depend on itself",
-                ));
-            }
-        }
-        let working_dir = get("working_dir")
-            .map(|v| scalar(&field("working_dir"), v))
-            .transpose()?;
-        if let Some(dir) = &working_dir
-            && !dir.starts_with('/')
-        {
+        if s.depends_on.iter().any(|d| d.service == name) {
             return Err(ComposeError::invalid(
-                field("working_dir"),
-                "must be an absolute path",
+                f("depends_on"),
+                "a service cannot depend on itself",
             ));
         }
-        let privileged = match get("privileged") {
-            None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(ComposeError::invalid(
-                    field("privileged"),
-                    "must be true or false",
-                ));
-            }
-        };
-        let list = |key: &str| -> Result<Vec<String>, ComposeError> {
-            match get(key) {
-                None => Ok(Vec::new()),
-                Some(Value::Sequence(items)) => {
-                    items.iter().map(|v| scalar(&field(key), v)).collect()
-                }
-                Some(_) => Err(ComposeError::invalid(field(key), "must be a list")),
-            }
-        };
-        let security = Security::new(
-            field,
-            privileged,
-            &list("cap_add")?,
-            &list("cap_drop")?,
-            &list("security_opt")?,
+        s.healthcheck = self
+            .get("healthcheck")
+            .map(|v| parse_healthcheck(&f("healthcheck"), v))
+            .transpose()?
+            .flatten();
+        s.stop_grace_period = duration(
+            &f("stop_grace_period"),
+            self.get("stop_grace_period"),
+            Duration::from_secs(10),
         )?;
-        Ok(Service {
-            image,
-            command,
-            entrypoint,
-            environment,
-            ports,
-            volumes: mounts,
-            restart,
-            depends_on,
-            healthcheck,
-            working_dir,
-            user: get("user").map(|v| scalar(&field("user"), v)).transpose()?,
-            stop_grace_period: duration(
-                &field("stop_grace_period"),
-                get("stop_grace_period"),
-                Duration::from_secs(10),
-            )?,
-            security,
-        })
+        s.stop_signal = self
+            .get("stop_signal")
+            .map(|v| signal(&f("stop_signal"), v))
+            .transpose()?;
+        Ok(())
+    }
+
+    fn confinement(&self, s: &mut Service) -> Result<(), ComposeError> {
+        let f = |k: &str| self.field(k);
+        let privileged = self
+            .get("privileged")
+            .map(|v| boolean(&f("privileged"), v))
+            .transpose()?
+            .unwrap_or(false);
+        let list_of = |key: &str| -> Result<Vec<String>, ComposeError> {
+            self.get(key).map_or(Ok(Vec::new()), |v| list(&f(key), v))
+        };
+        s.security = Security::new(
+            f,
+            privileged,
+            &list_of("cap_add")?,
+            &list_of("cap_drop")?,
+            &list_of("security_opt")?,
+        )?;
+        for (key, slot) in [
+            ("pid", &mut s.host_namespaces.pid),
+            ("ipc", &mut s.host_namespaces.ipc),
+            ("uts", &mut s.host_namespaces.uts),
+        ] {
+            if let Some(value) = self.get(key) {
+                match scalar(&f(key), value)?.as_str() {
+                    "host" => *slot = true,
+                    "" | "private" | "shareable" if key == "ipc" => {}
+                    "" | "private" => {}
+                    other => {
+                        return Err(ComposeError::Unsupported {
+                            field: f(key),
+                            reason: format!("{key} {other:?}: only host or private"),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(read_only) = self.get("read_only") {
+            s.read_only = boolean(&f("read_only"), read_only)?;
+        }
+        if let Some(sysctls) = self.get("sysctls") {
+            for (key, value) in list_or_dict(&f("sysctls"), sysctls, '=')? {
+                let allowed = key.starts_with("net.")
+                    || key.starts_with("fs.mqueue.")
+                    || key.starts_with("kernel.msg")
+                    || key.starts_with("kernel.sem")
+                    || key.starts_with("kernel.shm");
+                if !allowed {
+                    return Err(ComposeError::Unsupported {
+                        field: format!("{}.{key}", f("sysctls")),
+                        reason: "only namespaced sysctls (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*) can be set per service, as in docker".into(),
+                    });
+                }
+                if key.starts_with("net.") {
+                    return Err(ComposeError::Unsupported {
+                        field: format!("{}.{key}", f("sysctls")),
+                        reason: "services share the CVM's network stack, so a net.* sysctl would change the whole CVM's".into(),
+                    });
+                }
+                s.sysctls.insert(key, value.unwrap_or_default());
+            }
+        }
+        if let Some(ulimits) = self.get("ulimits") {
+            s.ulimits = parse_ulimits(&f("ulimits"), ulimits)?;
+        }
+        Ok(())
     }
 }
 
-fn parse_port(field: &str, item: &Value) -> Result<PortSpec, ComposeError> {
+fn restart_policy(field: &str, text: &str) -> Result<RestartPolicy, ComposeError> {
+    Ok(match text {
+        "no" | "" | "false" => RestartPolicy::No,
+        "always" => RestartPolicy::Always,
+        "unless-stopped" => RestartPolicy::UnlessStopped,
+        "on-failure" => RestartPolicy::OnFailure(None),
+        other => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
+            Some(Ok(n)) => RestartPolicy::OnFailure(Some(n)),
+            _ => {
+                return Err(ComposeError::invalid(
+                    field,
+                    format!("{other:?} is not no, always, unless-stopped or on-failure[:N]"),
+                ));
+            }
+        },
+    })
+}
+
+/// Reads one `ports` entry: `target`, `published:target`,
+/// `ip:published:target`, ranges (`8000-8002:9000-9002`), `/tcp`, or the
+/// long form. The host IP part has no meaning in a CVM.
+fn parse_port(field: &str, item: &Value) -> Result<Vec<PortSpec>, ComposeError> {
     let port = |text: &str| -> Result<u16, ComposeError> {
-        match text.parse::<u16>() {
+        match text.trim().parse::<u16>() {
             Ok(p) if p > 0 => Ok(p),
             _ => Err(ComposeError::invalid(
                 field,
@@ -550,135 +893,93 @@ fn parse_port(field: &str, item: &Value) -> Result<PortSpec, ComposeError> {
             )),
         }
     };
+    let range = |text: &str| -> Result<(u16, u16), ComposeError> {
+        match text.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (port(a)?, port(b)?);
+                if a > b {
+                    return Err(ComposeError::invalid(
+                        field,
+                        format!("{text:?} is an empty range"),
+                    ));
+                }
+                Ok((a, b))
+            }
+            None => port(text).map(|p| (p, p)),
+        }
+    };
+    let protocol_ok = |protocol: &str| -> Result<(), ComposeError> {
+        match protocol {
+            "tcp" => Ok(()),
+            other => Err(ComposeError::Unsupported {
+                field: field.to_string(),
+                reason: format!("{other} ports are not published (only tcp)"),
+            }),
+        }
+    };
+    let expand =
+        |published: (u16, u16), target: (u16, u16)| -> Result<Vec<PortSpec>, ComposeError> {
+            if published.1 - published.0 != target.1 - target.0 {
+                return Err(ComposeError::invalid(
+                    field,
+                    "the published and target ranges differ in length",
+                ));
+            }
+            Ok((0..=target.1 - target.0)
+                .map(|i| PortSpec {
+                    published: published.0 + i,
+                    target: target.0 + i,
+                })
+                .collect())
+        };
     match item {
         Value::Number(n) => {
             let p = port(&n.to_string())?;
-            Ok(PortSpec {
+            Ok(vec![PortSpec {
                 published: p,
                 target: p,
-            })
+            }])
         }
         Value::String(s) => {
-            let spec = s.strip_suffix("/tcp").unwrap_or(s);
-            if spec.ends_with("/udp") {
-                return Err(ComposeError::invalid(field, "udp ports are not supported"));
-            }
-            // [ip:]published:target, or target alone; the host IP part is meaningless in a guest.
+            let (spec, protocol) = s.rsplit_once('/').unwrap_or((s, "tcp"));
+            protocol_ok(protocol)?;
+            // An IPv6 host address is written in brackets: drop it first.
+            let spec = match spec.strip_prefix('[') {
+                Some(rest) => rest.split_once("]:").map_or(spec, |(_, tail)| tail),
+                None => spec,
+            };
             let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
             match parts.as_slice() {
                 [target] => {
-                    let p = port(target)?;
-                    Ok(PortSpec {
-                        published: p,
-                        target: p,
-                    })
+                    let t = range(target)?;
+                    expand(t, t)
                 }
-                [target, published] | [target, published, _] => Ok(PortSpec {
-                    published: port(published)?,
-                    target: port(target)?,
-                }),
+                [target, published] | [target, published, _] => {
+                    let target = range(target)?;
+                    if published.is_empty() {
+                        return expand(target, target);
+                    }
+                    expand(range(published)?, target)
+                }
                 _ => Err(ComposeError::invalid(field, "expected [published:]target")),
             }
         }
         Value::Mapping(m) => {
             let get = |k: &str| m.get(k).map(|v| scalar(field, v)).transpose();
+            protocol_ok(get("protocol")?.as_deref().unwrap_or("tcp"))?;
             let target =
                 get("target")?.ok_or_else(|| ComposeError::invalid(field, "target is required"))?;
-            let target = port(&target)?;
-            let published = match get("published")? {
-                Some(p) => port(&p)?,
-                None => target,
-            };
-            Ok(PortSpec { published, target })
+            let target = range(&target)?;
+            match get("published")? {
+                Some(p) if !p.is_empty() => expand(range(&p)?, target),
+                _ => expand(target, target),
+            }
         }
         _ => Err(ComposeError::invalid(
             field,
             "must be a string, number or mapping",
         )),
     }
-}
-
-fn parse_volume(
-    field: &str,
-    item: &Value,
-    declared: &BTreeSet<String>,
-) -> Result<VolumeMount, ComposeError> {
-    let (source, target, read_only) = match item {
-        Value::String(s) => {
-            let parts: Vec<&str> = s.split(':').collect();
-            match parts.as_slice() {
-                [source, target] => (source.to_string(), target.to_string(), false),
-                [source, target, mode] => match *mode {
-                    "ro" => (source.to_string(), target.to_string(), true),
-                    "rw" => (source.to_string(), target.to_string(), false),
-                    other => {
-                        return Err(ComposeError::invalid(
-                            field,
-                            format!("mode {other:?} is not ro or rw"),
-                        ));
-                    }
-                },
-                [_] => {
-                    return Err(ComposeError::invalid(
-                        field,
-                        "anonymous volumes are not supported; name the volume",
-                    ));
-                }
-                _ => {
-                    return Err(ComposeError::invalid(
-                        field,
-                        "expected source:target[:ro|rw]",
-                    ));
-                }
-            }
-        }
-        Value::Mapping(m) => {
-            let get = |k: &str| m.get(k).map(|v| scalar(field, v)).transpose();
-            let source =
-                get("source")?.ok_or_else(|| ComposeError::invalid(field, "source is required"))?;
-            let target =
-                get("target")?.ok_or_else(|| ComposeError::invalid(field, "target is required"))?;
-            let read_only = m.get("read_only").and_then(Value::as_bool).unwrap_or(false);
-            (source, target, read_only)
-        }
-        _ => {
-            return Err(ComposeError::invalid(
-                field,
-                "must be a string or a mapping",
-            ));
-        }
-    };
-    if !target.starts_with('/') {
-        return Err(ComposeError::invalid(
-            field,
-            format!("target {target:?} must be an absolute path"),
-        ));
-    }
-    let source = if source.starts_with('/') || source.starts_with('.') {
-        if !DSTACK_SOCKETS.contains(&source.as_str()) {
-            return Err(ComposeError::invalid(
-                field,
-                format!(
-                    "bind mount of {source:?} is not allowed; only named volumes and {} can be mounted",
-                    DSTACK_SOCKETS.join(", ")
-                ),
-            ));
-        }
-        VolumeSource::DstackSocket(source)
-    } else {
-        if !declared.contains(&source) {
-            return Err(ComposeError::invalid(
-                field,
-                format!("named volume {source:?} is not declared under top-level volumes"),
-            ));
-        }
-        VolumeSource::Named(source)
-    };
-    Ok(VolumeMount {
-        source,
-        target,
-        read_only,
-    })
 }
 
 fn parse_healthcheck(field: &str, value: &Value) -> Result<Option<Healthcheck>, ComposeError> {
@@ -740,7 +1041,7 @@ fn parse_healthcheck(field: &str, value: &Value) -> Result<Option<Healthcheck>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CapabilityName, SeccompMode};
+    use crate::{CapabilityName, Compose, DSTACK_SOCKETS, SeccompMode, VolumeSource};
 
     const TWO_SERVICES: &str = r#"
 services:
@@ -828,9 +1129,14 @@ volumes:
                 VolumeSource::DstackSocket(path.to_string())
             );
         }
-        assert!(
-            err("services:\n  web:\n    image: x\n    volumes: [\"/run/other.sock:/s\"]\n")
-                .contains("not allowed")
+        let other = Compose::parse("services:\n  web:\n    image: x\n    volumes: [\"/run/other.sock:/s\", \"./data:/d\"]\n").unwrap();
+        assert_eq!(
+            other.services["web"].volumes[0].source,
+            VolumeSource::CvmPath("/run/other.sock".into())
+        );
+        assert_eq!(
+            other.services["web"].volumes[1].source,
+            VolumeSource::CvmPath("/dstack/data".into())
         );
     }
 
@@ -896,8 +1202,8 @@ volumes:
                 .starts_with("services.web.ports[0]")
         );
         assert!(
-            err("services:\n  web:\n    image: x\n    volumes: [\"/etc:/etc\"]\n")
-                .contains("not allowed")
+            err("services:\n  web:\n    image: x\n    volumes: [\"~/etc:/etc\"]\n")
+                .contains("your machine")
         );
         assert!(
             err("services:\n  web:\n    image: x\n    volumes: [\"v:/v\"]\n")

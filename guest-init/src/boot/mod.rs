@@ -386,6 +386,10 @@ impl Boot {
                 .clone()
                 .unwrap_or(bundle.instance_info.clone());
             hostshared::write_bundle(&shared_dir, &bundle, &instance)?;
+            hostshared::lay_out_app_dir(
+                &shared_dir,
+                app.docker_compose_file.as_deref().unwrap_or_default(),
+            )?;
             let id = &derived.identity;
             let instance_id = if id.instance_id.is_empty() {
                 "-"

@@ -296,11 +296,11 @@ async fn a_bad_compose_and_a_failed_start_are_named_errors() {
     let mut boot = boot_in(dir.path(), sys, config(dir.path()));
     boot.use_platform(sim_platform());
     let mut bad = bundle();
-    bad.app_compose = r#"{"manifest_version":2,"name":"a","runner":"bash"}"#.into();
+    bad.app_compose = r#"{"manifest_version":2,"name":"a","runner":"podman"}"#.into();
     let err = boot.apply_config(&bad).await.unwrap_err();
     assert_eq!(
         error_chain(&err),
-        "app-compose.json is invalid: runner \"bash\" is not supported (only \"docker-compose\")"
+        "app-compose.json is invalid: runner \"podman\" is not supported (only \"docker-compose\" or \"nerdctl-compose\")"
     );
 
     let good = bundle();

@@ -128,12 +128,46 @@ pub(crate) struct GuestDevice {
 /// container mounts its own pts, shm and mqueue (as runc's HostDevices skips).
 const SKIPPED_DEV_DIRS: [&str; 4] = ["pts", "shm", "mqueue", "fd"];
 
+/// The node at `path` when it is a character or block device.
+fn device_of(path: String, meta: &std::fs::Metadata) -> Option<GuestDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    let file_type = meta.file_type();
+    let kind = if file_type.is_char_device() {
+        'c'
+    } else if file_type.is_block_device() {
+        'b'
+    } else {
+        return None;
+    };
+    let rdev = meta.rdev();
+    Some(GuestDevice {
+        path,
+        kind,
+        major: nix::sys::stat::major(rdev),
+        minor: nix::sys::stat::minor(rdev),
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
+}
+
+/// The guest device node at `path` (a `devices:` entry's source), following
+/// symlinks as docker does; an error names a path that is not a device.
+pub(crate) fn guest_device(path: &std::path::Path) -> std::io::Result<GuestDevice> {
+    let meta = std::fs::metadata(path)?;
+    device_of(path.display().to_string(), &meta).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a character or block device",
+        )
+    })
+}
+
 /// The guest's character and block devices under `dev` (normally /dev), for
 /// a privileged service: docker gives such a container every host device.
 /// The console is left out: it is the guest's log, owned by PID1.
 pub(crate) fn guest_devices(dev: &std::path::Path) -> std::io::Result<Vec<GuestDevice>> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-
     let mut found = Vec::new();
     let mut dirs = vec![(dev.to_path_buf(), String::from("/dev"))];
     while let Some((dir, in_container)) = dirs.pop() {
@@ -150,26 +184,12 @@ pub(crate) fn guest_devices(dev: &std::path::Path) -> std::io::Result<Vec<GuestD
                 }
                 continue;
             }
-            let kind = if file_type.is_char_device() {
-                'c'
-            } else if file_type.is_block_device() {
-                'b'
-            } else {
-                continue;
-            };
             if path == "/dev/console" {
                 continue;
             }
-            let rdev = meta.rdev();
-            found.push(GuestDevice {
-                path,
-                kind,
-                major: nix::sys::stat::major(rdev),
-                minor: nix::sys::stat::minor(rdev),
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-            });
+            if let Some(device) = device_of(path, &meta) {
+                found.push(device);
+            }
         }
     }
     found.sort_by(|a, b| a.path.cmp(&b.path));

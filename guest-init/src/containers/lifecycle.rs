@@ -2,15 +2,18 @@
 //! then run it, restarting it by its policy with exponential back-off until
 //! it stops for good or the guest shuts down.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dstack_compose::{DependencyCondition, RestartPolicy, VolumeSource};
+use dstack_compose::{
+    Compose, DependencyCondition, FileKind, RestartPolicy, Service, VolumeSource,
+};
 use dstack_proto::guest::{ContainerInfo, ContainerState};
 use dstack_proto::host::LogStream;
 use tokio::sync::oneshot;
 
-use super::spec::{BindMount, SpecInput, build_spec, hosts_file, resolv_conf};
+use super::spec::{BindMount, MappedDevice, SpecInput, build_spec, hosts_file, resolv_conf};
 use super::{ContainerError, Inner, hardening, health, logs, proxy, reap, runner, unpack};
 
 /// First restart delay; doubled per quick failure up to [`MAX_DELAY`].
@@ -164,11 +167,22 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
                 }
                 source
             }
+            // The guest's own filesystem: it holds no mount of the host's.
+            VolumeSource::CvmPath(path) => std::path::PathBuf::from(path),
         };
         binds.push(BindMount {
             source,
             destination: volume.target.clone(),
             read_only: volume.read_only,
+        });
+    }
+    // configs and secrets: files on the guest's tmpfs, bound read-only.
+    let files_dir = slot.paths.bundle.join("files");
+    for (i, file) in service.files.iter().enumerate() {
+        binds.push(BindMount {
+            source: files_dir.join(i.to_string()),
+            destination: file.target.clone(),
+            read_only: true,
         });
     }
     let inner2 = inner.clone();
@@ -184,15 +198,23 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
                     .map_err(|e| ContainerError::io("creating volume", &bind.source, e))?;
             }
         }
+        // A missing source path of the CVM is made a directory, as docker
+        // makes a bind mount's missing host path.
+        for volume in &service.volumes {
+            if let VolumeSource::CvmPath(path) = &volume.source
+                && std::fs::symlink_metadata(path).is_err()
+            {
+                std::fs::create_dir_all(path)
+                    .map_err(|e| ContainerError::io("creating bind source", Path::new(path), e))?;
+            }
+        }
+        write_files(&inner.compose, service, &paths.bundle.join("files"))?;
         let write = |file: &str, text: String| {
             let path = paths.bundle.join(file);
             std::fs::write(&path, text).map_err(|e| ContainerError::io("writing", &path, e))
         };
-        write(
-            "hosts",
-            hosts_file(inner.compose.services.keys().map(String::as_str)),
-        )?;
-        write("resolv.conf", resolv_conf(&inner.env.dns))?;
+        write("hosts", hosts_file(&inner.compose, service))?;
+        write("resolv.conf", resolv_conf(&inner.env.dns, service))?;
         let read_etc = |file: &str| {
             unpack::resolve_in_root(&image.rootfs, std::path::Path::new(file))
                 .ok()
@@ -206,6 +228,19 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
         } else {
             Vec::new()
         };
+        let mapped_devices = service
+            .devices
+            .iter()
+            .map(|d| {
+                let source = std::path::Path::new(&d.source);
+                Ok(MappedDevice {
+                    node: hardening::guest_device(source)
+                        .map_err(|e| ContainerError::io("opening device", source, e))?,
+                    target: d.target.clone(),
+                    permissions: d.permissions.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, ContainerError>>()?;
         let spec = build_spec(&SpecInput {
             name: &name,
             service,
@@ -216,6 +251,7 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
             binds: &binds,
             devices: &devices,
             nofile: runner::nofile_limit(),
+            mapped_devices: &mapped_devices,
         })?;
         runner::write_bundle(paths, &spec)
     })
@@ -237,6 +273,37 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
             .lock()
             .map_err(|_| ContainerError::spec(name, "proxy list poisoned"))?
             .push(task);
+    }
+    Ok(())
+}
+
+/// Writes a service's `configs` and `secrets` into `dir` (on the guest's
+/// tmpfs) as `0`, `1`, ... in the service's order, each with its owner and
+/// mode; the directory itself is private to the guest.
+fn write_files(compose: &Compose, service: &Service, dir: &Path) -> Result<(), ContainerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+    if service.files.is_empty() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ContainerError::io("creating", dir, e))?;
+    for (i, file) in service.files.iter().enumerate() {
+        let content = match file.kind {
+            FileKind::Config => compose.configs.get(&file.source),
+            FileKind::Secret => compose.secrets.get(&file.source),
+        }
+        .ok_or_else(|| ContainerError::spec(&file.source, "is not declared"))?;
+        let path = dir.join(i.to_string());
+        std::fs::write(&path, content.as_bytes())
+            .map_err(|e| ContainerError::io("writing", &path, e))?;
+        std::os::unix::fs::chown(&path, Some(file.uid), Some(file.gid))
+            .map_err(|e| ContainerError::io("setting the owner of", &path, e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))
+            .map_err(|e| ContainerError::io("setting the mode of", &path, e))?;
     }
     Ok(())
 }

@@ -362,7 +362,8 @@ impl ServiceManager {
             .unwrap_or_default()
     }
 
-    /// Stops every service in reverse start order: SIGTERM to its init,
+    /// Stops every service in reverse start order: its stop signal
+    /// (`stop_signal`, default SIGTERM) to its init,
     /// `stop_grace_period`, then SIGKILL to all its processes; deletes the
     /// container and unmounts its root. Published-port proxies are closed.
     pub async fn stop_all(&self) {
@@ -375,13 +376,17 @@ impl ServiceManager {
             let slot = &inner.slots[name];
             slot.stopping.send_replace(true);
             let grace = inner.compose.services[name].stop_grace_period;
+            let stop_signal = inner.compose.services[name]
+                .stop_signal
+                .and_then(|n| Signal::try_from(n).ok())
+                .unwrap_or(Signal::SIGTERM);
             let mut info = slot.info.subscribe();
             if info.borrow().pid.is_some() {
                 let kill = |signal, all| {
                     let (root, id) = (inner.state_root.clone(), name.clone());
                     tokio::task::spawn_blocking(move || runner::signal(&root, &id, signal, all))
                 };
-                let _ = kill(Signal::SIGTERM, false).await;
+                let _ = kill(stop_signal, false).await;
                 let gone = tokio::time::timeout(grace, info.wait_for(|i| i.pid.is_none()))
                     .await
                     .is_ok();

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dstack_compose::Service;
+use dstack_compose::{Compose, Limits, Service};
 use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::Spec;
 use serde_json::json;
@@ -54,8 +54,23 @@ pub(crate) struct SpecInput<'a> {
     /// The guest's devices, created in a privileged service's /dev (empty
     /// for the others).
     pub(crate) devices: &'a [GuestDevice],
-    /// RLIMIT_NOFILE (soft and hard) for the process.
+    /// RLIMIT_NOFILE (soft and hard) for the process, unless the service
+    /// sets its own `ulimits.nofile`.
     pub(crate) nofile: u64,
+    /// Device nodes of the guest named by the service's `devices` key,
+    /// each to be made at its `target` path.
+    pub(crate) mapped_devices: &'a [MappedDevice],
+}
+
+/// A guest device node a service's `devices` entry names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MappedDevice {
+    /// The node as it is in the guest.
+    pub(crate) node: GuestDevice,
+    /// Path in the container.
+    pub(crate) target: String,
+    /// cgroup permissions (`rwm`).
+    pub(crate) permissions: String,
 }
 
 /// A resolved `user:` value.
@@ -141,21 +156,47 @@ pub(crate) fn resolve_user(
     })
 }
 
-/// `/etc/hosts` for every container: each service name maps to 127.0.0.1,
-/// because all services share the guest's network namespace.
-pub(crate) fn hosts_file<'a>(services: impl IntoIterator<Item = &'a str>) -> String {
-    let names: Vec<&str> = services.into_iter().collect();
-    format!(
+/// `/etc/hosts` of one container: every name a service answers to (its
+/// name, `container_name`, aliases) maps to 127.0.0.1, because all services
+/// share the guest's network namespace; then the service's `extra_hosts`.
+pub(crate) fn hosts_file(compose: &Compose, service: &Service) -> String {
+    let mut names: Vec<&str> = compose
+        .services
+        .iter()
+        .flat_map(|(name, s)| s.network.names(name))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut text = format!(
         "127.0.0.1\tlocalhost {}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
         names.join(" ")
-    )
+    );
+    for (host, address) in &service.network.extra_hosts {
+        text.push_str(&format!("{address}\t{host}\n"));
+    }
+    text
 }
 
-/// `/etc/resolv.conf` naming the guest's DNS servers.
-pub(crate) fn resolv_conf(dns: &[String]) -> String {
-    dns.iter()
+/// `/etc/resolv.conf` of one container: the service's `dns` servers (or
+/// the guest's), `dns_search` and `dns_opt`.
+pub(crate) fn resolv_conf(guest_dns: &[String], service: &Service) -> String {
+    let network = &service.network;
+    let servers = if network.dns.is_empty() {
+        guest_dns
+    } else {
+        &network.dns
+    };
+    let mut text: String = servers
+        .iter()
         .map(|server| format!("nameserver {server}\n"))
-        .collect()
+        .collect();
+    if !network.dns_search.is_empty() {
+        text.push_str(&format!("search {}\n", network.dns_search.join(" ")));
+    }
+    if !network.dns_options.is_empty() {
+        text.push_str(&format!("options {}\n", network.dns_options.join(" ")));
+    }
+    text
 }
 
 /// Merges the image's `KEY=value` list with compose's map (compose wins) and
@@ -222,8 +263,30 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         .or_else(|| input.image.and_then(|c| c.user().clone()))
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| "0".into());
-    let user = resolve_user(&user_spec, input.passwd, input.group)
+    let mut user = resolve_user(&user_spec, input.passwd, input.group)
         .map_err(|reason| ContainerError::spec(input.name, reason))?;
+    for group in &service.group_add {
+        let gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_rows(input.group.unwrap_or(""))
+                .find(|row| row.0 == group)
+                .map(|row| row.1)
+                .ok_or_else(|| {
+                    ContainerError::spec(
+                        input.name,
+                        format!("group_add: group {group:?} is not in the image's /etc/group"),
+                    )
+                })?,
+        };
+        if gid != user.gid && !user.additional_gids.contains(&gid) {
+            user.additional_gids.push(gid);
+        }
+    }
+    let hostname = service
+        .network
+        .hostname
+        .clone()
+        .unwrap_or_else(|| input.name.to_string());
     let image_env = input
         .image
         .and_then(|c| c.env().clone())
@@ -231,7 +294,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
     let env = environment(
         &image_env,
         &service.environment,
-        input.name,
+        &hostname,
         user.home.as_deref(),
     );
     let cwd = service
@@ -252,12 +315,27 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+               "options": ["nosuid", "noexec", "nodev", "mode=1777",
+                           format!("size={}", service.shm_size.unwrap_or(64 << 20))]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                "options": ["nosuid", "noexec", "nodev", sys_mode]}),
     ];
+    for tmpfs in &service.tmpfs {
+        let mut options = vec![
+            "nosuid".to_string(),
+            "nodev".to_string(),
+            format!("mode={:o}", tmpfs.mode),
+        ];
+        if let Some(size) = tmpfs.size {
+            options.push(format!("size={size}"));
+        }
+        mounts.push(
+            json!({"destination": tmpfs.target, "type": "tmpfs", "source": "tmpfs",
+                           "options": options}),
+        );
+    }
     for bind in input.binds {
         let mode = if bind.read_only { "ro" } else { "rw" };
         mounts.push(json!({"destination": bind.destination, "type": "bind",
@@ -278,8 +356,11 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         // No inheritable or ambient set, as docker: a non-root process keeps
         // no capabilities across execve (unless a file grants them).
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": input.nofile, "soft": input.nofile}]
+        "rlimits": rlimits(service, input.nofile)
     });
+    if let Some(adj) = service.limits.oom_score_adj {
+        process["oomScoreAdj"] = json!(adj);
+    }
     // With no_new_privileges off the field is left out rather than set to
     // false: libcontainer installs the seccomp filter while it still holds
     // CAP_SYS_ADMIN only when the field is absent; with `false` it would load
@@ -291,23 +372,35 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         // Absolute, so libcontainer uses it as is (not `:youki:<id>`).
         "cgroupsPath": format!("/{CGROUP_PARENT}/{}", input.name),
         // No network namespace: services share the guest's (DESIGN §2).
-        "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+        "namespaces": namespaces(service),
         "maskedPaths": masked,
-        "readonlyPaths": readonly
+        "readonlyPaths": readonly,
+        "resources": resources(&service.limits, input.mapped_devices)
     });
+    if !service.sysctls.is_empty() {
+        linux["sysctl"] = json!(service.sysctls);
+    }
     // Besides the default nodes libcontainer always creates (null, zero,
     // full, random, urandom, tty, ptmx), a privileged service gets each of the
     // guest's devices, as docker gives it the host's. (Made as new nodes in
     // the service's own /dev, so nothing it does there touches the guest's.)
-    if !input.devices.is_empty() {
-        linux["devices"] = input
-            .devices
-            .iter()
-            .map(|d| {
-                json!({"path": d.path, "type": d.kind.to_string(), "major": d.major,
-                       "minor": d.minor, "fileMode": d.mode, "uid": d.uid, "gid": d.gid})
-            })
-            .collect();
+    let device_nodes: Vec<serde_json::Value> = input
+        .devices
+        .iter()
+        .map(|d| (d, d.path.as_str()))
+        .chain(
+            input
+                .mapped_devices
+                .iter()
+                .map(|m| (&m.node, m.target.as_str())),
+        )
+        .map(|(d, path)| {
+            json!({"path": path, "type": d.kind.to_string(), "major": d.major,
+                   "minor": d.minor, "fileMode": d.mode, "uid": d.uid, "gid": d.gid})
+        })
+        .collect();
+    if !device_nodes.is_empty() {
+        linux["devices"] = json!(device_nodes);
     }
     let filter = hardening::seccomp_filter(security, &caps)
         .map_err(|e| ContainerError::spec(input.name, format!("invalid seccomp filter: {e}")))?;
@@ -319,13 +412,102 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
     let spec = json!({
         "ociVersion": "1.0.2",
         "process": process,
-        "root": {"path": input.rootfs, "readonly": false},
-        "hostname": input.name,
+        "root": {"path": input.rootfs, "readonly": service.read_only},
+        "hostname": hostname,
         "mounts": mounts,
         "linux": linux
     });
+    let mut spec = spec;
+    if let Some(domain) = &service.network.domainname {
+        spec["domainname"] = json!(domain);
+    }
     serde_json::from_value(spec)
         .map_err(|e| ContainerError::spec(input.name, format!("invalid runtime spec: {e}")))
+}
+
+/// The namespaces a service gets: its own pid, ipc, uts and mount
+/// namespaces, minus those it shares with the guest (`pid: host`, ...).
+fn namespaces(service: &Service) -> Vec<serde_json::Value> {
+    let host = service.host_namespaces;
+    [
+        ("pid", host.pid),
+        ("ipc", host.ipc),
+        ("uts", host.uts),
+        ("mount", false),
+    ]
+    .into_iter()
+    .filter(|(_, shared)| !shared)
+    .map(|(kind, _)| json!({"type": kind}))
+    .collect()
+}
+
+/// `RLIMIT_NOFILE` (the guest's default unless the service sets it) and
+/// every other `ulimits` entry.
+fn rlimits(service: &Service, nofile: u64) -> Vec<serde_json::Value> {
+    let mut limits = vec![];
+    if !service.ulimits.contains_key("nofile") {
+        limits.push(json!({"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}));
+    }
+    for (name, limit) in &service.ulimits {
+        limits.push(
+            json!({"type": format!("RLIMIT_{}", name.to_ascii_uppercase()),
+                           "hard": limit.hard, "soft": limit.soft}),
+        );
+    }
+    limits
+}
+
+/// The CFS period docker uses with `cpus`.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// cgroup v2 limits (libcontainer writes memory.max, memory.low, cpu.max,
+/// cpu.weight, cpuset.cpus and pids.max from these) and the device rules:
+/// deny all, then docker's default nodes, then the service's `devices`.
+fn resources(limits: &Limits, mapped: &[MappedDevice]) -> serde_json::Value {
+    let mut resources = json!({});
+    let mut memory = serde_json::Map::new();
+    if let Some(max) = limits.memory {
+        memory.insert("limit".into(), json!(max));
+        // Without swap in the guest, memory+swap equals memory unless set.
+        let swap = limits
+            .memory_swap
+            .unwrap_or_else(|| i64::try_from(max).unwrap_or(i64::MAX));
+        memory.insert("swap".into(), json!(swap));
+    }
+    if let Some(low) = limits.memory_reservation {
+        memory.insert("reservation".into(), json!(low));
+    }
+    if !memory.is_empty() {
+        resources["memory"] = json!(memory);
+    }
+    let mut cpu = serde_json::Map::new();
+    if let Some(quota) = limits.cpu_quota_us(CPU_PERIOD_US) {
+        cpu.insert("quota".into(), json!(quota));
+        cpu.insert("period".into(), json!(CPU_PERIOD_US));
+    }
+    if let Some(shares) = limits.cpu_shares {
+        cpu.insert("shares".into(), json!(shares.clamp(2, 262_144)));
+    }
+    if let Some(set) = &limits.cpuset {
+        cpu.insert("cpus".into(), json!(set));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = json!(cpu);
+    }
+    if let Some(pids) = limits.pids {
+        resources["pids"] = json!({"limit": pids});
+    }
+    if !mapped.is_empty() {
+        resources["devices"] = json!(
+            mapped
+                .iter()
+                .map(|m| json!({"allow": true, "type": m.node.kind.to_string(),
+                                "major": m.node.major, "minor": m.node.minor,
+                                "access": m.permissions}))
+                .collect::<Vec<_>>()
+        );
+    }
+    resources
 }
 
 #[cfg(test)]

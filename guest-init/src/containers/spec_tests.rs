@@ -31,6 +31,7 @@ fn spec_json(service: &Service, image: Option<&ImageConfig>) -> Value {
         binds: &binds,
         devices: &[],
         nofile: 1024,
+        mapped_devices: &[],
     })
     .unwrap();
     serde_json::to_value(spec).unwrap()
@@ -143,6 +144,7 @@ fn refuses_a_service_with_nothing_to_run() {
         binds: &[],
         devices: &[],
         nofile: 1024,
+        mapped_devices: &[],
     })
     .unwrap_err();
     assert!(err.to_string().contains("no command"), "{err}");
@@ -169,14 +171,153 @@ fn resolves_users_like_docker() {
 }
 
 #[test]
-fn hosts_map_every_service_to_loopback() {
+fn hosts_map_every_name_to_loopback_plus_extra_hosts() {
+    let compose = Compose::parse(
+        "services:\n  web:\n    image: x\n    container_name: front\n    extra_hosts: [\"db.internal:10.1.2.3\"]\n    networks:\n      n:\n        aliases: [www]\n  backend:\n    image: x\nnetworks:\n  n: {}\n",
+    )
+    .unwrap();
     assert_eq!(
-        hosts_file(["backend", "web"]),
-        "127.0.0.1\tlocalhost backend web\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        hosts_file(&compose, &compose.services["web"]),
+        "127.0.0.1\tlocalhost backend front web www\n::1\tlocalhost ip6-localhost ip6-loopback\n10.1.2.3\tdb.internal\n"
     );
     assert_eq!(
-        resolv_conf(&["10.0.2.3".into(), "1.1.1.1".into()]),
+        hosts_file(&compose, &compose.services["backend"]),
+        "127.0.0.1\tlocalhost backend front web www\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    );
+}
+
+#[test]
+fn resolv_conf_takes_the_service_dns_keys_over_the_guest_servers() {
+    let guest = ["10.0.2.3".to_string(), "1.1.1.1".to_string()];
+    assert_eq!(
+        resolv_conf(&guest, &service("services:\n  web:\n    image: x\n")),
         "nameserver 10.0.2.3\nnameserver 1.1.1.1\n"
+    );
+    assert_eq!(
+        resolv_conf(
+            &guest,
+            &service(
+                "services:\n  web:\n    image: x\n    dns: 9.9.9.9\n    dns_search: [corp.example]\n    dns_opt: [ndots:2]\n"
+            )
+        ),
+        "nameserver 9.9.9.9\nsearch corp.example\noptions ndots:2\n"
+    );
+}
+
+#[test]
+fn limits_and_process_keys_reach_the_runtime_spec() {
+    let web = service(
+        "services:\n  web:\n    image: x\n    command: [a]\n    read_only: true\n    shm_size: 128m\n    tmpfs: [\"/cache:size=1m,mode=0700\"]\n    ulimits: {nofile: {soft: 100, hard: 200}, nproc: 64}\n    sysctls: {kernel.shm_rmid_forced: 1}\n    hostname: box\n    domainname: example.org\n    group_add: [docker, \"4321\"]\n    oom_score_adj: 500\n    pid: host\n    cpuset: 0-1\n    deploy:\n      resources:\n        limits: {memory: 64m, cpus: '0.5', pids: 40}\n        reservations: {memory: 32m}\n",
+    );
+    let spec = spec_json(&web, None);
+    assert_eq!(spec["root"]["readonly"], json!(true));
+    assert_eq!(spec["hostname"], json!("box"));
+    assert_eq!(spec["domainname"], json!("example.org"));
+    let process = &spec["process"];
+    assert!(
+        process["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("HOSTNAME=box"))
+    );
+    assert_eq!(process["oomScoreAdj"], json!(500));
+    assert_eq!(process["user"]["additionalGids"], json!([999, 4321]));
+    let rlimits = process["rlimits"].as_array().unwrap();
+    assert!(rlimits.contains(&json!({"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200})));
+    assert!(rlimits.contains(&json!({"type": "RLIMIT_NPROC", "soft": 64, "hard": 64})));
+    assert_eq!(
+        rlimits.len(),
+        2,
+        "the guest's nofile default is replaced: {rlimits:?}"
+    );
+    let linux = &spec["linux"];
+    assert_eq!(linux["sysctl"], json!({"kernel.shm_rmid_forced": "1"}));
+    let namespaces: Vec<&str> = linux["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        namespaces,
+        ["ipc", "uts", "mount"],
+        "pid: host shares the guest's"
+    );
+    let resources = &linux["resources"];
+    assert_eq!(resources["memory"]["limit"], json!(64 << 20));
+    assert_eq!(resources["memory"]["reservation"], json!(32 << 20));
+    assert_eq!(resources["cpu"]["quota"], json!(50_000));
+    assert_eq!(resources["cpu"]["period"], json!(100_000));
+    assert_eq!(resources["cpu"]["cpus"], json!("0-1"));
+    assert_eq!(resources["pids"]["limit"], json!(40));
+    let mounts = spec["mounts"].as_array().unwrap();
+    let mount = |dest: &str| mounts.iter().find(|m| m["destination"] == dest).unwrap();
+    assert_eq!(
+        mount("/cache")["options"],
+        json!(["nosuid", "nodev", "mode=700", "size=1048576"])
+    );
+    assert!(
+        mount("/dev/shm")["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("size=134217728"))
+    );
+    // An unknown group name is refused, naming it.
+    let bad = service("services:\n  web:\n    image: x\n    command: [a]\n    group_add: [nogroup]\n");
+    let err = build_spec(&SpecInput {
+        name: "web",
+        service: &bad,
+        image: None,
+        rootfs: Path::new("/r"),
+        passwd: Some(PASSWD),
+        group: Some(GROUP),
+        binds: &[],
+        devices: &[],
+        nofile: 1024,
+        mapped_devices: &[],
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("nogroup"), "{err}");
+}
+
+#[test]
+fn a_devices_entry_makes_the_node_at_its_target_and_allows_it() {
+    let web = service("services:\n  web:\n    image: x\n    command: [a]\n");
+    let mapped = [MappedDevice {
+        node: GuestDevice {
+            path: "/dev/zero".into(),
+            kind: 'c',
+            major: 1,
+            minor: 5,
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        },
+        target: "/dev/myzero".into(),
+        permissions: "r".into(),
+    }];
+    let spec = build_spec(&SpecInput {
+        name: "web",
+        service: &web,
+        image: None,
+        rootfs: Path::new("/r"),
+        passwd: None,
+        group: None,
+        binds: &[],
+        devices: &[],
+        nofile: 1024,
+        mapped_devices: &mapped,
+    })
+    .unwrap();
+    let spec = serde_json::to_value(spec).unwrap();
+    assert_eq!(
+        spec["linux"]["devices"],
+        json!([{"path": "/dev/myzero", "type": "c", "major": 1, "minor": 5,
+                "fileMode": 0o666, "uid": 0, "gid": 0}])
+    );
+    assert_eq!(
+        spec["linux"]["resources"]["devices"],
+        json!([{"allow": true, "type": "c", "major": 1, "minor": 5, "access": "r"}])
     );
 }
 
@@ -270,6 +411,7 @@ fn privileged_lifts_every_restriction() {
         binds: &[],
         devices: &devices,
         nofile: 1024,
+        mapped_devices: &[],
     })
     .unwrap();
     let spec = serde_json::to_value(spec).unwrap();

@@ -381,8 +381,8 @@ async fn tcp_requires_the_bearer_token() {
 
 #[tokio::test]
 async fn the_checked_in_openapi_matches_the_routes() {
-    let spec: serde_yaml::Value =
-        serde_yaml::from_str(include_str!("../../openapi.yaml")).expect("openapi.yaml parses");
+    let spec: yaml_serde::Value =
+        yaml_serde::from_str(include_str!("../../openapi.yaml")).expect("openapi.yaml parses");
     let paths = spec["paths"].as_mapping().expect("paths");
     let app = router(Arc::new(Fake::default()));
     let mut documented = 0;
