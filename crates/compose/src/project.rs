@@ -283,7 +283,11 @@ fn read(top: &Mapping, vars: &Vars, findings: &mut Findings) -> Option<Compose> 
         configs,
         secrets,
     };
-    if let Err(e) = cross_check(&compose) {
+    // Cross-references only mean something once every service was read
+    // (a refused service would show up again as "unknown service").
+    if findings.refused.len() == before
+        && let Err(e) = cross_check(&compose)
+    {
         findings.refuse(e);
     }
     (findings.refused.len() == before).then_some(compose)
