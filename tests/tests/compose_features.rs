@@ -107,7 +107,13 @@ fn compose_keys_take_effect_in_the_cvm() {
 
     // --check needs no supervisor: run the CLI against nothing.
     let check = std::process::Command::new(bin_dir().join("dstack"))
-        .args(["--supervisor", "unix:/nonexistent/supervisor.sock", "vm", "deploy", "--check"])
+        .args([
+            "--supervisor",
+            "unix:/nonexistent/supervisor.sock",
+            "vm",
+            "deploy",
+            "--check",
+        ])
         .arg(&compose_path)
         .output()
         .unwrap();

@@ -22,14 +22,14 @@ pub use interpolate::Vars;
 pub use limits::{Limits, ULIMIT_NAMES, Ulimit};
 pub use mounts::{
     APP_DIR, DOCKER_SOCKETS, DSTACK_SOCKETS, DeviceMapping, FileKind, FileMount, TmpfsMount,
-    VolumeMount, VolumeSource, normalize_absolute,
+    VolumeMount, VolumeSource, anonymous_volume_name, normalize_absolute,
 };
 pub use mr_config::{MR_CONFIG_ID_LEN, mr_config_id_matches, mr_config_id_v1, mr_config_id_v2};
 pub use network::{NetworkMode, ServiceNetwork};
 pub use project::{Check, Compose, NetworkDef};
 pub use security::{CapabilityName, LINUX_CAPABILITIES, SeccompMode, Security};
 pub use service::{
-    Dependency, DependencyCondition, Healthcheck, HostNamespaces, PLATFORMS, PortSpec,
+    Dependency, DependencyCondition, Healthcheck, HostNamespaces, PLATFORMS, PortSpec, Protocol,
     RestartPolicy, Service,
 };
 pub use yaml::parse_bytes;

@@ -130,8 +130,18 @@ fn absolute_target(field: &str, target: &str) -> Result<String, ComposeError> {
         .ok_or_else(|| ComposeError::invalid(field, format!("target {target:?} leaves /")))
 }
 
+/// The data-disk volume behind an anonymous volume (`- /var/lib/data`):
+/// one per service and target, kept across reboots as docker keeps a
+/// container's anonymous volumes across restarts.
+pub fn anonymous_volume_name(service: &str, target: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(target.as_bytes());
+    format!("anon-{service}-{}", hex::encode(&digest[..6]))
+}
+
 /// Reads one `volumes:` entry of a service.
 pub(crate) fn parse_volume(
+    service: &str,
     field: &str,
     item: &Value,
     declared: &BTreeSet<String>,
@@ -143,12 +153,7 @@ pub(crate) fn parse_volume(
             let (source, target, mode) = match parts.as_slice() {
                 [source, target] => (*source, *target, None),
                 [source, target, mode] => (*source, *target, Some(*mode)),
-                [_] => {
-                    return Err(ComposeError::invalid(
-                        field,
-                        "anonymous volumes are not supported; name the volume under top-level volumes",
-                    ));
-                }
+                [target] => ("", *target, None),
                 _ => {
                     return Err(ComposeError::invalid(
                         field,
@@ -248,13 +253,10 @@ pub(crate) fn parse_volume(
     };
     let target = absolute_target(field, &target)?;
     let source = match kind.as_str() {
+        "volume" if source.is_empty() => {
+            VolumeSource::Named(anonymous_volume_name(service, &target))
+        }
         "volume" => {
-            if source.is_empty() {
-                return Err(ComposeError::invalid(
-                    field,
-                    "anonymous volumes are not supported; name the volume under top-level volumes",
-                ));
-            }
             if !declared.contains(&source) {
                 return Err(ComposeError::invalid(
                     field,

@@ -215,11 +215,17 @@ fn read(top: &Mapping, vars: &Vars, findings: &mut Findings) -> Option<Compose> 
         Err(e) => findings.refuse(e),
     }
     declared.networks = networks.keys().cloned().collect();
-    for (section_name, out) in [("configs", &mut configs), ("secrets", &mut secrets)] {
+    for (section_name, out, names) in [
+        ("configs", &mut configs, &mut declared.configs),
+        ("secrets", &mut secrets, &mut declared.secrets),
+    ] {
         match section(section_name) {
             Ok(Some(m)) => {
                 for (key, value) in m {
                     let name = key_text(key);
+                    // Declared even when refused, so the services that use
+                    // it are not refused a second time for naming it.
+                    names.insert(name.clone());
                     match file_def(section_name, &name, value, vars) {
                         Ok(content) => {
                             out.insert(name, content);
@@ -232,8 +238,6 @@ fn read(top: &Mapping, vars: &Vars, findings: &mut Findings) -> Option<Compose> 
             Err(e) => findings.refuse(e),
         }
     }
-    declared.configs = configs.keys().cloned().collect();
-    declared.secrets = secrets.keys().cloned().collect();
 
     let mut services = BTreeMap::new();
     match section("services") {

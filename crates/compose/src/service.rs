@@ -96,6 +96,19 @@ pub struct PortSpec {
     pub published: u16,
     /// Port the service listens on.
     pub target: u16,
+    /// The transport.
+    pub protocol: Protocol,
+}
+
+/// A published port's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// TCP (forwarded by the guest when the published port differs).
+    #[default]
+    Tcp,
+    /// UDP: reachable on the service's own port (services share the
+    /// guest's network stack), so only `published == target` is accepted.
+    Udp,
 }
 
 /// When a service is restarted after it exits.
@@ -385,7 +398,7 @@ impl ServiceReader<'_> {
         keep(self.process(s), findings);
         keep(self.environment(s, findings), findings);
         keep(self.ports(s), findings);
-        let mounts = self.mounts(s, findings);
+        let mounts = self.mounts(name, s, findings);
         keep(mounts, findings);
         keep(self.lifecycle(name, s), findings);
         keep(self.confinement(s), findings);
@@ -611,7 +624,7 @@ impl ServiceReader<'_> {
         }
         let mut seen = BTreeSet::new();
         for port in &s.ports {
-            if !seen.insert(port.published) {
+            if !seen.insert((port.published, port.protocol == Protocol::Udp)) {
                 return Err(ComposeError::invalid(
                     self.field("ports"),
                     format!("port {} is published twice", port.published),
@@ -621,13 +634,19 @@ impl ServiceReader<'_> {
         Ok(())
     }
 
-    fn mounts(&self, s: &mut Service, findings: &mut Findings) -> Result<(), ComposeError> {
+    fn mounts(
+        &self,
+        name: &str,
+        s: &mut Service,
+        findings: &mut Findings,
+    ) -> Result<(), ComposeError> {
         match self.get("volumes") {
             None => {}
             Some(Value::Sequence(items)) => {
                 for (i, item) in items.iter().enumerate() {
                     let field = format!("{}[{i}]", self.field("volumes"));
                     s.volumes.push(parse_volume(
+                        name,
                         &field,
                         item,
                         &self.declared.volumes,
@@ -908,41 +927,48 @@ fn parse_port(field: &str, item: &Value) -> Result<Vec<PortSpec>, ComposeError> 
             None => port(text).map(|p| (p, p)),
         }
     };
-    let protocol_ok = |protocol: &str| -> Result<(), ComposeError> {
+    let protocol_of = |protocol: &str| -> Result<Protocol, ComposeError> {
         match protocol {
-            "tcp" => Ok(()),
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
             other => Err(ComposeError::Unsupported {
                 field: field.to_string(),
-                reason: format!("{other} ports are not published (only tcp)"),
+                reason: format!("{other} ports are not published (only tcp and udp)"),
             }),
         }
     };
-    let expand =
-        |published: (u16, u16), target: (u16, u16)| -> Result<Vec<PortSpec>, ComposeError> {
-            if published.1 - published.0 != target.1 - target.0 {
-                return Err(ComposeError::invalid(
-                    field,
-                    "the published and target ranges differ in length",
-                ));
-            }
-            Ok((0..=target.1 - target.0)
-                .map(|i| PortSpec {
-                    published: published.0 + i,
-                    target: target.0 + i,
-                })
-                .collect())
-        };
+    let expand = |published: (u16, u16),
+                  target: (u16, u16),
+                  protocol: Protocol|
+     -> Result<Vec<PortSpec>, ComposeError> {
+        if published.1 - published.0 != target.1 - target.0 {
+            return Err(ComposeError::invalid(
+                field,
+                "the published and target ranges differ in length",
+            ));
+        }
+        if protocol == Protocol::Udp && published != target {
+            return Err(ComposeError::Unsupported {
+                field: field.to_string(),
+                reason: "a udp port is reachable only on the port the service listens on (publish it as target:target)".into(),
+            });
+        }
+        Ok((0..=target.1 - target.0)
+            .map(|i| PortSpec {
+                published: published.0 + i,
+                target: target.0 + i,
+                protocol,
+            })
+            .collect())
+    };
     match item {
         Value::Number(n) => {
             let p = port(&n.to_string())?;
-            Ok(vec![PortSpec {
-                published: p,
-                target: p,
-            }])
+            expand((p, p), (p, p), Protocol::Tcp)
         }
         Value::String(s) => {
             let (spec, protocol) = s.rsplit_once('/').unwrap_or((s, "tcp"));
-            protocol_ok(protocol)?;
+            let protocol = protocol_of(protocol)?;
             // An IPv6 host address is written in brackets: drop it first.
             let spec = match spec.strip_prefix('[') {
                 Some(rest) => rest.split_once("]:").map_or(spec, |(_, tail)| tail),
@@ -952,27 +978,27 @@ fn parse_port(field: &str, item: &Value) -> Result<Vec<PortSpec>, ComposeError> 
             match parts.as_slice() {
                 [target] => {
                     let t = range(target)?;
-                    expand(t, t)
+                    expand(t, t, protocol)
                 }
                 [target, published] | [target, published, _] => {
                     let target = range(target)?;
                     if published.is_empty() {
-                        return expand(target, target);
+                        return expand(target, target, protocol);
                     }
-                    expand(range(published)?, target)
+                    expand(range(published)?, target, protocol)
                 }
                 _ => Err(ComposeError::invalid(field, "expected [published:]target")),
             }
         }
         Value::Mapping(m) => {
             let get = |k: &str| m.get(k).map(|v| scalar(field, v)).transpose();
-            protocol_ok(get("protocol")?.as_deref().unwrap_or("tcp"))?;
+            let protocol = protocol_of(get("protocol")?.as_deref().unwrap_or("tcp"))?;
             let target =
                 get("target")?.ok_or_else(|| ComposeError::invalid(field, "target is required"))?;
             let target = range(&target)?;
             match get("published")? {
-                Some(p) if !p.is_empty() => expand(range(&p)?, target),
-                _ => expand(target, target),
+                Some(p) if !p.is_empty() => expand(range(&p)?, target, protocol),
+                _ => expand(target, target, protocol),
             }
         }
         _ => Err(ComposeError::invalid(
@@ -1087,11 +1113,13 @@ volumes:
             [
                 PortSpec {
                     published: 80,
-                    target: 8080
+                    target: 8080,
+                    protocol: Protocol::Tcp
                 },
                 PortSpec {
                     published: 9000,
-                    target: 9000
+                    target: 9000,
+                    protocol: Protocol::Tcp
                 }
             ]
         );
@@ -1115,6 +1143,136 @@ volumes:
 
     fn err(yaml: &str) -> String {
         Compose::parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn port_forms() {
+        let ports = |yaml: &str| {
+            Compose::parse(&format!(
+                "services:\n  web:\n    image: x\n    ports: {yaml}\n"
+            ))
+            .map(|c| c.services["web"].ports.clone())
+        };
+        let p = ports("[\"8000-8002:9000-9002\", \"127.0.0.1:81:80\", \"[::1]:82:80\", \"53:53/udp\", {target: 443, published: 8443}]").unwrap();
+        let pairs: Vec<(u16, u16, Protocol)> = p
+            .iter()
+            .map(|p| (p.published, p.target, p.protocol))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (8000, 9000, Protocol::Tcp),
+                (8001, 9001, Protocol::Tcp),
+                (8002, 9002, Protocol::Tcp),
+                (81, 80, Protocol::Tcp),
+                (82, 80, Protocol::Tcp),
+                (53, 53, Protocol::Udp),
+                (8443, 443, Protocol::Tcp),
+            ]
+        );
+        assert!(matches!(
+            ports("[\"5353:53/udp\"]"),
+            Err(ComposeError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            ports("[\"80/sctp\"]"),
+            Err(ComposeError::Unsupported { .. })
+        ));
+        assert!(ports("[\"8000-8001:9000\"]").is_err());
+        assert!(
+            ports("[\"80\", \"80:80\"]")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+        // The same number over tcp and udp is two ports.
+        assert_eq!(ports("[\"53:53\", \"53:53/udp\"]").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn anonymous_volumes_live_on_the_data_disk_per_service_and_target() {
+        let c = Compose::parse(
+            "services:\n  web:\n    image: x\n    volumes: [/var/lib/data, {type: volume, target: /cache}]\n  db:\n    image: x\n    volumes: [/var/lib/data]\n",
+        )
+        .unwrap();
+        let web = &c.services["web"].volumes;
+        let db = &c.services["db"].volumes;
+        assert_eq!(
+            web[0].source,
+            VolumeSource::Named(crate::anonymous_volume_name("web", "/var/lib/data"))
+        );
+        assert_ne!(web[0].source, db[0].source);
+        assert_ne!(web[0].source, web[1].source);
+    }
+
+    #[test]
+    fn a_check_names_every_problem_once() {
+        let check = Compose::check(
+            "services:\n  web:\n    image: x\n    build: .\n    secrets: [pw]\n    logging: {driver: none}\n    frobnicate: 1\n  api:\n    image: x\n    depends_on: [web]\nsecrets:\n  pw:\n    file: ./pw.txt\n",
+            &Vars::new(),
+        );
+        assert!(check.compose.is_none());
+        let refused: Vec<String> = check.refused.iter().map(ToString::to_string).collect();
+        assert_eq!(refused.len(), 3, "{refused:#?}");
+        assert!(
+            refused.iter().any(|r| r.starts_with("secrets.pw.file")),
+            "{refused:#?}"
+        );
+        assert!(
+            refused.iter().any(|r| r.starts_with("services.web.build")),
+            "{refused:#?}"
+        );
+        assert!(
+            refused
+                .iter()
+                .any(|r| r.starts_with("services.web.frobnicate")),
+            "{refused:#?}"
+        );
+        assert_eq!(check.ignored.len(), 1);
+        assert_eq!(check.ignored[0].field, "services.web.logging");
+    }
+
+    #[test]
+    fn profiles_follow_compose_profiles() {
+        let yaml =
+            "services:\n  web:\n    image: x\n  debug:\n    image: x\n    profiles: [debug]\n";
+        let off = Compose::check(yaml, &Vars::new());
+        assert_eq!(
+            off.compose.unwrap().services.keys().collect::<Vec<_>>(),
+            ["web"]
+        );
+        assert!(off.ignored[0].reason.contains("COMPOSE_PROFILES"));
+        let vars = Vars::from([("COMPOSE_PROFILES".to_string(), "debug".to_string())]);
+        assert_eq!(
+            Compose::check(yaml, &vars).compose.unwrap().services.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn configs_and_secrets_take_content_or_env() {
+        let vars = Vars::from([("API_KEY".to_string(), "s3cret".to_string())]);
+        let (c, _) = Compose::parse_with_vars(
+            "services:\n  web:\n    image: x\n    configs: [{source: conf, target: /etc/app.conf, mode: 0400, uid: '33'}]\n    secrets: [key]\nconfigs:\n  conf:\n    content: \"port=${PORT:-80}\"\nsecrets:\n  key:\n    environment: API_KEY\n",
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(c.configs["conf"], "port=80");
+        assert_eq!(c.secrets["key"], "s3cret");
+        let files = &c.services["web"].files;
+        assert_eq!(
+            (files[0].target.as_str(), files[0].mode, files[0].uid),
+            ("/etc/app.conf", 0o400, 33)
+        );
+        assert_eq!(
+            (files[1].target.as_str(), files[1].mode),
+            ("/run/secrets/key", 0o444)
+        );
+        let unset = Compose::parse(
+            "services:\n  web:\n    image: x\nsecrets:\n  key:\n    environment: NOPE\n",
+        )
+        .unwrap_err();
+        assert!(unset.to_string().contains("NOPE"), "{unset}");
     }
 
     #[test]

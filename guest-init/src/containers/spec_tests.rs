@@ -263,7 +263,8 @@ fn limits_and_process_keys_reach_the_runtime_spec() {
             .contains(&json!("size=134217728"))
     );
     // An unknown group name is refused, naming it.
-    let bad = service("services:\n  web:\n    image: x\n    command: [a]\n    group_add: [nogroup]\n");
+    let bad =
+        service("services:\n  web:\n    image: x\n    command: [a]\n    group_add: [nogroup]\n");
     let err = build_spec(&SpecInput {
         name: "web",
         service: &bad,
