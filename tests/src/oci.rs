@@ -498,12 +498,44 @@ fn fetch(url: &str, hash: &Hash) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// This machine's Debian mirror (the archive its apt sources name for the
+/// main suites), e.g. `http://deb.debian.org/debian/`: locks hold pool
+/// paths only, so no mirror host is written into the repository.
+fn debian_mirror() -> anyhow::Result<String> {
+    let out = Command::new("apt-get")
+        .args([
+            "indextargets",
+            "--format",
+            "$(REPO_URI) $(RELEASE)",
+            "Identifier: Packages",
+        ])
+        .output()
+        .context("cannot run apt-get")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(_, release)| matches!(*release, "bookworm" | "trixie"))
+        .map(|(uri, _)| {
+            if uri.ends_with('/') {
+                uri.to_string()
+            } else {
+                format!("{uri}/")
+            }
+        })
+        .context("apt knows no Debian mirror for bookworm or trixie (run scripts/install-deps)")
+}
+
 /// A pinned .deb; when Debian no longer serves that version (a point release
 /// or security update superseded it), the current one from the host's apt
 /// (verified by apt against the signed index), with a warning: the image
 /// then differs from the locked one, but the tests can still run.
 fn fetch_deb(deb: &LockedFile) -> anyhow::Result<PathBuf> {
-    let pinned = match fetch(&deb.url, &Hash::Sha256(deb.sha256.clone())) {
+    let url = if deb.url.contains("://") {
+        deb.url.clone()
+    } else {
+        format!("{}{}", debian_mirror()?, deb.url)
+    };
+    let pinned = match fetch(&url, &Hash::Sha256(deb.sha256.clone())) {
         Ok(path) => return Ok(path),
         Err(e) => e,
     };

@@ -321,6 +321,10 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                "options": ["nosuid", "noexec", "nodev", sys_mode]}),
+        // The service's own cgroup (its cgroup namespace's root), read-only
+        // unless privileged, as docker mounts it.
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+               "options": ["nosuid", "noexec", "nodev", "relatime", sys_mode]}),
     ];
     for tmpfs in &service.tmpfs {
         let mut options = vec![
@@ -425,7 +429,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         .map_err(|e| ContainerError::spec(input.name, format!("invalid runtime spec: {e}")))
 }
 
-/// The namespaces a service gets: its own pid, ipc, uts and mount
+/// The namespaces a service gets: its own pid, ipc, uts, mount and cgroup
 /// namespaces, minus those it shares with the guest (`pid: host`, ...).
 fn namespaces(service: &Service) -> Vec<serde_json::Value> {
     let host = service.host_namespaces;
@@ -434,6 +438,7 @@ fn namespaces(service: &Service) -> Vec<serde_json::Value> {
         ("ipc", host.ipc),
         ("uts", host.uts),
         ("mount", false),
+        ("cgroup", false),
     ]
     .into_iter()
     .filter(|(_, shared)| !shared)

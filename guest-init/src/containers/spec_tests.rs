@@ -85,7 +85,7 @@ fn image_config_alone_gives_the_process() {
         .iter()
         .map(|ns| ns["type"].as_str().unwrap())
         .collect();
-    assert_eq!(namespaces, ["pid", "ipc", "uts", "mount"]);
+    assert_eq!(namespaces, ["pid", "ipc", "uts", "mount", "cgroup"]);
     let hosts = spec["mounts"]
         .as_array()
         .unwrap()
@@ -240,7 +240,7 @@ fn limits_and_process_keys_reach_the_runtime_spec() {
         .collect();
     assert_eq!(
         namespaces,
-        ["ipc", "uts", "mount"],
+        ["ipc", "uts", "mount", "cgroup"],
         "pid: host shares the guest's"
     );
     let resources = &linux["resources"];
