@@ -157,6 +157,12 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
     for (dir, mode) in EMPTY_DIRS {
         tree.add_dir(dir, *mode)?;
     }
+    let engine = crate::inputs::engine_image()?;
+    tree.add_file(
+        crate::inputs::ENGINE_IMAGE_PATH,
+        0o644,
+        format!("{}\n", engine.reference()).into_bytes(),
+    )?;
     let ca = names_with(&packages, Role::CaCertificates);
     tree.add_file(CA_BUNDLE, 0o644, certs::bundle(&root, &ca)?)?;
     let mkfs = names_with(&packages, Role::Mkfs);

@@ -46,21 +46,64 @@ pub struct PinnedPackage {
     pub dev_only: bool,
 }
 
+/// The container engine image, pinned by manifest digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineImage {
+    /// Repository path, without a registry host (the guest pulls it from
+    /// the registry its host names).
+    pub repository: String,
+    /// `sha256:<hex>` of the image manifest.
+    pub digest: String,
+}
+
+impl EngineImage {
+    /// `repository@digest`, as the guest reads it from
+    /// [`ENGINE_IMAGE_PATH`].
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
+}
+
+/// Where the OS image carries the engine pin.
+pub const ENGINE_IMAGE_PATH: &str = "/etc/dstack/engine-image";
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LockFile {
+    engine: EngineImage,
     package: Vec<PinnedPackage>,
 }
 
 /// Returns every package pinned in `inputs.lock`, in file order.
 pub fn pinned_packages() -> Result<Vec<PinnedPackage>, BuildError> {
-    parse_lock(INPUTS_LOCK)
+    parse_lock(INPUTS_LOCK).map(|lock| lock.package)
 }
 
-fn parse_lock(text: &str) -> Result<Vec<PinnedPackage>, BuildError> {
+/// The container engine image pinned in `inputs.lock`.
+pub fn engine_image() -> Result<EngineImage, BuildError> {
+    parse_lock(INPUTS_LOCK).map(|lock| lock.engine)
+}
+
+fn parse_lock(text: &str) -> Result<LockFile, BuildError> {
     let lock: LockFile = toml::from_str(text).map_err(|e| BuildError::InputsLock {
         reason: e.to_string(),
     })?;
+    let digest_ok = lock
+        .engine
+        .digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+    if !digest_ok || lock.engine.repository.is_empty() || lock.engine.repository.contains('@') {
+        return Err(BuildError::InputsLock {
+            reason: "engine: repository and a sha256:<64 hex> manifest digest are required".into(),
+        });
+    }
     for pkg in &lock.package {
         let is_hex = pkg.sha256.len() == 64
             && pkg
@@ -84,7 +127,7 @@ fn parse_lock(text: &str) -> Result<Vec<PinnedPackage>, BuildError> {
             });
         }
     }
-    Ok(lock.package)
+    Ok(lock)
 }
 
 /// The kernel release (`uname -r`) of a Debian kernel image package, e.g.
@@ -124,8 +167,23 @@ mod tests {
     }
 
     #[test]
+    fn the_engine_is_pinned_by_digest() {
+        let engine = engine_image().unwrap();
+        assert_eq!(engine.repository, "dstack/engine");
+        assert!(engine.reference().starts_with("dstack/engine@sha256:"));
+        let unpinned = INPUTS_LOCK.replace(&engine.digest, "latest");
+        assert!(matches!(
+            parse_lock(&unpinned),
+            Err(BuildError::InputsLock { .. })
+        ));
+    }
+
+    #[test]
     fn bad_hash_and_unknown_fields_are_refused() {
         let bad_hash = r#"
+            [engine]
+            repository = "dstack/engine"
+            digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
             [[package]]
             name = "linux-image-x"
             version = "1"
@@ -147,6 +205,9 @@ mod tests {
     #[test]
     fn exactly_one_kernel_and_kernel_source_are_required() {
         let none = r#"
+            [engine]
+            repository = "dstack/engine"
+            digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
             [[package]]
             name = "ovmf"
             version = "1"

@@ -39,7 +39,9 @@ mod tree;
 // The public interface is:
 pub use build::{BuildOptions, CMDLINE, KernelChoice, build_image, fetch_pinned};
 pub use error::BuildError;
-pub use inputs::{PinnedPackage, Role, pinned_packages};
+pub use inputs::{
+    ENGINE_IMAGE_PATH, EngineImage, PinnedPackage, Role, engine_image, pinned_packages,
+};
 pub use kernel::{
     BuiltKernel, FRAGMENTS, Fragment, KernelBuild, KernelProgress, build_kernel, cache_key,
     requested_options, toolchain_id,

@@ -22,6 +22,9 @@ pub struct Config {
     pub vsock: VsockDevice,
     /// Registry rewrites handed to guests; their targets are plain-HTTP registries.
     pub registry_aliases: Vec<RegistryAlias>,
+    /// The registry guests pull the container engine image from (by the
+    /// digest their OS image pins).
+    pub engine_registry: String,
     /// How long each step of a graceful stop may take.
     pub stop_timeouts: StopTimeouts,
     /// Serial and app logs rotate at this size.

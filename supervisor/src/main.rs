@@ -77,6 +77,12 @@ struct RunArgs {
     /// defaults 127.0.0.1:5000 and localhost:5000 → 10.0.2.2:5000).
     #[arg(long = "registry-alias", value_parser = config::parse_registry_alias)]
     registry_aliases: Vec<RegistryAlias>,
+    /// Registry (host[:port], as image references name it) guests pull the
+    /// container engine from when a service mounts /var/run/docker.sock;
+    /// the guest takes only the digest its OS image pins, so this registry
+    /// need not be trusted.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    engine_registry: String,
     /// Upstream's SGX local key provider (host:port, upstream's default
     /// 127.0.0.1:3443) to forward GetSealingKey to [default: on hosts
     /// without TDX the supervisor plays a simulated one; TDX hosts have none].
@@ -311,6 +317,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         qemu,
         vsock,
         registry_aliases,
+        engine_registry: args.engine_registry,
         local_key_provider: args.local_key_provider,
         guest_pccs_url,
         kms_urls: args.kms_urls,

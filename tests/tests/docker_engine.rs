@@ -1,7 +1,10 @@
-//! The container engine in a real CVM (QEMU TCG): Debian's podman, from the
-//! pinned engine image, serves the Docker Engine API to a service that
-//! drives it with the official docker CLI: it pulls from the local
-//! registry and starts a second container, which answers on its port.
+//! The container engine in a real CVM (QEMU TCG): a service that mounts
+//! /var/run/docker.sock gets Debian's podman, from the engine image the OS
+//! image pins by digest, serving the Docker Engine API. The service drives
+//! it with the official docker CLI (Debian's docker-cli and compose
+//! plugin): it pulls from the local registry, starts a second container
+//! that answers on its port, reads its logs, stops and removes it, and
+//! brings a second compose file up and down.
 #![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
 
 use std::time::{Duration, Instant};
@@ -10,47 +13,61 @@ use dstack_e2e::harness::{Supervisor, push_example, push_image, repo_root, tempf
 
 const COMPOSE: &str = r#"
 configs:
-  local-registry:
+  second:
     content: |
-      [[registry]]
-      location = "10.0.2.2:5000"
-      insecure = true
+      services:
+        hello:
+          image: 127.0.0.1:5000/dstack-examples/hello:latest
+          command: ["/bin/busybox", "httpd", "-f", "-p", "8098", "-h", "/www"]
 services:
-  engine:
-    image: 127.0.0.1:5000/dstack/engine:latest
-    privileged: true
-    volumes:
-      - engine-data:/var/lib/containers
-      - /run/engine:/run/podman
-    configs:
-      - source: local-registry
-        target: /etc/containers/registries.conf.d/local.conf
   client:
     image: 127.0.0.1:5000/dstack-tests/docker-client:latest
-    volumes: ["/run/engine:/run/engine"]
-    environment:
-      DOCKER_HOST: unix:///run/engine/podman.sock
+    volumes: ["/var/run/docker.sock:/var/run/docker.sock"]
+    configs:
+      - source: second
+        target: /second/compose.yml
     command:
       - /bin/sh
       - -c
       - >-
-        while [ ! -S /run/engine/podman.sock ]; do sleep 1; done;
         docker version --format 'server={{.Server.Version}}';
-        docker pull 10.0.2.2:5000/dstack-examples/hello:latest;
-        docker run -d --name second 10.0.2.2:5000/dstack-examples/hello:latest /bin/busybox httpd -f -p 8099 -h /www;
+        docker pull 127.0.0.1:5000/dstack-examples/hello:latest;
+        docker run -d --name second 127.0.0.1:5000/dstack-examples/hello:latest /bin/busybox httpd -f -p 8099 -h /www;
         sleep 2;
         docker ps --format 'ps={{.Names}}:{{.Status}}';
         echo "answer=$$(wget -qO- http://127.0.0.1:8099/ | head -c 40)";
+        docker logs second > /dev/null && echo logs=ok;
+        docker stop -t 1 second > /dev/null && docker rm second > /dev/null && echo removed=ok;
+        docker compose -p second -f /second/compose.yml up -d;
+        sleep 2;
+        echo "compose_answer=$$(wget -qO- http://127.0.0.1:8098/ | head -c 40)";
+        docker compose -p second -f /second/compose.yml down && echo compose_down=ok;
         echo done;
         exec sleep 3600
-volumes:
-  engine-data: {}
 "#;
+
+/// The engine digest `inputs.lock` pins (what the OS image carries).
+fn pinned_engine_digest() -> String {
+    let lock = std::fs::read_to_string(repo_root().join("reproducible/inputs.lock")).unwrap();
+    let line = lock
+        .lines()
+        .skip_while(|l| l.trim() != "[engine]")
+        .find(|l| l.trim_start().starts_with("digest"))
+        .expect("an [engine] digest in inputs.lock");
+    line.split('"').nth(1).unwrap().to_string()
+}
 
 #[test]
 fn a_service_drives_the_engine_with_the_docker_cli() {
     let dir = TempDir::new("dstack-engine").unwrap();
-    push_image(&repo_root().join("reproducible/engine")).unwrap();
+    // The engine image rebuilds to the digest the OS image pins: the pin
+    // cannot drift from reproducible/engine.
+    let engine = push_image(&repo_root().join("reproducible/engine")).unwrap();
+    assert_eq!(
+        engine,
+        pinned_engine_digest(),
+        "reproducible/engine no longer builds the pinned digest: update [engine] in reproducible/inputs.lock"
+    );
     push_image(&repo_root().join("tests/images/docker-client")).unwrap();
     push_example("hello").unwrap();
     let compose = dir.path().join("compose.yml");

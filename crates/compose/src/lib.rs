@@ -26,7 +26,7 @@ pub use mounts::{
 };
 pub use mr_config::{MR_CONFIG_ID_LEN, mr_config_id_matches, mr_config_id_v1, mr_config_id_v2};
 pub use network::{NetworkMode, ServiceNetwork};
-pub use project::{Check, Compose, NetworkDef};
+pub use project::{Check, Compose, ENGINE_SERVICE, NetworkDef};
 pub use security::{CapabilityName, LINUX_CAPABILITIES, SeccompMode, Security};
 pub use service::{
     Dependency, DependencyCondition, Healthcheck, HostNamespaces, PLATFORMS, PortSpec, Protocol,

@@ -38,6 +38,9 @@ pub enum VolumeSource {
     Named(String),
     /// One of [`DSTACK_SOCKETS`].
     DstackSocket(String),
+    /// One of [`DOCKER_SOCKETS`]: the Docker Engine API of the CVM's
+    /// container engine (started for the app when a service mounts it).
+    DockerSocket(String),
     /// A path of the CVM's own filesystem (absolute, normalised; relative
     /// paths are resolved against [`APP_DIR`]). Created as a directory when
     /// missing, as docker does for a bind mount's host path.
@@ -307,10 +310,7 @@ fn bind_source(field: &str, source: &str) -> Result<VolumeSource, ComposeError> 
         return Ok(VolumeSource::DstackSocket(path));
     }
     if DOCKER_SOCKETS.contains(&path.as_str()) {
-        return Err(ComposeError::Unsupported {
-            field: field.to_string(),
-            reason: "a Docker Engine API (docker.sock) is not served in this CVM yet".into(),
-        });
+        return Ok(VolumeSource::DockerSocket(path));
     }
     Ok(VolumeSource::CvmPath(path))
 }

@@ -10,6 +10,10 @@ use crate::service::{Declared, profile_active, profiles};
 use crate::yaml::{Mapping, Value, boolean, key_text, load, scalar};
 use crate::{ComposeError, Findings, Ignored, Service};
 
+/// The service name of the CVM's container engine, which the guest adds
+/// when a service mounts the Docker Engine API socket (reserved).
+pub const ENGINE_SERVICE: &str = "dstack-engine";
+
 /// A parsed, validated compose file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compose {
@@ -248,6 +252,13 @@ fn read(top: &Mapping, vars: &Vars, findings: &mut Findings) -> Option<Compose> 
                     findings.refuse(ComposeError::invalid(
                         format!("services.{name}"),
                         "service names use letters, digits, '.', '_' and '-'",
+                    ));
+                    continue;
+                }
+                if name == ENGINE_SERVICE {
+                    findings.refuse(ComposeError::invalid(
+                        format!("services.{name}"),
+                        "this name is the CVM's own container engine; choose another",
                     ));
                     continue;
                 }

@@ -293,6 +293,13 @@ pub(crate) fn profiles(name: &str, value: &Value) -> Result<Vec<String>, Compose
 }
 
 impl Service {
+    /// Whether the service mounts the Docker Engine API socket.
+    pub fn uses_docker_socket(&self) -> bool {
+        self.volumes
+            .iter()
+            .any(|v| matches!(v.source, crate::VolumeSource::DockerSocket(_)))
+    }
+
     /// Reads one service. Every key's problem is recorded in `findings`
     /// (so a check lists them all); `None` when any key was refused.
     pub(crate) fn parse(

@@ -60,6 +60,11 @@ pub struct SysConfig {
     /// Registries (host:port, after aliasing) that may be reached over plain HTTP.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// The registry (`host[:port]`, before aliasing) the guest pulls the
+    /// container engine image from, by the digest its OS image pins (so
+    /// the registry is not trusted). Empty: no engine available.
+    #[serde(default)]
+    pub engine_registry: String,
     /// KMS URLs (empty: no KMS).
     #[serde(default)]
     pub kms_urls: Vec<String>,
@@ -91,6 +96,7 @@ impl SysConfig {
             network: NetworkConfig::default(),
             registry_aliases: Vec::new(),
             insecure_registries: Vec::new(),
+            engine_registry: String::new(),
             kms_urls: Vec::new(),
             gateway_urls: Vec::new(),
             pccs_url: String::new(),

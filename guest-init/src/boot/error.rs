@@ -25,6 +25,9 @@ pub enum BootError {
     /// app-compose.json.
     #[error("app-compose.json is invalid")]
     Compose(#[source] ComposeError),
+    /// The container engine a service asked for.
+    #[error("the container engine cannot be provided")]
+    Engine(#[from] crate::containers::EngineError),
     /// Identity derivation (no randomness).
     #[error("deriving the instance id failed")]
     Identity(#[source] std::io::Error),

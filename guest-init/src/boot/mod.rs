@@ -526,6 +526,11 @@ impl Boot {
         let (_, compose, unset) =
             AppCompose::parse_with_vars(&bundle.app_compose, &vars).map_err(BootError::Compose)?;
         drop(vars);
+        let compose = crate::containers::add_engine(
+            compose,
+            &bundle.sys_config,
+            &self.cfg.etc_dir.join("dstack/engine-image"),
+        )?;
         if !unset.is_empty() {
             tracing::warn!(
                 "the compose file uses variables the app's env does not set (empty): {}",

@@ -169,6 +169,8 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
             }
             // The guest's own filesystem: it holds no mount of the host's.
             VolumeSource::CvmPath(path) => std::path::PathBuf::from(path),
+            // The engine's API socket (the engine is healthy by now).
+            VolumeSource::DockerSocket(_) => std::path::PathBuf::from(super::engine::ENGINE_SOCKET),
         };
         binds.push(BindMount {
             source,

@@ -7,6 +7,7 @@
 //! `<run_dir>/containers/<service>` (bundle, hosts, resolv.conf, rootfs
 //! mount) and `<run_dir>/youki` (libcontainer state).
 
+mod engine;
 mod error;
 mod hardening;
 mod health;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use dstack_compose::{Compose, ComposeError};
 use dstack_proto::guest::{ContainerInfo, ContainerState};
 use dstack_proto::host::{LogEntry, LogStream, RegistryAlias};
+pub use engine::{EngineError, add_engine};
 pub use error::{ContainerError, RuntimeError};
 pub use helper::{HELPER_COMMAND, helper_main};
 use nix::sys::signal::Signal;

@@ -39,6 +39,7 @@ impl Supervisor {
                         app_compose,
                         self.config.log_max_bytes,
                         self.config.registry_aliases.clone(),
+                        self.config.engine_registry.clone(),
                         self.config.guest_pccs_url.clone(),
                     ));
                     if let Some(authority) = &self.sim {

@@ -120,6 +120,7 @@ impl Supervisor {
             request.app_compose,
             self.config.log_max_bytes,
             self.config.registry_aliases.clone(),
+            self.config.engine_registry.clone(),
             self.config.guest_pccs_url.clone(),
         ));
         if let Err(e) = self.attach(&vm) {

@@ -74,6 +74,7 @@ impl Host {
                 VsockDevice::Kernel
             },
             registry_aliases: default_registry_aliases(),
+            engine_registry: "127.0.0.1:5000".into(),
             local_key_provider: None,
             guest_pccs_url: String::new(),
             kms_urls: Vec::new(),

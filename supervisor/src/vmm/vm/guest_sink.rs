@@ -38,6 +38,7 @@ impl GuestSink for Vm {
             sys_config: SysConfig {
                 registry_aliases: self.registry_aliases.clone(),
                 insecure_registries: self.insecure_registries.clone(),
+                engine_registry: self.engine_registry.clone(),
                 pccs_url: self.pccs_url.clone(),
                 kms_urls: manifest.kms_urls.clone(),
                 vm_config,
@@ -143,6 +144,7 @@ pub(super) mod tests {
             "{\"a\":1}".into(),
             1 << 20,
             crate::config::default_registry_aliases(),
+            "127.0.0.1:5000".into(),
             "http://10.0.2.2:8083".into(),
         )
     }

@@ -76,6 +76,7 @@ pub(crate) struct Vm {
     /// The host's local key provider, if it runs one.
     key_provider: Mutex<Option<Arc<KeyProvider>>>,
     registry_aliases: Vec<RegistryAlias>,
+    engine_registry: String,
     insecure_registries: Vec<String>,
     /// The PCCS URL the guest gets (empty: none).
     pccs_url: String,
@@ -101,6 +102,7 @@ impl Vm {
         app_compose: String,
         log_max_bytes: u64,
         registry_aliases: Vec<RegistryAlias>,
+        engine_registry: String,
         pccs_url: String,
     ) -> Self {
         let guest = GuestStatus::load(&dir.events());
@@ -113,6 +115,7 @@ impl Vm {
             ))),
             insecure_registries: crate::config::insecure_registries(&registry_aliases),
             registry_aliases,
+            engine_registry,
             pccs_url,
             dir,
             app_compose,
