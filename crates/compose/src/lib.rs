@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod app_compose;
+mod build;
 mod duration;
 pub mod interpolate;
 mod limits;
@@ -29,8 +30,8 @@ pub use network::{NetworkMode, ServiceNetwork};
 pub use project::{Check, Compose, ENGINE_SERVICE, NetworkDef};
 pub use security::{CapabilityName, LINUX_CAPABILITIES, SeccompMode, Security};
 pub use service::{
-    Dependency, DependencyCondition, Healthcheck, HostNamespaces, PLATFORMS, PortSpec, Protocol,
-    RestartPolicy, Service,
+    BuildSpec, Dependency, DependencyCondition, Healthcheck, HostNamespaces, PLATFORMS, PortSpec,
+    Protocol, RestartPolicy, Service,
 };
 pub use yaml::parse_bytes;
 

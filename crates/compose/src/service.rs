@@ -22,11 +22,34 @@ use crate::{ComposeError, Findings, Security};
 /// The names compose files give the one platform a CVM runs.
 pub const PLATFORMS: [&str; 4] = ["linux/amd64", "linux/x86_64", "amd64", "x86_64"];
 
+/// How a service's image is built in the CVM (`build:`), by its container
+/// engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// The build context: an absolute path of the CVM (a relative
+    /// `context` is resolved under `/dstack`, as upstream's guest runs
+    /// docker compose there).
+    pub context: String,
+    /// The Dockerfile, relative to the context (`dockerfile`).
+    pub dockerfile: Option<String>,
+    /// The Dockerfile's text (`dockerfile_inline`).
+    pub dockerfile_inline: Option<String>,
+    /// `args` (a value-less arg takes the app's variable, or is left out).
+    pub args: BTreeMap<String, String>,
+    /// `target`: the stage to build.
+    pub target: Option<String>,
+    /// `no_cache`.
+    pub no_cache: bool,
+}
+
 /// One service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
-    /// Image reference.
+    /// Image reference (for a built image: `image:` if set, else
+    /// `dstack-build/<service>:latest`).
     pub image: String,
+    /// `build:`.
+    pub build: Option<BuildSpec>,
     /// Overrides the image's CMD.
     pub command: Option<Vec<String>>,
     /// Overrides the image's ENTRYPOINT.
@@ -293,6 +316,12 @@ pub(crate) fn profiles(name: &str, value: &Value) -> Result<Vec<String>, Compose
 }
 
 impl Service {
+    /// Whether the service needs the CVM's container engine: it builds its
+    /// image or mounts the Docker Engine API socket.
+    pub fn needs_engine(&self) -> bool {
+        self.build.is_some() || self.uses_docker_socket()
+    }
+
     /// Whether the service mounts the Docker Engine API socket.
     pub fn uses_docker_socket(&self) -> bool {
         self.volumes
@@ -374,6 +403,7 @@ impl ServiceReader<'_> {
         };
         let mut service = Service {
             image: String::new(),
+            build: None,
             command: None,
             entrypoint: None,
             environment: BTreeMap::new(),
@@ -400,7 +430,7 @@ impl ServiceReader<'_> {
             network: ServiceNetwork::default(),
         };
         let s = &mut service;
-        keep(self.image(s), findings);
+        keep(self.image(name, s, findings), findings);
         keep(self.platform(findings), findings);
         keep(self.process(s), findings);
         keep(self.environment(s, findings), findings);
@@ -425,12 +455,23 @@ impl ServiceReader<'_> {
         Ok(service)
     }
 
-    fn image(&self, s: &mut Service) -> Result<(), ComposeError> {
-        if self.get("build").is_some() {
-            return Err(ComposeError::Unsupported {
-                field: self.field("build"),
-                reason: "building images inside the CVM is not available yet; build and push the image, then name it under image:".into(),
-            });
+    fn image(
+        &self,
+        name: &str,
+        s: &mut Service,
+        findings: &mut Findings,
+    ) -> Result<(), ComposeError> {
+        if let Some(build) = self.get("build") {
+            s.build = Some(crate::build::parse_build(
+                &self.field("build"),
+                build,
+                findings,
+            )?);
+            s.image = match self.get("image") {
+                Some(Value::String(image)) if !image.trim().is_empty() => image.trim().to_string(),
+                _ => format!("dstack-build/{}:latest", name.to_ascii_lowercase()),
+            };
+            return Ok(());
         }
         match self.get("image") {
             Some(Value::String(image)) if !image.trim().is_empty() => {

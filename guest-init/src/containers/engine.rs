@@ -1,5 +1,6 @@
 //! The CVM's container engine: when a service mounts the Docker Engine API
-//! socket (`/var/run/docker.sock`), the guest adds one more service to the
+//! socket (`/var/run/docker.sock`) or builds its image (`build:`, with
+//! `/dstack` as upstream's build context), the guest adds one more service to the
 //! app, [`ENGINE_SERVICE`]: Debian's podman from the image the OS image
 //! pins by digest (`/etc/dstack/engine-image`, part of the OS image hash),
 //! pulled from the registry the host names — which needs no trust, since
@@ -25,7 +26,7 @@ pub(crate) const ENGINE_SOCKET: &str = "/run/dstack/engine/podman.sock";
 pub enum EngineError {
     /// The OS image carries no engine pin.
     #[error(
-        "service {service} mounts the Docker Engine API socket, but this OS image pins no container engine ({path}: {reason})"
+        "service {service} needs the container engine (docker.sock or build:), but this OS image pins none ({path}: {reason})"
     )]
     NoPin {
         /// A service that needs the engine.
@@ -40,7 +41,7 @@ pub enum EngineError {
     BadPin(String),
     /// The host named no registry to pull the engine from.
     #[error(
-        "service {0} mounts the Docker Engine API socket, but the host names no engine registry (supervisor --engine-registry)"
+        "service {0} needs the container engine (docker.sock or build:), but the host names no engine registry (supervisor --engine-registry)"
     )]
     NoRegistry(String),
     /// The engine's own service did not parse (a bug).
@@ -99,7 +100,7 @@ pub fn add_engine(
     let users: Vec<String> = compose
         .services
         .iter()
-        .filter(|(_, s)| s.uses_docker_socket())
+        .filter(|(_, s)| s.needs_engine())
         .map(|(name, _)| name.clone())
         .collect();
     let Some(first) = users.first() else {
@@ -120,6 +121,7 @@ services:
     volumes:
       - "{ENGINE_SERVICE}:/var/lib/containers"
       - "{ENGINE_SOCKET_DIR}:/run/podman"
+      - "/dstack:/dstack:ro"
     configs:
       - source: registries
         target: /etc/containers/registries.conf.d/dstack.conf

@@ -123,6 +123,14 @@ pub enum ContainerError {
         /// What happened to it, e.g. "exited with code 1".
         reason: String,
     },
+    /// Building the service's image failed.
+    #[error("service {service}: building its image failed: {reason}")]
+    Build {
+        /// The service.
+        service: String,
+        /// What failed (the build's last output lines).
+        reason: String,
+    },
     /// The service was not pulled before it was started.
     #[error("service {service}: image {image} was not pulled")]
     NotPulled {

@@ -362,6 +362,9 @@ pub(crate) async fn supervise(
     };
     if let Err(e) = async {
         wait_for_dependencies(&inner, &name).await?;
+        if inner.image_root(&name).is_err() {
+            super::build::build_image(&inner, &name).await?;
+        }
         prepare(&inner, &name).await
     }
     .await

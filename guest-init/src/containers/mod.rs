@@ -7,6 +7,7 @@
 //! `<run_dir>/containers/<service>` (bundle, hosts, resolv.conf, rootfs
 //! mount) and `<run_dir>/youki` (libcontainer state).
 
+mod build;
 mod engine;
 mod error;
 mod hardening;
@@ -240,7 +241,8 @@ impl ServiceManager {
         let order = inner.order.clone()?;
         for name in &order {
             let image = inner.compose.services[name].image.clone();
-            if inner.image_root(name).is_ok() {
+            // Built in the CVM when the service starts (after the engine).
+            if inner.compose.services[name].build.is_some() || inner.image_root(name).is_ok() {
                 continue;
             }
             let result = async {
