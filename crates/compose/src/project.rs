@@ -334,17 +334,28 @@ fn cross_check(compose: &Compose) -> Result<(), ComposeError> {
     Ok(())
 }
 
-fn volume_def(name: &str, value: &Value, findings: &mut Findings) -> Result<(), ComposeError> {
-    let field = format!("volumes.{name}");
+/// A top-level `volumes`/`networks` entry: its dotted path, and its
+/// settings (`None` when it is empty: `name:`).
+fn top_level_entry<'a>(
+    section: &str,
+    name: &str,
+    value: &'a Value,
+) -> Result<(String, Option<&'a Mapping>), ComposeError> {
+    let field = format!("{section}.{name}");
     if !valid_name(name) {
-        return Err(ComposeError::invalid(field, "invalid volume name"));
+        let kind = section.trim_end_matches('s');
+        return Err(ComposeError::invalid(field, format!("invalid {kind} name")));
     }
-    let Some(m) = value.as_mapping() else {
-        return if value.is_null() {
-            Ok(())
-        } else {
-            Err(ComposeError::invalid(field, "must be a mapping"))
-        };
+    match value {
+        Value::Mapping(m) => Ok((field, Some(m))),
+        Value::Null => Ok((field, None)),
+        _ => Err(ComposeError::invalid(field, "must be a mapping")),
+    }
+}
+
+fn volume_def(name: &str, value: &Value, findings: &mut Findings) -> Result<(), ComposeError> {
+    let (field, Some(m)) = top_level_entry("volumes", name, value)? else {
+        return Ok(());
     };
     for (key, v) in m {
         let key = key_text(key);
@@ -392,17 +403,9 @@ fn network_def(
     value: &Value,
     findings: &mut Findings,
 ) -> Result<NetworkDef, ComposeError> {
-    let field = format!("networks.{name}");
-    if !valid_name(name) {
-        return Err(ComposeError::invalid(field, "invalid network name"));
-    }
     let mut def = NetworkDef::default();
-    let Some(m) = value.as_mapping() else {
-        return if value.is_null() {
-            Ok(def)
-        } else {
-            Err(ComposeError::invalid(field, "must be a mapping"))
-        };
+    let (field, Some(m)) = top_level_entry("networks", name, value)? else {
+        return Ok(def);
     };
     for (key, v) in m {
         let key = key_text(key);

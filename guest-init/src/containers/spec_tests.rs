@@ -15,6 +15,22 @@ fn service(yaml: &str) -> Service {
     Compose::parse(yaml).unwrap().services["web"].clone()
 }
 
+/// A spec input with nothing but `service`: no image, passwd, binds or devices.
+fn bare_input(service: &Service) -> SpecInput<'_> {
+    SpecInput {
+        name: "web",
+        service,
+        image: None,
+        rootfs: Path::new("/r"),
+        passwd: None,
+        group: None,
+        binds: &[],
+        devices: &[],
+        nofile: 1024,
+        mapped_devices: &[],
+    }
+}
+
 fn spec_json(service: &Service, image: Option<&ImageConfig>) -> Value {
     let binds = [BindMount {
         source: "/run/dstack/containers/web/hosts".into(),
@@ -134,19 +150,7 @@ fn compose_overrides_the_image() {
 #[test]
 fn refuses_a_service_with_nothing_to_run() {
     let web = service("services:\n  web:\n    image: x\n");
-    let err = build_spec(&SpecInput {
-        name: "web",
-        service: &web,
-        image: None,
-        rootfs: Path::new("/r"),
-        passwd: None,
-        group: None,
-        binds: &[],
-        devices: &[],
-        nofile: 1024,
-        mapped_devices: &[],
-    })
-    .unwrap_err();
+    let err = build_spec(&bare_input(&web)).unwrap_err();
     assert!(err.to_string().contains("no command"), "{err}");
 }
 
@@ -266,16 +270,9 @@ fn limits_and_process_keys_reach_the_runtime_spec() {
     let bad =
         service("services:\n  web:\n    image: x\n    command: [a]\n    group_add: [nogroup]\n");
     let err = build_spec(&SpecInput {
-        name: "web",
-        service: &bad,
-        image: None,
-        rootfs: Path::new("/r"),
         passwd: Some(PASSWD),
         group: Some(GROUP),
-        binds: &[],
-        devices: &[],
-        nofile: 1024,
-        mapped_devices: &[],
+        ..bare_input(&bad)
     })
     .unwrap_err();
     assert!(err.to_string().contains("nogroup"), "{err}");
@@ -298,16 +295,8 @@ fn a_devices_entry_makes_the_node_at_its_target_and_allows_it() {
         permissions: "r".into(),
     }];
     let spec = build_spec(&SpecInput {
-        name: "web",
-        service: &web,
-        image: None,
-        rootfs: Path::new("/r"),
-        passwd: None,
-        group: None,
-        binds: &[],
-        devices: &[],
-        nofile: 1024,
         mapped_devices: &mapped,
+        ..bare_input(&web)
     })
     .unwrap();
     let spec = serde_json::to_value(spec).unwrap();
@@ -403,16 +392,8 @@ fn privileged_lifts_every_restriction() {
         gid: 6,
     }];
     let spec = build_spec(&SpecInput {
-        name: "web",
-        service: &web,
-        image: None,
-        rootfs: Path::new("/r"),
-        passwd: None,
-        group: None,
-        binds: &[],
         devices: &devices,
-        nofile: 1024,
-        mapped_devices: &[],
+        ..bare_input(&web)
     })
     .unwrap();
     let spec = serde_json::to_value(spec).unwrap();
