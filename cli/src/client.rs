@@ -107,14 +107,14 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<(Vec<u8>, &str)>,
     ) -> anyhow::Result<Response<Incoming>> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "dstack-supervisor");
-        if body.is_some() {
-            builder = builder.header("content-type", "application/json");
+        if let Some((_, content_type)) = &body {
+            builder = builder.header("content-type", *content_type);
         }
         if let Endpoint::Tcp {
             token: Some(token), ..
@@ -122,7 +122,8 @@ impl Client {
         {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
-        let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let body = body.map(|(bytes, _)| bytes).unwrap_or_default();
+        let request = builder.body(Full::new(Bytes::from(body)))?;
         let not_running = || {
             format!(
                 "cannot reach the supervisor at {} (is `dstack-supervisor run` running? set DSTACK_SUPERVISOR to its socket)",
@@ -167,6 +168,7 @@ impl Client {
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<T> {
         let body = body.map(serde_json::to_vec).transpose()?;
+        let body = body.map(|bytes| (bytes, "application/json"));
         let response = self.send(method, path, body).await?;
         let bytes = response.into_body().collect().await?.to_bytes();
         serde_json::from_slice(&bytes)
@@ -176,6 +178,14 @@ impl Client {
     /// A request whose answer is ignored beyond its status.
     pub(crate) async fn call_empty(&self, method: Method, path: &str) -> anyhow::Result<()> {
         let response = self.send(method, path, None).await?;
+        response.into_body().collect().await?;
+        Ok(())
+    }
+
+    /// A PUT of raw bytes whose answer is ignored beyond its status.
+    pub(crate) async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let body = Some((bytes, "application/octet-stream"));
+        let response = self.send(Method::PUT, path, body).await?;
         response.into_body().collect().await?;
         Ok(())
     }

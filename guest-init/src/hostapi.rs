@@ -3,19 +3,22 @@
 //! host restart between requests costs nothing.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dstack_proto::blob::{MAX_BLOB_BYTES, blob_path};
 use dstack_proto::host::{
     ConfigBundle, GetSealingKeyRequest, GetSealingKeyResponse, HOST_API_PORT, LogBatch,
     Notification, QuoteRequest, QuoteResponse, RtmrExtend, SEALING_KEY_PATH, TeeInfo,
 };
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::header::{CONNECTION, CONTENT_TYPE, HOST};
-use hyper::{Method, Request};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// The largest response accepted: app-compose and user config may each be
 /// up to 50 MiB upstream.
@@ -59,6 +62,25 @@ pub enum HostApiError {
         status: u16,
         /// The body (the `error` field when it is an `ApiError`).
         message: String,
+    },
+    /// A blob the host sends is larger than any blob may be.
+    #[error("the host's answer to {path} is over the {limit}-byte limit of a blob")]
+    TooLarge {
+        /// Request path.
+        path: String,
+        /// [`MAX_BLOB_BYTES`].
+        limit: u64,
+    },
+    /// A blob could not be written where it was to go.
+    #[error("cannot write the host's answer to {path} into {}", file.display())]
+    Write {
+        /// Request path.
+        path: String,
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
     /// The response is not the expected JSON.
     #[error("the host's answer to {path} is not valid JSON of the expected shape")]
@@ -218,6 +240,53 @@ impl HostClient {
         decode(SEALING_KEY_PATH, &body)
     }
 
+    /// `GET /v1/blobs/sha256/<hex>`: writes the blob into `dest` (a new
+    /// file), streaming, and returns the SHA-256 hex of the bytes written.
+    /// The host is not trusted: the caller compares that hash with the
+    /// measured one before using the file.
+    pub async fn get_blob(&self, sha256: &str, dest: &Path) -> Result<String, HostApiError> {
+        let path = blob_path(sha256);
+        let fetch = async {
+            let response = self.send(Method::GET, &path, None).await?;
+            let response = check_status(&path, response).await?;
+            let write = |source| HostApiError::Write {
+                path: path.clone(),
+                file: dest.to_owned(),
+                source,
+            };
+            let mut file = tokio::fs::File::create(dest).await.map_err(write)?;
+            let mut body = response.into_body();
+            let (mut hasher, mut size) = (Sha256::new(), 0u64);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| HostApiError::Http {
+                    path: path.clone(),
+                    source: e.into(),
+                })?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                size += data.len() as u64;
+                if size > MAX_BLOB_BYTES {
+                    return Err(HostApiError::TooLarge {
+                        path: path.clone(),
+                        limit: MAX_BLOB_BYTES,
+                    });
+                }
+                hasher.update(data);
+                file.write_all(data).await.map_err(write)?;
+            }
+            file.sync_all().await.map_err(write)?;
+            Ok(hex::encode(hasher.finalize()))
+        };
+        match tokio::time::timeout(self.timeout, fetch).await {
+            Ok(result) => result,
+            Err(_) => Err(HostApiError::Timeout {
+                path,
+                secs: self.timeout.as_secs(),
+            }),
+        }
+    }
+
     /// One request on a fresh connection; the body of a 2xx answer.
     async fn request(
         &self,
@@ -241,6 +310,26 @@ impl HostClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, HostApiError> {
+        let response = self.send(method, path, body).await?;
+        let response = check_status(path, response).await?;
+        let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|source| HostApiError::Http {
+                path: path.into(),
+                source,
+            })?
+            .to_bytes();
+        Ok(bytes)
+    }
+
+    /// Sends one request on a fresh connection; the response as it starts.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, HostApiError> {
         let http = |source: Box<dyn std::error::Error + Send + Sync>| HostApiError::Http {
             path: path.into(),
             source,
@@ -272,25 +361,33 @@ impl HostClient {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| http(e.into()))?;
-        let response = sender
+        sender
             .send_request(request)
             .await
-            .map_err(|e| http(e.into()))?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(http)?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(HostApiError::Status {
-                path: path.into(),
-                status: status.as_u16(),
-                message: error_message(&bytes),
-            });
-        }
-        Ok(bytes)
+            .map_err(|e| http(e.into()))
     }
+}
+
+/// The response if its status is a success, else the host's message.
+async fn check_status(
+    path: &str,
+    response: Response<Incoming>,
+) -> Result<Response<Incoming>, HostApiError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    // An error body is short; a longer one is cut, not waited for.
+    let bytes = Limited::new(response.into_body(), 64 << 10)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Err(HostApiError::Status {
+        path: path.into(),
+        status: status.as_u16(),
+        message: error_message(&bytes),
+    })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, HostApiError> {

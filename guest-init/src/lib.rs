@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod boot;
+pub mod build_context;
 pub mod console;
 pub mod containers;
 pub mod control;

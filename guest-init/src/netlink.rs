@@ -1,17 +1,22 @@
-//! The three rtnetlink requests the guest needs: set a link up, add an IPv4
-//! address, add a default route. Synchronous, one request at a time, each
-//! acknowledged (`NLM_F_ACK`), on the netlink crates libcontainer already
-//! links.
+//! The rtnetlink requests the guest needs: set a link up, add an IPv4
+//! address, add a default route, and for compose networks create a bridge
+//! and a veth pair whose far end lands in a service's network namespace.
+//! Synchronous, one request at a time, each acknowledged (`NLM_F_ACK`), on
+//! the netlink crates libcontainer already links. A socket works in the
+//! network namespace of the thread that opened it.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -48,6 +53,41 @@ impl Rtnl {
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Creates bridge `name`; one already there is fine.
+    pub fn add_bridge(&mut self, name: &str) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        self.request_tolerating_exists(RouteNetlinkMessage::NewLink(msg))
+    }
+
+    /// Creates the veth pair `name` (here, enslaved to bridge `bridge`) and
+    /// `peer` (created directly inside the namespace `netns`, so it never
+    /// exists in this one).
+    pub fn add_veth(
+        &mut self,
+        name: &str,
+        bridge: u32,
+        peer: &str,
+        netns: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let mut far = LinkMessage::default();
+        far.attributes.push(LinkAttribute::IfName(peer.into()));
+        far.attributes
+            .push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        msg.attributes.push(LinkAttribute::Controller(bridge));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(far))),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
     }
 
     /// Adds `addr/prefix` to link `index`; an address already there is fine.

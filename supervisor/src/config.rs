@@ -54,6 +54,11 @@ impl Config {
     pub fn cids_file(&self) -> PathBuf {
         self.state_dir.join("cids.json")
     }
+
+    /// Blobs uploaded for a deploy that has not used them yet.
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.state_dir.join("uploads")
+    }
 }
 
 /// The three waits of a graceful stop (guest, then ACPI, then SIGKILL).

@@ -136,6 +136,24 @@ impl VmmError {
     }
 }
 
+impl From<crate::state::blobs::BlobError> for VmmError {
+    fn from(e: crate::state::blobs::BlobError) -> Self {
+        use crate::state::blobs::BlobError;
+        match e {
+            BlobError::Io {
+                action,
+                path,
+                source,
+            } => VmmError::Io {
+                action,
+                path,
+                source,
+            },
+            other => VmmError::invalid("blob", other.to_string()),
+        }
+    }
+}
+
 /// ` (reached as URL)` when the supervisor used another URL than the one given.
 fn reached_as(url: &str, reached: &str) -> String {
     if url == reached {

@@ -1,5 +1,6 @@
 //! The host API a guest calls ([`dstack_proto::host`]): config bundle,
-//! notifications, logs, and on sim TEE hosts the VM's simulated TDX module
+//! notifications, logs, the blobs the VM was deployed with (its build
+//! contexts, [`dstack_proto::blob`]), and on sim TEE hosts the VM's simulated TDX module
 //! (`/v1/tee/*`), and GetSealingKey from the local key provider
 //! ([`SEALING_KEY_PATH`]). One listener per VM at `<vm>/vsock_10000`, where the
 //! vsock backend delivers the guest's connections to host port 10000.
@@ -9,16 +10,17 @@
 //! guest cannot speak for another.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dstack_proto::ApiError;
+use dstack_proto::blob::{BLOBS_PATH, is_sha256_hex};
 use dstack_proto::host::{
     ConfigBundle, GetSealingKeyRequest, LogBatch, Notification, QuoteRequest, QuoteResponse,
     RtmrExtend, SEALING_KEY_PATH,
@@ -48,6 +50,10 @@ pub trait GuestSink: Send + Sync + 'static {
     fn key_provider(&self) -> Option<Arc<KeyProvider>> {
         None
     }
+    /// The file of blob `sha256`, if this VM was deployed with it.
+    fn blob(&self, _sha256: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// The host API routes for one VM.
@@ -56,6 +62,7 @@ pub fn router<S: GuestSink>(sink: Arc<S>) -> Router {
         .route("/v1/config", get(config::<S>))
         .route("/v1/notify", post(notify::<S>))
         .route("/v1/logs", post(logs::<S>))
+        .route(&format!("{BLOBS_PATH}{{sha256}}"), get(blob::<S>))
         .route("/v1/tee", get(tee_info::<S>))
         .route("/v1/tee/extend", post(tee_extend::<S>))
         .route("/v1/tee/quote", post(tee_quote::<S>))
@@ -112,6 +119,59 @@ async fn logs<S: GuestSink>(State(sink): State<Arc<S>>, body: Bytes) -> Response
             format!("cannot store logs: {e}"),
         ),
     }
+}
+
+/// Streams a blob of the VM: up to 64 MiB, which is not held in memory.
+async fn blob<S: GuestSink>(
+    State(sink): State<Arc<S>>,
+    UrlPath(sha256): UrlPath<String>,
+) -> Response {
+    use tokio::io::AsyncReadExt;
+    if !is_sha256_hex(&sha256) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{sha256:?} is not a SHA-256 in lowercase hex"),
+        );
+    }
+    let Some(path) = sink.blob(&sha256) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("this VM was deployed with no blob {sha256}"),
+        );
+    };
+    let opened = match tokio::fs::File::open(&path).await {
+        Ok(file) => file.metadata().await.map(|m| (file, m.len())),
+        Err(e) => Err(e),
+    };
+    let (file, len) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read {}: {e}", path.display()),
+            );
+        }
+    };
+    let chunks = futures_util::stream::try_unfold(file, |mut file| async move {
+        let mut chunk = vec![0u8; 1 << 20];
+        let n = file.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok::<_, io::Error>(None);
+        }
+        chunk.truncate(n);
+        Ok(Some((Bytes::from(chunk), file)))
+    });
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 fn tee_error(e: &SimTeeError) -> Response {
@@ -239,6 +299,7 @@ mod tests {
         lines: Mutex<Vec<LogEntry>>,
         td: Option<Arc<SimTd>>,
         provider: Option<Arc<KeyProvider>>,
+        blobs: Option<PathBuf>,
     }
 
     impl GuestSink for Recorder {
@@ -271,6 +332,10 @@ mod tests {
 
         fn key_provider(&self) -> Option<Arc<KeyProvider>> {
             self.provider.clone()
+        }
+
+        fn blob(&self, sha256: &str) -> Option<PathBuf> {
+            crate::state::blobs::find(self.blobs.as_ref()?, sha256)
         }
     }
 
@@ -315,6 +380,42 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::NO_CONTENT);
         assert_eq!(sink.lines.lock().unwrap()[0].stream, LogStream::Stderr);
+    }
+
+    #[tokio::test]
+    async fn serves_the_vms_own_blobs_whole_and_no_other() {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().unwrap();
+        // Over one read chunk, so the stream has several.
+        let bytes: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 251) as u8).collect();
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        crate::state::blobs::put(dir.path(), &sha256, &bytes).unwrap();
+        let app = router(Arc::new(Recorder {
+            blobs: Some(dir.path().to_owned()),
+            ..Recorder::default()
+        }));
+        let request = Request::get(format!("/v1/blobs/sha256/{sha256}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-length"],
+            bytes.len().to_string().as_str()
+        );
+        let got = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(got == bytes, "the blob comes back byte for byte");
+
+        let other = hex::encode(Sha256::digest(b"another app's context"));
+        let (status, body) = call(&app, "GET", &format!("/v1/blobs/sha256/{other}"), "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("deployed with no blob"), "{body}");
+        let (status, _) = call(&app, "GET", "/v1/blobs/sha256/..%2F..%2Fmanifest.json", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        // A VM deployed without blobs has none.
+        let app = router(Arc::new(Recorder::default()));
+        let (status, _) = call(&app, "GET", &format!("/v1/blobs/sha256/{sha256}"), "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

@@ -293,3 +293,25 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> anyhow::Result<Stri
     }
     bail!("{url} did not answer 200 within {timeout:?}: {last}")
 }
+
+/// The steps (after each stage's `FROM`) of a service's build in `vm logs`
+/// output (`<service> | [build] ...` lines), each with whether the engine
+/// took it from its layer cache (`--> Using cache` on the next line).
+pub fn build_steps(logs: &str, service: &str) -> Vec<(String, bool)> {
+    let prefix = format!("{service} | [build] ");
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter_map(|l| l.split_once(&prefix).map(|(_, text)| text))
+        .collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| line.contains("STEP ") && !line.contains(": FROM "))
+        .map(|(i, line)| {
+            let cached = lines
+                .get(i + 1)
+                .is_some_and(|next| next.starts_with("--> Using cache"));
+            (line.to_string(), cached)
+        })
+        .collect()
+}

@@ -257,7 +257,10 @@ impl ImageSpec {
         for (path, target) in &self.symlinks {
             tree.insert(path.clone(), Node::Symlink(target.clone()));
         }
-        for d in ["/bin", "/tmp", "/etc"] {
+        // /var/tmp as in any Linux root: podman stages an image copy within
+        // its storage there, whatever TMPDIR says (tagging a build whose
+        // last step came from the layer cache).
+        for d in ["/bin", "/tmp", "/var/tmp", "/etc"] {
             tree.entry(d.into()).or_insert(Node::Dir);
         }
         let parents: Vec<String> = tree
@@ -300,6 +303,11 @@ impl ImageSpec {
                 "WorkingDir": self.workdir.as_deref().unwrap_or("/"),
             },
             "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+            // One entry per layer, as docker and buildah write: the
+            // engine's layer cache (buildah) only reuses a step whose base
+            // image's history accounts for each of its layers, so an image
+            // without it would be rebuilt from scratch every time.
+            "history": [{ "created_by": format!("image.json of {}", self.repository) }],
         }))?;
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,

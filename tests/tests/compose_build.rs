@@ -4,13 +4,14 @@
 //! from a base image (busybox, a Debian package) on the local registry, is
 //! built by the CVM's container engine and answers HTTP (`$${GREETING}`:
 //! compose interpolates the Dockerfile text too, as docker compose does);
-//! after a restart the engine's storage on the data disk is kept.
+//! after a restart the engine's storage on the data disk is kept, and the
+//! build takes every step from its layer cache.
 #![allow(clippy::tests_outside_test_module)] // an integration test crate is all tests
 
 use std::time::Duration;
 
 use dstack_e2e::harness::{
-    Supervisor, free_port, http_get, push_image, repo_root, tempfile_dir::TempDir,
+    Supervisor, build_steps, free_port, http_get, push_image, repo_root, tempfile_dir::TempDir,
 };
 
 const COMPOSE: &str = r#"
@@ -79,19 +80,27 @@ fn a_dockerfile_inline_app_is_built_in_the_cvm_and_answers() {
     assert!(body.contains("built: hello-from-build"), "{body}");
     let extra = http_get(port, "/extra.txt", Duration::from_secs(10)).unwrap();
     assert!(extra.contains("from a heredoc"), "{extra}");
-    let logs = sup.dstack_ok(&["vm", "logs", "built"]);
+    let logs = sup.dstack_ok(&["vm", "logs", "built", "-n", "2000"]);
     assert!(
         logs.contains("web | [build] "),
         "build output is in the service's log:\n{logs}"
     );
 
+    let first = build_steps(&logs, "web");
+    assert_eq!(first.len(), 9, "{logs}");
+    assert!(first.iter().all(|(_, cached)| !cached), "{logs}");
+
     // Restarted, the engine's storage on the data disk is still there: the
-    // base image is not pulled again, and the image is built and served.
+    // base image is not pulled again, and every step of the build comes
+    // from the layer cache.
     sup.dstack_ok(&["vm", "stop", "built"]);
     sup.dstack_ok(&["vm", "start", "built"]);
-    let body = http_get(port, "/", Duration::from_secs(600)).unwrap();
+    let body = http_get(port, "/", Duration::from_secs(600)).unwrap_or_else(|e| {
+        let logs = sup.dstack_ok(&["vm", "logs", "built", "-n", "300"]);
+        panic!("{e}\n{logs}")
+    });
     assert!(body.contains("built: hello-from-build"), "{body}");
-    let logs = sup.dstack_ok(&["vm", "logs", "built"]);
+    let logs = sup.dstack_ok(&["vm", "logs", "built", "-n", "2000"]);
     assert_eq!(
         logs.matches("web | [build] building web").count(),
         2,
@@ -103,5 +112,17 @@ fn a_dockerfile_inline_app_is_built_in_the_cvm_and_answers() {
         1,
         "the base image is pulled once, then kept on the data disk:\n{logs}"
     );
+    let second = logs
+        .rsplit_once("web | [build] building web")
+        .map(|(_, tail)| tail)
+        .unwrap_or_default();
+    let steps = build_steps(second, "web");
+    assert_eq!(steps.len(), 9, "{second}");
+    for (step, cached) in &steps {
+        assert!(
+            cached,
+            "{step} was built again, not taken from the cache:\n{second}"
+        );
+    }
     sup.dstack_ok(&["vm", "stop", "built"]);
 }

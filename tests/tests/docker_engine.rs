@@ -22,6 +22,9 @@ configs:
 services:
   client:
     image: 127.0.0.1:5000/dstack-tests/docker-client:latest
+    # The engine runs its containers in the CVM's network stack; the client
+    # joins it to reach them on 127.0.0.1, as it would on a docker host.
+    network_mode: host
     volumes: ["/var/run/docker.sock:/var/run/docker.sock"]
     configs:
       - source: second

@@ -1,11 +1,13 @@
 //! `dstack vm ...`: deploy and manage CVMs through the supervisor.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use dstack_compose::{AppCompose, Compose};
 use dstack_proto::supervisor::{DeployRequest, PortMapping, VmInfo, VmState, VmSummary};
 use hyper::Method;
 
@@ -13,6 +15,8 @@ use super::Failure;
 use crate::client::Client;
 
 mod check;
+mod context;
+mod dockerignore;
 mod env;
 
 /// VM commands.
@@ -322,29 +326,160 @@ fn default_name(file: &Path) -> String {
 pub(crate) fn compose_hash_of(file: &Path, name: Option<&str>) -> anyhow::Result<[u8; 32]> {
     let name = name.map_or_else(|| default_name(file), str::to_owned);
     Ok(dstack_compose::compose_hash(
-        app_compose(file, &name, false)?.as_bytes(),
+        app_compose(file, &name, false, true)?
+            .app_compose
+            .as_bytes(),
     ))
 }
 
-/// Read the file: app-compose.json as-is, or wrap a compose YAML into one.
-/// With `encrypted_env` the compose's `${VAR}` references are the guest's
-/// to resolve (with the decrypted variables), so an app-compose.json is
-/// checked without its compose being interpolated here.
-fn app_compose(file: &Path, name: &str, encrypted_env: bool) -> anyhow::Result<String> {
+/// What a deploy hands the supervisor: the app-compose.json bytes, and the
+/// packed build contexts they measure.
+struct AppBundle {
+    app_compose: String,
+    contexts: Vec<context::ServiceContext>,
+}
+
+/// Read the file: app-compose.json as-is, or wrap a compose YAML into one;
+/// either way, pack the build contexts it ships (a compose YAML's are
+/// measured into the app-compose it is wrapped in; an app-compose.json's
+/// must be the ones it measures). With `encrypted_env` the compose's
+/// `${VAR}` references are the guest's to resolve (with the decrypted
+/// variables), so an app-compose.json is checked without its compose being
+/// interpolated here.
+fn app_compose(
+    file: &Path,
+    name: &str,
+    encrypted_env: bool,
+    quiet: bool,
+) -> anyhow::Result<AppBundle> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let invalid = || format!("{} is not a valid app-compose.json", file.display());
     if text.trim_start().starts_with('{') {
-        let checked = if encrypted_env {
-            dstack_compose::AppCompose::parse_manifest(&text).map(drop)
-        } else {
-            dstack_compose::AppCompose::parse(&text).map(drop)
+        let manifest = AppCompose::parse_manifest(&text).with_context(invalid)?;
+        let yaml = manifest.docker_compose_file.as_deref().unwrap_or_default();
+        let contexts = match Compose::parse(yaml) {
+            Ok(compose) => {
+                let measured: BTreeSet<String> = manifest.build_contexts.keys().cloned().collect();
+                let contexts = pack(file, &compose, &measured, quiet)?;
+                for context in &contexts {
+                    context::check_measured(context, &manifest.build_contexts)?;
+                }
+                contexts
+            }
+            // With no context to pack, the checks below name what is wrong
+            // (or, for a compose that needs the encrypted env's variables,
+            // the guest reads it).
+            Err(_) if manifest.build_contexts.is_empty() => Vec::new(),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{}: cannot read its compose file to pack the build contexts",
+                    file.display()
+                )));
+            }
         };
-        checked.with_context(|| format!("{} is not a valid app-compose.json", file.display()))?;
-        Ok(text)
+        let checked = if encrypted_env {
+            AppCompose::parse_manifest(&text).map(drop)
+        } else {
+            AppCompose::parse(&text).map(drop)
+        };
+        checked.with_context(invalid)?;
+        Ok(AppBundle {
+            app_compose: text,
+            contexts,
+        })
     } else {
-        dstack_compose::app_compose_from_yaml(name, &text)
-            .with_context(|| format!("{} is not a valid compose file", file.display()))
+        let not_valid = || format!("{} is not a valid compose file", file.display());
+        let compose = Compose::parse(&text).with_context(not_valid)?;
+        let contexts = pack(file, &compose, &BTreeSet::new(), quiet)?;
+        let measured: BTreeMap<String, String> = contexts
+            .iter()
+            .map(|c| (c.service.clone(), c.packed.sha256.clone()))
+            .collect();
+        let app_compose = dstack_compose::app_compose_with_build_contexts(name, &text, &measured)
+            .with_context(not_valid)?;
+        Ok(AppBundle {
+            app_compose,
+            contexts,
+        })
     }
+}
+
+/// A context larger than this gets a progress bar while it is packed.
+const PACK_PROGRESS_BYTES: u64 = 4 << 20;
+
+/// A progress bar per context packed, for contexts big enough to wait for.
+fn pack_progress(quiet: bool) -> impl FnMut(&str, u64, u64) {
+    let mut bar: Option<(String, indicatif::ProgressBar)> = None;
+    move |service: &str, done: u64, total: u64| {
+        if quiet || total < PACK_PROGRESS_BYTES {
+            return;
+        }
+        if bar.as_ref().is_none_or(|(s, _)| s != service) {
+            let new = indicatif::ProgressBar::new(total);
+            new.set_style(
+                indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            new.set_message(format!("packing the build context of {service}"));
+            bar = Some((service.to_owned(), new));
+        }
+        if let Some((_, bar)) = &bar {
+            bar.set_position(done);
+            if done >= total {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+/// Packs the build contexts `compose` ships; the first refusal is the error.
+fn pack(
+    file: &Path,
+    compose: &Compose,
+    measured: &BTreeSet<String>,
+    quiet: bool,
+) -> anyhow::Result<Vec<context::ServiceContext>> {
+    let mut contexts = Vec::new();
+    let mut progress = pack_progress(quiet);
+    for (_, packed) in context::pack_services(file, compose, measured, &mut progress) {
+        contexts.push(packed?);
+    }
+    Ok(contexts)
+}
+
+/// Sizes for people: 1.5 KiB, 12.0 MiB.
+fn human_bytes(n: u64) -> String {
+    let f = n as f64;
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", f / 1024.0),
+        _ => format!("{:.1} MiB", f / 1_048_576.0),
+    }
+}
+
+/// Uploads each packed context to the supervisor, which keeps it for the
+/// deploy that follows.
+async fn upload(
+    client: &Client,
+    contexts: Vec<context::ServiceContext>,
+    quiet: bool,
+) -> Result<(), Failure> {
+    for context in contexts {
+        if !quiet {
+            eprintln!(
+                "shipping the build context of {}: {} ({} files, {} packed, sha256 {})",
+                context.service,
+                context.dir.display(),
+                context.packed.files,
+                human_bytes(context.packed.tar.len() as u64),
+                context.packed.sha256
+            );
+        }
+        let path = dstack_proto::blob::blob_path(&context.packed.sha256);
+        client.put_bytes(&path, context.packed.tar).await?;
+    }
+    Ok(())
 }
 
 fn now_ms() -> u64 {
@@ -356,7 +491,7 @@ fn now_ms() -> u64 {
 
 async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
     if args.check {
-        return check::check_file(&args.file, args.env_file.as_deref())?
+        return check::check_file(&args.file, args.env_file.as_deref(), args.json)?
             .finish(&args.file, args.json);
     }
     let name = args
@@ -364,7 +499,10 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| default_name(&args.file));
     let encrypted = args.env_file.is_some() || args.encrypted_env.is_some();
-    let app_compose = app_compose(&args.file, &name, encrypted)?;
+    let AppBundle {
+        app_compose,
+        contexts,
+    } = app_compose(&args.file, &name, encrypted, args.json)?;
     let app_id = args
         .app_id
         .as_deref()
@@ -401,6 +539,7 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
         app_id: app_id.unwrap_or_default(),
         format_nonempty_disk: args.format_nonempty_disk,
     };
+    upload(client, contexts, args.json).await?;
     let vm: VmInfo = client.call(Method::POST, "/v1/vms", Some(&request)).await?;
     if !args.json {
         eprintln!(
@@ -428,7 +567,7 @@ async fn env_key(args: EnvKeyArgs, client: &Client) -> Result<(), Failure> {
         .name
         .clone()
         .unwrap_or_else(|| default_name(&args.file));
-    let app_compose = app_compose(&args.file, &name, true)?;
+    let app_compose = app_compose(&args.file, &name, true, true)?.app_compose;
     let app_id = env::deploy_app_id(args.app_id.as_deref(), &app_compose)?;
     let key = env::checked_env_key(&app_id, &args.kms_signers, &args.kms, client).await?;
     println!("{}", hex::encode(key));

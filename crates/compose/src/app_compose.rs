@@ -2,6 +2,8 @@
 //! compose-hash and app-id rules (§3.2), and a deterministic way to wrap a
 //! docker-compose YAML into one.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -88,6 +90,14 @@ pub struct AppCompose {
     /// Scripts upstream's HEAD runs at boot (refused here for the same reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_script: Option<serde_json::Value>,
+    /// The build context each service's image is built from, by service
+    /// name: the SHA-256 (hex) of the deterministic tar `dstack vm deploy`
+    /// packs from the developer's directory. Measured with the rest of the
+    /// file, so the compose-hash covers the exact bytes built; the guest
+    /// refuses a tar the host hands it with another hash. Absent when no
+    /// build reads local files, so other apps' compose-hashes are unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub build_contexts: BTreeMap<String, String>,
 }
 
 impl AppCompose {
@@ -116,7 +126,8 @@ impl AppCompose {
     ) -> Result<(Self, Compose, Vec<String>), ComposeError> {
         let app = Self::parse_manifest(text)?;
         let yaml = app.docker_compose_file.as_deref().unwrap_or_default();
-        let (compose, unset) = Compose::parse_with_vars(yaml, vars)?;
+        let (mut compose, unset) = Compose::parse_with_vars(yaml, vars)?;
+        attach_build_contexts(&mut compose, &app.build_contexts)?;
         Ok((app, compose, unset))
     }
 
@@ -167,6 +178,14 @@ impl AppCompose {
             )
         })?;
         crate::yaml::load(yaml)?;
+        for (service, hash) in &self.build_contexts {
+            if !is_sha256_hex(hash) {
+                return Err(ComposeError::invalid(
+                    format!("build_contexts.{service}"),
+                    "must be a SHA-256 in lowercase hex (64 digits)",
+                ));
+            }
+        }
         if let Some(fs) = &self.storage_fs
             && fs != "ext4"
         {
@@ -192,6 +211,45 @@ impl AppCompose {
     }
 }
 
+/// 64 lowercase hex digits.
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Gives each building service its measured context and checks the two
+/// agree: every `build_contexts` entry names a service that builds its
+/// image, and every build that reads a Dockerfile file has a context.
+fn attach_build_contexts(
+    compose: &mut Compose,
+    contexts: &BTreeMap<String, String>,
+) -> Result<(), ComposeError> {
+    for (service, hash) in contexts {
+        let build = compose
+            .services
+            .get_mut(service)
+            .and_then(|s| s.build.as_mut())
+            .ok_or_else(|| {
+                ComposeError::invalid(
+                    format!("build_contexts.{service}"),
+                    "names no service that builds its image",
+                )
+            })?;
+        build.shipped_context = Some(hash.clone());
+    }
+    for (name, service) in &compose.services {
+        if let Some(build) = &service.build
+            && build.reads_local_files()
+            && build.shipped_context.is_none()
+        {
+            return Err(ComposeError::BuildContextNotShipped {
+                field: format!("services.{name}.build"),
+                dockerfile: build.dockerfile_path().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// compose-hash: SHA-256 of the exact file bytes.
 pub fn compose_hash(app_compose: &[u8]) -> [u8; 32] {
     Sha256::digest(app_compose).into()
@@ -209,21 +267,40 @@ pub fn app_id(compose_hash: &[u8; 32]) -> [u8; 20] {
 /// The JSON is written the way dstack's SDKs write it (keys sorted, compact
 /// separators, UTF-8), so the same inputs always give the same compose-hash.
 pub fn app_compose_from_yaml(name: &str, yaml: &str) -> Result<String, ComposeError> {
+    app_compose_with_build_contexts(name, yaml, &BTreeMap::new())
+}
+
+/// [`app_compose_from_yaml`], measuring the build contexts shipped with it
+/// (`build_contexts`: service name → SHA-256 hex of its context tar). With
+/// none, the bytes are exactly [`app_compose_from_yaml`]'s.
+pub fn app_compose_with_build_contexts(
+    name: &str,
+    yaml: &str,
+    build_contexts: &BTreeMap<String, String>,
+) -> Result<String, ComposeError> {
     Compose::parse(yaml)?;
-    // serde_json's Map is a BTreeMap here: keys come out sorted.
-    let value = serde_json::json!({
-        "docker_compose_file": yaml,
-        "gateway_enabled": false,
-        "kms_enabled": false,
-        "manifest_version": 2,
-        "name": name,
-        "no_instance_id": false,
-        "public_logs": true,
-        "public_sysinfo": true,
-        "public_tcbinfo": true,
-        "runner": "docker-compose",
-        "secure_time": false,
-    });
+    // Keys inserted in sorted order: serde_json's Map is a BTreeMap, or,
+    // where a dependency turns on its `preserve_order`, keeps this order.
+    let mut value = serde_json::Map::new();
+    if !build_contexts.is_empty() {
+        value.insert("build_contexts".into(), serde_json::json!(build_contexts));
+    }
+    let fields = [
+        ("docker_compose_file", serde_json::json!(yaml)),
+        ("gateway_enabled", false.into()),
+        ("kms_enabled", false.into()),
+        ("manifest_version", 2.into()),
+        ("name", name.into()),
+        ("no_instance_id", false.into()),
+        ("public_logs", true.into()),
+        ("public_sysinfo", true.into()),
+        ("public_tcbinfo", true.into()),
+        ("runner", "docker-compose".into()),
+        ("secure_time", false.into()),
+    ];
+    for (key, field) in fields {
+        value.insert(key.into(), field);
+    }
     let text =
         serde_json::to_string(&value).map_err(|e| ComposeError::AppComposeJson(e.to_string()))?;
     AppCompose::parse(&text)?;
@@ -291,6 +368,51 @@ mod tests {
             AppCompose::parse(r#"{"manifest_version":2,"name":"a","runner":"docker-compose"}"#)
                 .unwrap_err();
         assert!(err.to_string().starts_with("docker_compose_file:"), "{err}");
+    }
+
+    #[test]
+    fn build_contexts_are_measured_only_when_there_are_some() {
+        let plain = app_compose_from_yaml("hello", YAML).unwrap();
+        assert_eq!(
+            app_compose_with_build_contexts("hello", YAML, &BTreeMap::new()).unwrap(),
+            plain,
+            "no context: the bytes (and compose-hash) of before"
+        );
+        assert!(!plain.contains("build_contexts"));
+        let yaml = "services:\n  web:\n    build: {context: ., dockerfile: Dockerfile}\n";
+        let hash = "ab".repeat(32);
+        let contexts = BTreeMap::from([("web".to_string(), hash.clone())]);
+        let text = app_compose_with_build_contexts("hello", yaml, &contexts).unwrap();
+        assert!(
+            text.starts_with(&format!("{{\"build_contexts\":{{\"web\":\"{hash}\"}},")),
+            "{text}"
+        );
+        let (app, compose) = AppCompose::parse(&text).unwrap();
+        assert_eq!(app.build_contexts, contexts);
+        let build = compose.services["web"].build.as_ref().unwrap();
+        assert_eq!(build.shipped_context.as_deref(), Some(hash.as_str()));
+
+        // A Dockerfile file with no shipped context, a context for no
+        // build, a hash that is not one: named.
+        let err = app_compose_from_yaml("hello", yaml).unwrap_err();
+        assert_eq!(
+            err,
+            ComposeError::BuildContextNotShipped {
+                field: "services.web.build".into(),
+                dockerfile: "Dockerfile".into()
+            }
+        );
+        assert!(err.to_string().contains("dstack vm deploy"), "{err}");
+        let stray = BTreeMap::from([("db".to_string(), hash.clone())]);
+        let err = app_compose_with_build_contexts("hello", yaml, &stray).unwrap_err();
+        assert!(err.to_string().starts_with("build_contexts.db:"), "{err}");
+        let short = BTreeMap::from([("web".to_string(), "AB".repeat(32))]);
+        let err = app_compose_with_build_contexts("hello", yaml, &short).unwrap_err();
+        assert!(err.to_string().starts_with("build_contexts.web:"), "{err}");
+        // An inline Dockerfile may come with a shipped context, or without.
+        let inline = "services:\n  web:\n    build: {dockerfile_inline: FROM x}\n";
+        app_compose_from_yaml("hello", inline).unwrap();
+        app_compose_with_build_contexts("hello", inline, &contexts).unwrap();
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! `build:`: what a service's image is built from. The CVM builds it with
-//! its container engine, so the measured compose file covers the recipe.
+//! its container engine, so the measured compose file covers the recipe: an
+//! inline Dockerfile is in the compose file itself, and a Dockerfile file
+//! with its context is shipped as a tar whose SHA-256 the app-compose
+//! measures (`build_contexts`).
 
 use crate::mounts::{APP_DIR, normalize_absolute};
 use crate::service::BuildSpec;
@@ -14,6 +17,8 @@ pub(crate) fn parse_build(
 ) -> Result<BuildSpec, ComposeError> {
     let mut spec = BuildSpec {
         context: APP_DIR.to_string(),
+        source_context: ".".to_string(),
+        shipped_context: None,
         dockerfile: None,
         dockerfile_inline: None,
         args: Default::default(),
@@ -73,35 +78,66 @@ pub(crate) fn parse_build(
     if context.contains("://") || context.starts_with("git@") {
         return Err(ComposeError::Unsupported {
             field: format!("{field}.context"),
-            reason: "a remote build context is not fetched by the CVM; inline the Dockerfile with dockerfile_inline".into(),
+            reason: "a remote build context is not fetched by the CVM; use a local directory (dstack vm deploy ships it) or dockerfile_inline".into(),
         });
     }
-    let absolute = if context.starts_with('/') {
-        context.clone()
-    } else {
-        format!("{APP_DIR}/{context}")
-    };
-    spec.context = normalize_absolute(&absolute).ok_or_else(|| {
-        ComposeError::invalid(format!("{field}.context"), format!("{context:?} leaves /"))
-    })?;
     if spec.dockerfile.is_some() && spec.dockerfile_inline.is_some() {
         return Err(ComposeError::invalid(
             field,
             "dockerfile and dockerfile_inline cannot both be set",
         ));
     }
-    if spec.dockerfile_inline.is_none() {
-        // The CVM receives only the compose file: a Dockerfile beside it on
-        // the developer's machine is not there.
+    if let Some(dockerfile) = &spec.dockerfile
+        && !inside_context(dockerfile)
+    {
+        // What is shipped is the context directory: a Dockerfile elsewhere
+        // on the developer's machine would not be in it.
         return Err(ComposeError::Unsupported {
-            field: field.to_string(),
+            field: format!("{field}.dockerfile"),
             reason: format!(
-                "the Dockerfile ({}) is a file on your machine, which the CVM does not receive: put its text under dockerfile_inline",
-                spec.dockerfile.as_deref().unwrap_or("Dockerfile")
+                "{dockerfile:?} is outside the build context; only the context directory is shipped to the CVM: move the Dockerfile into it"
             ),
         });
     }
+    spec.source_context = context.clone();
+    let absolute = if context.starts_with('/') {
+        context.clone()
+    } else {
+        format!("{APP_DIR}/{context}")
+    };
+    match normalize_absolute(&absolute) {
+        Some(path) => spec.context = path,
+        // Only an inline Dockerfile is built in a directory of the CVM; a
+        // Dockerfile file's context is the shipped one.
+        None if spec.dockerfile_inline.is_some() => {
+            return Err(ComposeError::invalid(
+                format!("{field}.context"),
+                format!("{context:?} leaves /"),
+            ));
+        }
+        None => {}
+    }
     Ok(spec)
+}
+
+/// Whether a Dockerfile path stays inside its context: relative, and never
+/// above it.
+fn inside_context(path: &str) -> bool {
+    if path.is_empty() || path.starts_with('/') {
+        return false;
+    }
+    let mut depth = 0usize;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            _ => depth += 1,
+        }
+    }
+    depth > 0
 }
 
 #[cfg(test)]
@@ -128,23 +164,47 @@ mod tests {
     }
 
     #[test]
-    fn files_and_remote_contexts_the_cvm_lacks_are_refused() {
-        assert!(matches!(
-            build("context: .\n"),
-            Err(ComposeError::Unsupported { .. })
-        ));
-        assert!(
-            build("context: .\ndockerfile: Dockerfile\n")
-                .unwrap_err()
-                .to_string()
-                .contains("dockerfile_inline")
+    fn a_dockerfile_file_is_read_with_its_context_as_written() {
+        let b = build("context: ./app\ndockerfile: docker/Dockerfile.prod\nargs: {SOURCE_DATE_EPOCH: \"0\"}\n").unwrap();
+        assert_eq!(b.source_context, "./app");
+        assert_eq!(b.context, "/dstack/app");
+        assert_eq!(b.dockerfile_path(), "docker/Dockerfile.prod");
+        assert!(b.reads_local_files());
+        assert_eq!(b.shipped_context, None);
+        assert_eq!(b.args["SOURCE_DATE_EPOCH"], "0");
+        // The short form, and the default Dockerfile.
+        let b = build(".").unwrap();
+        assert_eq!(
+            (b.source_context.as_str(), b.dockerfile_path()),
+            (".", "Dockerfile")
         );
-        assert!(matches!(
-            build("context: https://github.com/x/y.git\ndockerfile_inline: FROM x\n"),
-            Err(ComposeError::Unsupported { .. })
-        ));
+        // A context above / is fine on the developer's machine: it is shipped.
+        assert_eq!(build("../../..").unwrap().source_context, "../../..");
+        assert!(
+            !build("dockerfile_inline: FROM x\n")
+                .unwrap()
+                .reads_local_files()
+        );
+    }
+
+    #[test]
+    fn remote_contexts_and_dockerfiles_outside_the_context_are_refused() {
+        for yaml in [
+            "context: https://github.com/x/y.git\ndockerfile_inline: FROM x\n",
+            "git@github.com:x/y.git",
+            "context: .\ndockerfile: ../Dockerfile\n",
+            "context: .\ndockerfile: /etc/Dockerfile\n",
+            "context: .\ndockerfile: a/../../Dockerfile\n",
+        ] {
+            assert!(
+                matches!(build(yaml), Err(ComposeError::Unsupported { .. })),
+                "{yaml}"
+            );
+        }
+        assert!(build("context: .\ndockerfile: a/../Dockerfile\n").is_ok());
         assert!(build("context: ..\ndockerfile_inline: FROM x\n").is_ok());
         assert!(build("context: ../..\ndockerfile_inline: FROM x\n").is_err());
+        assert!(build("dockerfile: D\ndockerfile_inline: FROM x\n").is_err());
         assert!(matches!(
             build("dockerfile_inline: FROM x\nplatforms: [linux/arm64]\n"),
             Err(ComposeError::UnsupportedPlatform { .. })

@@ -17,7 +17,10 @@ mod security;
 mod service;
 mod yaml;
 
-pub use app_compose::{AppCompose, KeyProviderKind, app_compose_from_yaml, app_id, compose_hash};
+pub use app_compose::{
+    AppCompose, KeyProviderKind, app_compose_from_yaml, app_compose_with_build_contexts, app_id,
+    compose_hash,
+};
 pub use duration::parse_duration;
 pub use interpolate::Vars;
 pub use limits::{Limits, ULIMIT_NAMES, Ulimit};
@@ -143,6 +146,17 @@ pub enum ComposeError {
     /// `depends_on` forms a cycle.
     #[error("services depend on each other in a cycle: {0}")]
     DependencyCycle(String),
+    /// A build reads a Dockerfile file, and the app-compose ships no
+    /// context for it (`build_contexts`).
+    #[error(
+        "{field}: the Dockerfile ({dockerfile}) and its build context are files on the developer's machine, and this app-compose.json measures no context for the service (build_contexts): deploy with `dstack vm deploy`, which packs, measures and ships them, or use dockerfile_inline"
+    )]
+    BuildContextNotShipped {
+        /// Dotted path of the service's `build`.
+        field: String,
+        /// The Dockerfile's path in the context.
+        dockerfile: String,
+    },
 }
 
 impl ComposeError {

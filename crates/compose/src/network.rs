@@ -157,12 +157,6 @@ impl ServiceNetwork {
                 }
                 net.networks.insert(name, aliases);
             }
-            if !net.networks.is_empty() {
-                findings.ignore(
-                    field("networks"),
-                    "services share the CVM's network stack and reach each other by name (and alias) on 127.0.0.1; compose networks do not isolate them from each other",
-                );
-            }
         }
         let name = |k: &str| -> Result<Option<String>, ComposeError> {
             get(k)

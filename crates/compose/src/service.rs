@@ -26,10 +26,19 @@ pub const PLATFORMS: [&str; 4] = ["linux/amd64", "linux/x86_64", "amd64", "x86_6
 /// engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildSpec {
-    /// The build context: an absolute path of the CVM (a relative
-    /// `context` is resolved under `/dstack`, as upstream's guest runs
-    /// docker compose there).
+    /// Where an inline Dockerfile is built in the CVM: an absolute path (a
+    /// relative `context` is resolved under `/dstack`, as upstream's guest
+    /// runs docker compose there). A shipped context is used instead when
+    /// there is one ([`BuildSpec::shipped_context`]).
     pub context: String,
+    /// `context` as written (`.` when not given): on the developer's
+    /// machine, a directory relative to the compose file's, which `dstack
+    /// vm deploy` packs and ships when the build reads a Dockerfile file.
+    pub source_context: String,
+    /// The SHA-256 (hex) of the context tar the app-compose's
+    /// `build_contexts` measures for this service; the guest builds from
+    /// that tar, unpacked. Set by [`crate::AppCompose`]'s parse.
+    pub shipped_context: Option<String>,
     /// The Dockerfile, relative to the context (`dockerfile`).
     pub dockerfile: Option<String>,
     /// The Dockerfile's text (`dockerfile_inline`).
@@ -40,6 +49,20 @@ pub struct BuildSpec {
     pub target: Option<String>,
     /// `no_cache`.
     pub no_cache: bool,
+}
+
+impl BuildSpec {
+    /// The Dockerfile's path inside the context (`Dockerfile` by default).
+    pub fn dockerfile_path(&self) -> &str {
+        self.dockerfile.as_deref().unwrap_or("Dockerfile")
+    }
+
+    /// Whether the build reads files from the developer's machine (a
+    /// Dockerfile file and its context), which must be shipped to the CVM.
+    /// An inline Dockerfile is in the measured compose file itself.
+    pub fn reads_local_files(&self) -> bool {
+        self.dockerfile_inline.is_none()
+    }
 }
 
 /// One service.
@@ -126,11 +149,10 @@ pub struct PortSpec {
 /// A published port's transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
-    /// TCP (forwarded by the guest when the published port differs).
+    /// TCP (proxied by the guest to the service's address).
     #[default]
     Tcp,
-    /// UDP: reachable on the service's own port (services share the
-    /// guest's network stack), so only `published == target` is accepted.
+    /// UDP (relayed by the guest, one upstream socket per client).
     Udp,
 }
 
@@ -913,10 +935,18 @@ impl ServiceReader<'_> {
                         reason: "only namespaced sysctls (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*) can be set per service, as in docker".into(),
                     });
                 }
-                if key.starts_with("net.") {
+                let shared_stack = self
+                    .get("network_mode")
+                    .and_then(Value::as_str)
+                    .is_some_and(|mode| {
+                        mode == "host"
+                            || mode.starts_with("service:")
+                            || mode.starts_with("container:")
+                    });
+                if key.starts_with("net.") && shared_stack {
                     return Err(ComposeError::Unsupported {
                         field: format!("{}.{key}", f("sysctls")),
-                        reason: "services share the CVM's network stack, so a net.* sysctl would change the whole CVM's".into(),
+                        reason: "the service shares another's network stack (network_mode), so a net.* sysctl would change that one's, as docker refuses too".into(),
                     });
                 }
                 s.sysctls.insert(key, value.unwrap_or_default());
@@ -994,12 +1024,6 @@ fn parse_port(field: &str, item: &Value) -> Result<Vec<PortSpec>, ComposeError> 
                 field,
                 "the published and target ranges differ in length",
             ));
-        }
-        if protocol == Protocol::Udp && published != target {
-            return Err(ComposeError::Unsupported {
-                field: field.to_string(),
-                reason: "a udp port is reachable only on the port the service listens on (publish it as target:target)".into(),
-            });
         }
         Ok((0..=target.1 - target.0)
             .map(|i| PortSpec {
@@ -1194,6 +1218,26 @@ volumes:
     }
 
     #[test]
+    fn net_sysctls_need_a_network_stack_of_its_own() {
+        let parse = |extra: &str| {
+            Compose::parse(&format!(
+                "services:\n  s:\n    image: x\n    sysctls: {{net.core.somaxconn: 1024}}\n{extra}"
+            ))
+        };
+        assert_eq!(
+            parse("").unwrap().services["s"].sysctls["net.core.somaxconn"],
+            "1024"
+        );
+        for mode in ["host", "service:t"] {
+            let err = parse(&format!(
+                "    network_mode: \"{mode}\"\n  t:\n    image: x\n"
+            ))
+            .unwrap_err();
+            assert!(err.to_string().contains("net.core.somaxconn"), "{err}");
+        }
+    }
+
+    #[test]
     fn port_forms() {
         let ports = |yaml: &str| {
             Compose::parse(&format!(
@@ -1218,10 +1262,14 @@ volumes:
                 (8443, 443, Protocol::Tcp),
             ]
         );
-        assert!(matches!(
-            ports("[\"5353:53/udp\"]"),
-            Err(ComposeError::Unsupported { .. })
-        ));
+        assert_eq!(
+            ports("[\"5353:53/udp\"]").unwrap()[0],
+            PortSpec {
+                published: 5353,
+                target: 53,
+                protocol: Protocol::Udp
+            }
+        );
         assert!(matches!(
             ports("[\"80/sctp\"]"),
             Err(ComposeError::Unsupported { .. })
@@ -1256,7 +1304,7 @@ volumes:
     #[test]
     fn a_check_names_every_problem_once() {
         let check = Compose::check(
-            "services:\n  web:\n    image: x\n    build: .\n    secrets: [pw]\n    logging: {driver: none}\n    frobnicate: 1\n  api:\n    image: x\n    depends_on: [web]\nsecrets:\n  pw:\n    file: ./pw.txt\n",
+            "services:\n  web:\n    image: x\n    build: https://example.com/x.git\n    secrets: [pw]\n    logging: {driver: none}\n    frobnicate: 1\n  api:\n    image: x\n    depends_on: [web]\nsecrets:\n  pw:\n    file: ./pw.txt\n",
             &Vars::new(),
         );
         assert!(check.compose.is_none());
@@ -1400,7 +1448,7 @@ volumes:
         assert!(err("services: {}").starts_with("services:"));
         assert!(err("services:\n  web: {}\n").starts_with("services.web.image"));
         assert!(
-            err("services:\n  web:\n    image: x\n    build: .\n")
+            err("services:\n  web:\n    image: x\n    build: git@example.com:x.git\n")
                 .starts_with("services.web.build")
         );
         assert!(

@@ -38,7 +38,11 @@ fn sdk_dir() -> PathBuf {
 }
 
 fn here() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk")
+    // The manifest dir cargo gives the running test, before the one compiled
+    // in: a target dir shared by two checkouts can hold a build of the other.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/sdk")
 }
 
 #[derive(Clone, Copy, Debug)]

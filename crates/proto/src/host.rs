@@ -4,6 +4,8 @@
 //! - `GET  /v1/config`  → [`ConfigBundle`]
 //! - `POST /v1/notify`  ← [`Notification`] → 204
 //! - `POST /v1/logs`    ← [`LogBatch`] → 204
+//! - `GET  /v1/blobs/sha256/<hex>` → the raw bytes of a blob the VM was
+//!   deployed with (a build context its app-compose measures; [`crate::blob`])
 //!
 //! On hosts that simulate the TEE (DESIGN §5) the host also plays the TDX
 //! module for each VM; a TDX host answers these with 404:

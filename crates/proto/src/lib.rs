@@ -7,9 +7,12 @@
 //! - [`guest_api`]: app → guest, upstream dstack's `dstack.sock` / `tappd.sock` API.
 //! - [`kms`]: guest / CLI → KMS, upstream dstack's KMS pRPC API (over RA-TLS).
 //! - [`supervisor`]: operator (CLI, UI) → supervisor REST API.
+//! - [`blob`]: files a VM is deployed with (build contexts), on both the
+//!   supervisor API and the host API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod blob;
 pub mod guest;
 pub mod guest_api;
 pub mod host;

@@ -3,6 +3,9 @@
 //! Served on a unix socket (mode 0600) by default; on TCP only with a bearer
 //! token. Paths (JSON bodies; errors are [`crate::ApiError`] with a 4xx/5xx):
 //! - `GET    /v1/version`              → [`Version`]
+//! - `PUT    /v1/blobs/sha256/<hex>`   ← raw bytes → 204: a blob (a build
+//!   context) a deploy's app-compose measures, uploaded before the deploy
+//!   ([`crate::blob`])
 //! - `POST   /v1/vms`                  ← [`DeployRequest`] → 201 [`VmInfo`]
 //! - `GET    /v1/vms`                  → `Vec<`[`VmSummary`]`>`
 //! - `GET    /v1/vms/{vm}`             → [`VmInfo`] (`{vm}` is an id or a name)

@@ -22,6 +22,8 @@ pub mod phase {
     pub const NETWORK_AND_DISK: &str = "configuring network and keys";
     /// The app's env decrypted, the compose read, the encrypted data disk opened.
     pub const UNLOCK: &str = "unlocking env and data disk";
+    /// Build contexts shipped with the app, fetched and checked.
+    pub const BUILD_CONTEXTS: &str = "fetching build contexts";
     /// Image pulls.
     pub const PULL: &str = "pulling images";
     /// Container starts.

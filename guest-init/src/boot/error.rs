@@ -64,6 +64,9 @@ pub enum BootError {
     /// Data disk.
     #[error("preparing the data disk failed")]
     Disk(#[from] DiskError),
+    /// A shipped build context: not handed over, or not the measured one.
+    #[error("providing the build contexts failed")]
+    BuildContext(#[from] crate::build_context::ContextError),
     /// Image pulls.
     #[error("pulling images failed")]
     Pull(#[source] ContainerError),

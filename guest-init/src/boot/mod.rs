@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use crate::app::{AppParams, AppRuntime, RuntimeFactory};
+use crate::build_context;
 use crate::control::Control;
 use crate::disk;
 use crate::hostapi::HostClient;
@@ -653,6 +654,36 @@ impl Boot {
         Ok(())
     }
 
+    /// Fetches the build contexts the app-compose measures, checks each
+    /// against its hash and unpacks it where the engine builds from it.
+    async fn provide_build_contexts(&self, compose: &Compose) -> Result<(), BootError> {
+        let shipped = compose.services.values().any(|s| {
+            s.build
+                .as_ref()
+                .is_some_and(|b| b.shipped_context.is_some())
+        });
+        if !shipped {
+            return Ok(());
+        }
+        self.phase(phase::BUILD_CONTEXTS);
+        let started = Instant::now();
+        // Up to 64 MiB each over vsock.
+        let client = HostClient::new(self.cfg.host.clone(), Duration::from_secs(600));
+        let notifier = self.notifier.clone();
+        let progress = move |line: String| {
+            tracing::info!("{line}");
+            notifier.send(events::BOOT_PROGRESS, line);
+        };
+        let provided =
+            build_context::provide_all(&client, compose, &self.cfg.data_dir, &progress).await?;
+        tracing::info!(
+            "{} build context(s) checked and unpacked in {} ms",
+            provided.len(),
+            ms(started)
+        );
+        Ok(())
+    }
+
     /// Pulls and starts the app's services.
     pub async fn run_app(
         &self,
@@ -660,6 +691,7 @@ impl Boot {
         compose: Compose,
         factory: RuntimeFactory,
     ) -> Result<Arc<dyn AppRuntime>, BootError> {
+        self.provide_build_contexts(&compose).await?;
         let sys_config = &bundle.sys_config;
         // Without a host there is nowhere to ship to; the lines are dropped.
         let logs = self.logs.clone().unwrap_or_else(|| mpsc::channel(1).0);

@@ -1,10 +1,11 @@
 //! `build:` in the CVM: the service's image is built by the container
 //! engine (podman's buildah: Dockerfile heredocs, multi-stage builds,
-//! `COPY --from`, `ARG`...) from the recipe in the measured compose file,
-//! then exported as an OCI layout on the engine's volume and unpacked like
-//! a pulled image. Build output goes to the service's log. Layers stay in
-//! the engine's storage on the encrypted data disk, so a reboot rebuilds
-//! from cache.
+//! `COPY --from`, `ARG`...) from the recipe in the measured compose file
+//! (an inline Dockerfile, built in `/dstack`) or from the shipped context
+//! it measures (unpacked by [`crate::build_context`]), then exported as an
+//! OCI layout on the engine's volume and unpacked like a pulled image.
+//! Build output goes to the service's log. Layers stay in the engine's
+//! storage on the encrypted data disk, so a reboot rebuilds from cache.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -19,17 +20,56 @@ use sha2::{Digest, Sha256};
 
 use super::pull::sha256_hex;
 use super::{ContainerError, ImageRoot, Inner, logs, runner, unpack};
+use crate::build_context::{ENGINE_STORAGE, engine_context_dir, work_dir, work_rel};
 
 /// The longest a build may take.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Where the engine's volume is mounted in the engine.
-const ENGINE_STORAGE: &str = "/var/lib/containers";
+/// Where a build's files are, as the engine sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BuildPaths {
+    /// The service's work directory (log, exported image, inline Dockerfile).
+    pub(crate) work: String,
+    /// The Dockerfile.
+    pub(crate) dockerfile: String,
+    /// The context directory.
+    pub(crate) context: String,
+}
+
+/// Where service `name`'s build reads its Dockerfile and context: a
+/// shipped context when the app-compose measures one (with the Dockerfile
+/// in it, or an inline one beside it), else `/dstack` (as upstream) with
+/// the inline Dockerfile.
+pub(crate) fn build_paths(name: &str, spec: &BuildSpec) -> Result<BuildPaths, String> {
+    let work = format!("{ENGINE_STORAGE}/{}", work_rel(name));
+    let inline = format!("{work}/Dockerfile");
+    let (dockerfile, context) = match (&spec.shipped_context, &spec.dockerfile_inline) {
+        (Some(_), Some(_)) => (inline, engine_context_dir(name)),
+        (Some(_), None) => {
+            let context = engine_context_dir(name);
+            (format!("{context}/{}", spec.dockerfile_path()), context)
+        }
+        (None, Some(_)) => (inline, spec.context.clone()),
+        // The app-compose's parse refuses this; said again, in case.
+        (None, None) => {
+            return Err(format!(
+                "the Dockerfile {} is in a build context the app-compose does not ship",
+                spec.dockerfile_path()
+            ));
+        }
+    };
+    Ok(BuildPaths {
+        work,
+        dockerfile,
+        context,
+    })
+}
 
 /// The shell script the engine runs: build, then export as an OCI layout
 /// (gzip layers, which the guest unpacks), all output into `log`.
-pub(crate) fn build_script(name: &str, tag: &str, spec: &BuildSpec, work: &str) -> String {
+pub(crate) fn build_script(name: &str, tag: &str, spec: &BuildSpec, paths: &BuildPaths) -> String {
     let q = |s: &str| shell_words::quote(s).into_owned();
+    let work = &paths.work;
     let mut build = vec![
         "podman".to_string(),
         "build".into(),
@@ -38,7 +78,7 @@ pub(crate) fn build_script(name: &str, tag: &str, spec: &BuildSpec, work: &str) 
         "-t".into(),
         q(tag),
         "-f".into(),
-        q(&format!("{work}/Dockerfile")),
+        q(&paths.dockerfile),
     ];
     for (key, value) in &spec.args {
         build.push("--build-arg".into());
@@ -51,7 +91,7 @@ pub(crate) fn build_script(name: &str, tag: &str, spec: &BuildSpec, work: &str) 
     if spec.no_cache {
         build.push("--no-cache".into());
     }
-    build.push(q(&spec.context));
+    build.push(q(&paths.context));
     let log = format!("{work}/build.log");
     let out = format!("{work}/oci");
     format!(
@@ -160,23 +200,16 @@ pub(crate) async fn build_image(inner: &Arc<Inner>, name: &str) -> Result<(), Co
         service: name.to_string(),
         reason,
     };
-    let volume = inner.env.data_dir.join("volumes").join(ENGINE_SERVICE);
-    let work_rel = format!("dstack-build/{name}");
-    let work = volume.join(&work_rel);
+    let paths = build_paths(name, spec).map_err(fail)?;
+    let work = work_dir(&inner.env.data_dir, name);
     std::fs::create_dir_all(&work).map_err(|e| ContainerError::io("creating", &work, e))?;
-    let dockerfile = work.join("Dockerfile");
-    std::fs::write(
-        &dockerfile,
-        spec.dockerfile_inline.as_deref().unwrap_or_default(),
-    )
-    .map_err(|e| ContainerError::io("writing", &dockerfile, e))?;
+    if let Some(text) = &spec.dockerfile_inline {
+        let dockerfile = work.join("Dockerfile");
+        std::fs::write(&dockerfile, text)
+            .map_err(|e| ContainerError::io("writing", &dockerfile, e))?;
+    }
     let _ = std::fs::remove_file(work.join("build.log"));
-    let script = build_script(
-        name,
-        &service.image,
-        spec,
-        &format!("{ENGINE_STORAGE}/{work_rel}"),
-    );
+    let script = build_script(name, &service.image, spec, &paths);
     inner.system_log(format!("{name}: building {}", service.image));
     let guard = inner.reaping.spawn_guard().await;
     let (helper, root) = (inner.helper.clone(), inner.state_root.clone());
@@ -272,18 +305,16 @@ mod tests {
     fn the_script_builds_then_exports_quoting_every_value() {
         let spec = BuildSpec {
             context: "/dstack".into(),
+            source_context: ".".into(),
+            shipped_context: None,
             dockerfile: None,
             dockerfile_inline: Some("FROM x".into()),
             args: [("MSG".to_string(), "it's $HOME".to_string())].into(),
             target: Some("final".into()),
             no_cache: false,
         };
-        let script = build_script(
-            "web",
-            "dstack-build/web:latest",
-            &spec,
-            "/var/lib/containers/dstack-build/web",
-        );
+        let paths = build_paths("web", &spec).unwrap();
+        let script = build_script("web", "dstack-build/web:latest", &spec, &paths);
         assert!(
             script.starts_with("set -e; rm -rf /var/lib/containers/dstack-build/web/oci;"),
             "{script}"
@@ -292,6 +323,54 @@ mod tests {
         assert!(script.ends_with("podman push --compression-format gzip dstack-build/web:latest oci:/var/lib/containers/dstack-build/web/oci:latest"), "{script}");
         let words = shell_words::split(&script).unwrap();
         assert!(words.contains(&"MSG=it's $HOME".to_string()));
+    }
+
+    #[test]
+    fn a_shipped_context_is_what_the_engine_builds_from() {
+        let mut spec = BuildSpec {
+            context: "/dstack/app".into(),
+            source_context: "./app".into(),
+            shipped_context: Some("ab".repeat(32)),
+            dockerfile: Some("docker/Dockerfile.prod".into()),
+            dockerfile_inline: None,
+            args: [("SOURCE_DATE_EPOCH".to_string(), "0".to_string())].into(),
+            target: None,
+            no_cache: false,
+        };
+        let context = "/var/lib/containers/dstack-build/web/context";
+        assert_eq!(
+            build_paths("web", &spec).unwrap(),
+            BuildPaths {
+                work: "/var/lib/containers/dstack-build/web".into(),
+                dockerfile: format!("{context}/docker/Dockerfile.prod"),
+                context: context.into(),
+            }
+        );
+        let script = build_script("web", "x", &spec, &build_paths("web", &spec).unwrap());
+        assert!(
+            script.contains(&format!(
+                "-f {context}/docker/Dockerfile.prod --build-arg 'SOURCE_DATE_EPOCH=0' {context};"
+            )),
+            "{script}"
+        );
+        // An inline Dockerfile with a shipped context: the text beside it.
+        spec.dockerfile = None;
+        spec.dockerfile_inline = Some("FROM x".into());
+        let paths = build_paths("web", &spec).unwrap();
+        assert_eq!(
+            (paths.dockerfile.as_str(), paths.context.as_str()),
+            ("/var/lib/containers/dstack-build/web/Dockerfile", context)
+        );
+        // Without one, /dstack (upstream's context) for an inline Dockerfile
+        // only.
+        spec.shipped_context = None;
+        assert_eq!(build_paths("web", &spec).unwrap().context, "/dstack/app");
+        spec.dockerfile_inline = None;
+        assert!(
+            build_paths("web", &spec)
+                .unwrap_err()
+                .contains("does not ship")
+        );
     }
 
     #[test]

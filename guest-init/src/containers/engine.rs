@@ -117,6 +117,9 @@ services:
   engine:
     image: "{image}"
     privileged: true
+    # The engine's containers share the guest's network stack
+    # (containers.conf: netns=host), like the engine itself.
+    network_mode: host
     restart: always
     volumes:
       - "{ENGINE_SERVICE}:/var/lib/containers"

@@ -142,6 +142,12 @@ pub enum ContainerError {
     /// The compose file is inconsistent (a dependency cycle or unknown service).
     #[error("compose file")]
     Compose(#[from] dstack_compose::ComposeError),
+    /// The compose networks cannot be laid out as the file asks.
+    #[error("compose networks")]
+    NetPlan(#[from] crate::containers::netplan::NetPlanError),
+    /// The compose networks could not be set up in the guest.
+    #[error(transparent)]
+    Network(#[from] crate::containers::netns::NetnsError),
 }
 
 impl ContainerError {

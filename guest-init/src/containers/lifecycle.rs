@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dstack_compose::{
-    Compose, DependencyCondition, FileKind, RestartPolicy, Service, VolumeSource,
+    Compose, DependencyCondition, FileKind, Protocol, RestartPolicy, Service, VolumeSource,
 };
 use dstack_proto::guest::{ContainerInfo, ContainerState};
 use dstack_proto::host::LogStream;
 use tokio::sync::oneshot;
 
 use super::spec::{BindMount, MappedDevice, SpecInput, build_spec, hosts_file, resolv_conf};
-use super::{ContainerError, Inner, hardening, health, logs, proxy, reap, runner, unpack};
+use super::{ContainerError, Inner, hardening, health, logs, netns, proxy, reap, runner, unpack};
 
 /// First restart delay; doubled per quick failure up to [`MAX_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_secs(1);
@@ -215,7 +215,11 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
             let path = paths.bundle.join(file);
             std::fs::write(&path, text).map_err(|e| ContainerError::io("writing", &path, e))
         };
-        write("hosts", hosts_file(&inner.compose, service))?;
+        let lines = match &inner.netplan {
+            Ok(plan) => plan.hosts(&inner.compose, &name),
+            Err(_) => Vec::new(),
+        };
+        write("hosts", hosts_file(&lines, service))?;
         write("resolv.conf", resolv_conf(&inner.env.dns, service))?;
         let read_etc = |file: &str| {
             unpack::resolve_in_root(&image.rootfs, std::path::Path::new(file))
@@ -223,6 +227,12 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
                 .and_then(|path| std::fs::read_to_string(path).ok())
         };
         let (passwd, group) = (read_etc("etc/passwd"), read_etc("etc/group"));
+        let netns = match &inner.netplan {
+            Ok(plan) => plan
+                .namespace_of(&name)
+                .map(|ns| netns::netns_path(&inner.env.run_dir, &ns.owner)),
+            Err(e) => return Err(e.clone().into()),
+        };
         let devices = if service.security.privileged {
             let dev = std::path::Path::new("/dev");
             hardening::guest_devices(dev)
@@ -254,22 +264,55 @@ async fn prepare(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
             devices: &devices,
             nofile: runner::nofile_limit(),
             mapped_devices: &mapped_devices,
+            netns: netns.as_deref(),
         })?;
         runner::write_bundle(paths, &spec)
     })
     .await
     .map_err(|e| ContainerError::spec(name, format!("preparing panicked: {e}")))??;
-    for port in service.ports.iter().filter(|p| p.published != p.target) {
+    publish(inner, name).await
+}
+
+/// Opens `name`'s published ports in the guest: each forwards to the
+/// service's address (or loopback for a service in the guest's stack).
+/// Done once: the proxies outlive restarts, as the namespace does.
+async fn publish(inner: &Arc<Inner>, name: &str) -> Result<(), ContainerError> {
+    let slot = &inner.slots[name];
+    if slot
+        .published
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        return Ok(());
+    }
+    let service = &inner.compose.services[name];
+    let target_ip = match &inner.netplan {
+        Ok(plan) => plan.port_target(name),
+        Err(e) => return Err(e.clone().into()),
+    };
+    let Some(target_ip) = target_ip else {
+        if !service.ports.is_empty() {
+            inner.system_log(format!(
+                "{name}: ports are not published: network_mode none has no network"
+            ));
+        }
+        return Ok(());
+    };
+    for port in &service.ports {
+        // In the guest's own stack the service already listens there.
+        if target_ip.is_loopback() && port.published == port.target {
+            continue;
+        }
         let listen = std::net::SocketAddr::from(([0, 0, 0, 0], port.published));
-        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port.target));
-        let (_, task) =
-            proxy::spawn_proxy(listen, target)
-                .await
-                .map_err(|source| ContainerError::Publish {
-                    service: name.into(),
-                    port: port.published,
-                    source,
-                })?;
+        let target = std::net::SocketAddr::from((target_ip, port.target));
+        let spawned = match port.protocol {
+            Protocol::Tcp => proxy::spawn_proxy(listen, target).await,
+            Protocol::Udp => proxy::spawn_udp_relay(listen, target).await,
+        };
+        let (_, task) = spawned.map_err(|source| ContainerError::Publish {
+            service: name.into(),
+            port: port.published,
+            source,
+        })?;
         inner
             .proxies
             .lock()

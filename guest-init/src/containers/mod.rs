@@ -15,6 +15,8 @@ mod health;
 mod helper;
 mod lifecycle;
 mod logs;
+mod netns;
+mod netplan;
 mod proxy;
 mod pull;
 mod reap;
@@ -81,6 +83,8 @@ pub(crate) struct Slot {
     stopping: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
     paths: runner::ServicePaths,
+    /// Whether its published ports are open (once per boot).
+    published: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -96,6 +100,9 @@ pub(crate) struct Inner {
     state_root: PathBuf,
     helper: helper::Helper,
     proxies: Mutex<Vec<JoinHandle<()>>>,
+    /// The compose networks' layout (set up by the first `start_all`).
+    netplan: Result<netplan::NetPlan, netplan::NetPlanError>,
+    networks_ready: tokio::sync::Mutex<bool>,
 }
 
 // The whole chain (`error: cause: cause`), for `ContainerInfo::error`.
@@ -193,6 +200,7 @@ impl ServiceManager {
                     recent: logs::Recent::default(),
                     stopping: watch::Sender::new(false),
                     task: Mutex::new(None),
+                    published: std::sync::atomic::AtomicBool::new(false),
                     paths: runner::ServicePaths::new(&env.run_dir, &env.data_dir, name),
                 };
                 (name.clone(), slot)
@@ -200,6 +208,8 @@ impl ServiceManager {
             .collect();
         let inner = Inner {
             order: compose.start_order(),
+            netplan: netplan::NetPlan::new(&compose),
+            networks_ready: tokio::sync::Mutex::new(false),
             state_root: env.run_dir.join("youki"),
             helper: helper::Helper::new(helper),
             env,
@@ -314,6 +324,7 @@ impl ServiceManager {
         // the shared parent (EEXIST). Create it first; if this fails,
         // libcontainer reports why.
         let _ = std::fs::create_dir(Path::new(CGROUP_ROOT).join(spec::CGROUP_PARENT));
+        self.set_up_networks().await?;
         let mut waiting = Vec::new();
         for name in order {
             let (tx, rx) = oneshot::channel();
@@ -330,6 +341,34 @@ impl ServiceManager {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Lays out the compose networks once per boot, before any service runs.
+    async fn set_up_networks(&self) -> Result<(), ContainerError> {
+        let mut ready = self.inner.networks_ready.lock().await;
+        if *ready {
+            return Ok(());
+        }
+        let plan = self.inner.netplan.clone()?;
+        let run_dir = self.inner.env.run_dir.clone();
+        tokio::task::spawn_blocking(move || netns::set_up(&plan, &run_dir))
+            .await
+            .map_err(|e| ContainerError::spec("*", format!("network setup panicked: {e}")))??;
+        let bridges = match &self.inner.netplan {
+            Ok(plan) => plan
+                .bridges
+                .iter()
+                .map(|b| format!("{} {}/24", b.network, b.gateway))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(_) => String::new(),
+        };
+        if !bridges.is_empty() {
+            self.inner
+                .system_log(format!("compose networks: {bridges}"));
+        }
+        *ready = true;
+        Ok(())
     }
 
     /// PID1's reaper reports every reaped child here; true when the pid was
@@ -416,6 +455,12 @@ impl ServiceManager {
         }
         if let Ok(mut proxies) = inner.proxies.lock() {
             proxies.drain(..).for_each(|task| task.abort());
+        }
+        // Once nothing runs in them, the services' namespaces are unbound.
+        if let Ok(plan) = &inner.netplan
+            && *inner.networks_ready.lock().await
+        {
+            netns::tear_down(plan, &inner.env.run_dir);
         }
     }
 }

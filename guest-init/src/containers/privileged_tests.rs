@@ -4,9 +4,9 @@
 //! `cargo build -p dstack-init && DSTACK_PRIVILEGED_TESTS=1 cargo test -p dstack-init -- --ignored privileged`.
 //! The helper is `dstack-init` next to the test binary's `deps/` directory,
 //! or `$DSTACK_INIT_BIN`.
-//! Each test re-executes itself in a private mount namespace (`unshare -m`),
-//! so the cgroup2 mount it may need, the overlays and the container mounts
-//! never touch the host's mount table.
+//! Each test re-executes itself in private mount and network namespaces
+//! (`unshare -m -n`), so the cgroup2 mount it may need, the overlays, the
+//! container mounts and the compose networks never touch the host's.
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -142,7 +142,9 @@ fn in_private_namespace(test: &str) -> bool {
         return true;
     }
     let status = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
+        // A network namespace too: the compose networks (bridges, veths,
+        // forwarding, nftables) are laid out there, not on this host.
+        .args(["--mount", "--net", "--propagation", "private", "--"])
         .arg(std::env::current_exe().unwrap())
         .args([
             "--exact",

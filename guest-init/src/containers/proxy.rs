@@ -1,11 +1,23 @@
-//! Published ports: `published:target` with different numbers becomes a TCP
-//! proxy from 0.0.0.0:published to 127.0.0.1:target. Same-number ports need
-//! nothing: services listen in the guest's own network namespace.
+//! Published ports: the guest listens on 0.0.0.0:published and forwards to
+//! the service's address on its network (or loopback for a service in the
+//! guest's own stack): a TCP proxy, or a UDP relay keeping one upstream
+//! socket per client so replies find their way back.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
+
+/// A UDP client silent this long loses its upstream socket.
+const UDP_IDLE: Duration = Duration::from_secs(60);
+
+/// At most this many UDP clients at once per port; more are dropped, as a
+/// full conntrack table would drop them.
+const UDP_MAX_CLIENTS: usize = 4096;
 
 /// Listens on `listen` and forwards every connection to `target`. Binding
 /// happens before this returns, so a port in use is reported to the caller.
@@ -32,6 +44,74 @@ pub(crate) async fn spawn_proxy(
         }
     });
     Ok((bound, task))
+}
+
+/// Relays UDP datagrams from `listen` to `target` and the replies back to
+/// each client. Binding happens before this returns.
+pub(crate) async fn spawn_udp_relay(
+    listen: SocketAddr,
+    target: SocketAddr,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let front = Arc::new(UdpSocket::bind(listen).await?);
+    let bound = front.local_addr()?;
+    let task = tokio::spawn(async move {
+        let clients: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let Ok((n, client)) = front.recv_from(&mut buf).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let existing = clients.lock().await.get(&client).cloned();
+            let upstream = match existing {
+                Some(upstream) => upstream,
+                None => {
+                    if clients.lock().await.len() >= UDP_MAX_CLIENTS {
+                        continue;
+                    }
+                    let Ok(upstream) = connect_udp(target).await else {
+                        continue;
+                    };
+                    let upstream = Arc::new(upstream);
+                    clients.lock().await.insert(client, upstream.clone());
+                    tokio::spawn(relay_replies(
+                        front.clone(),
+                        upstream.clone(),
+                        client,
+                        clients.clone(),
+                    ));
+                    upstream
+                }
+            };
+            let _ = upstream.send(&buf[..n]).await;
+        }
+    });
+    Ok((bound, task))
+}
+
+async fn connect_udp(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(target).await?;
+    Ok(socket)
+}
+
+/// Sends `upstream`'s replies to `client` until it is idle for [`UDP_IDLE`].
+async fn relay_replies(
+    front: Arc<UdpSocket>,
+    upstream: Arc<UdpSocket>,
+    client: SocketAddr,
+    clients: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>>,
+) {
+    let mut buf = vec![0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
+        let _ = front.send_to(&buf[..n], client).await;
+    }
+    clients.lock().await.remove(&client);
 }
 
 #[cfg(test)]
@@ -66,6 +146,36 @@ mod tests {
         }
         // A second listener on the same port is refused up front.
         assert!(spawn_proxy(proxy, echo_addr).await.is_err());
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn relays_udp_both_ways_per_client() {
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                echo.send_to(&reply, from).await.unwrap();
+            }
+        });
+        let (relay, task) = spawn_udp_relay("127.0.0.1:0".parse().unwrap(), echo_addr)
+            .await
+            .unwrap();
+        for word in [&b"one"[..], b"two"] {
+            let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            client.send_to(word, relay).await.unwrap();
+            let mut buf = [0u8; 64];
+            let (n, from) =
+                tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(from, relay);
+            assert_eq!(&buf[..n], [&b"echo:"[..], word].concat());
+        }
         task.abort();
     }
 }

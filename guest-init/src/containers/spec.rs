@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dstack_compose::{Compose, Limits, Service};
+use dstack_compose::{Limits, Service};
 use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::Spec;
 use serde_json::json;
@@ -60,6 +60,8 @@ pub(crate) struct SpecInput<'a> {
     /// Device nodes of the guest named by the service's `devices` key,
     /// each to be made at its `target` path.
     pub(crate) mapped_devices: &'a [MappedDevice],
+    /// The network namespace to join (`None`: the guest's own).
+    pub(crate) netns: Option<&'a Path>,
 }
 
 /// A guest device node a service's `devices` entry names.
@@ -156,21 +158,13 @@ pub(crate) fn resolve_user(
     })
 }
 
-/// `/etc/hosts` of one container: every name a service answers to (its
-/// name, `container_name`, aliases) maps to 127.0.0.1, because all services
-/// share the guest's network namespace; then the service's `extra_hosts`.
-pub(crate) fn hosts_file(compose: &Compose, service: &Service) -> String {
-    let mut names: Vec<&str> = compose
-        .services
-        .iter()
-        .flat_map(|(name, s)| s.network.names(name))
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    let mut text = format!(
-        "127.0.0.1\tlocalhost {}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        names.join(" ")
-    );
+/// `/etc/hosts` of one container: loopback, then `lines` (the services it
+/// reaches by name, from the network plan), then its `extra_hosts`.
+pub(crate) fn hosts_file(lines: &[(std::net::Ipv4Addr, Vec<String>)], service: &Service) -> String {
+    let mut text = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string();
+    for (address, names) in lines {
+        text.push_str(&format!("{address}\t{}\n", names.join(" ")));
+    }
     for (host, address) in &service.network.extra_hosts {
         text.push_str(&format!("{address}\t{host}\n"));
     }
@@ -375,8 +369,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
     let mut linux = json!({
         // Absolute, so libcontainer uses it as is (not `:youki:<id>`).
         "cgroupsPath": format!("/{CGROUP_PARENT}/{}", input.name),
-        // No network namespace: services share the guest's (DESIGN §2).
-        "namespaces": namespaces(service),
+        "namespaces": namespaces(service, input.netns),
         "maskedPaths": masked,
         "readonlyPaths": readonly,
         "resources": resources(&service.limits, input.mapped_devices)
@@ -430,9 +423,11 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
 }
 
 /// The namespaces a service gets: its own pid, ipc, uts, mount and cgroup
-/// namespaces, minus those it shares with the guest (`pid: host`, ...).
-fn namespaces(service: &Service) -> Vec<serde_json::Value> {
+/// namespaces, minus those it shares with the guest (`pid: host`, ...), and
+/// the network namespace laid out for it (none: the guest's stack).
+fn namespaces(service: &Service, netns: Option<&Path>) -> Vec<serde_json::Value> {
     let host = service.host_namespaces;
+    let network = netns.map(|path| json!({"type": "network", "path": path}));
     [
         ("pid", host.pid),
         ("ipc", host.ipc),
@@ -443,6 +438,7 @@ fn namespaces(service: &Service) -> Vec<serde_json::Value> {
     .into_iter()
     .filter(|(_, shared)| !shared)
     .map(|(kind, _)| json!({"type": kind}))
+    .chain(network)
     .collect()
 }
 

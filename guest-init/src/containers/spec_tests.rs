@@ -28,6 +28,7 @@ fn bare_input(service: &Service) -> SpecInput<'_> {
         devices: &[],
         nofile: 1024,
         mapped_devices: &[],
+        netns: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn spec_json(service: &Service, image: Option<&ImageConfig>) -> Value {
         devices: &[],
         nofile: 1024,
         mapped_devices: &[],
+        netns: None,
     })
     .unwrap();
     serde_json::to_value(spec).unwrap()
@@ -175,19 +177,51 @@ fn resolves_users_like_docker() {
 }
 
 #[test]
-fn hosts_map_every_name_to_loopback_plus_extra_hosts() {
+fn hosts_list_the_plan_then_extra_hosts() {
     let compose = Compose::parse(
-        "services:\n  web:\n    image: x\n    container_name: front\n    extra_hosts: [\"db.internal:10.1.2.3\"]\n    networks:\n      n:\n        aliases: [www]\n  backend:\n    image: x\nnetworks:\n  n: {}\n",
+        "services:\n  web:\n    image: x\n    extra_hosts: [\"db.internal:10.1.2.3\"]\n",
     )
     .unwrap();
+    let lines = [(
+        std::net::Ipv4Addr::new(10, 89, 1, 2),
+        vec!["web".to_string(), "www".to_string()],
+    )];
     assert_eq!(
-        hosts_file(&compose, &compose.services["web"]),
-        "127.0.0.1\tlocalhost backend front web www\n::1\tlocalhost ip6-localhost ip6-loopback\n10.1.2.3\tdb.internal\n"
+        hosts_file(&lines, &compose.services["web"]),
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n10.89.1.2\tweb www\n10.1.2.3\tdb.internal\n"
     );
-    assert_eq!(
-        hosts_file(&compose, &compose.services["backend"]),
-        "127.0.0.1\tlocalhost backend front web www\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    );
+}
+
+#[test]
+fn a_planned_network_namespace_is_joined_by_path() {
+    let web = service("services:\n  web:\n    image: x\n    command: [serve]\n");
+    let spec = build_spec(&bare_input(&web)).unwrap();
+    let kinds = |spec: &oci_spec::runtime::Spec| -> Vec<String> {
+        let value = serde_json::to_value(spec).unwrap();
+        value["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ns| {
+                format!(
+                    "{}{}",
+                    ns["type"].as_str().unwrap(),
+                    ns.get("path")
+                        .and_then(|p| p.as_str())
+                        .map(|p| format!("@{p}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    assert!(!kinds(&spec).iter().any(|k| k.starts_with("network")));
+    let path = Path::new("/run/dstack/netns/web");
+    let spec = build_spec(&SpecInput {
+        netns: Some(path),
+        ..bare_input(&web)
+    })
+    .unwrap();
+    assert!(kinds(&spec).contains(&"network@/run/dstack/netns/web".to_string()));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use bytes::Bytes;
 use dstack_proto::kms::{GetMetaResponse, PublicKeyResponse};
 use dstack_proto::supervisor::{
     DeployRequest, EnvKeyRequest, ImageInfo, KmsMetaRequest, LogChannel, Version, VmInfo, VmSummary,
@@ -16,6 +17,13 @@ use crate::logs::{LogQuery, LogStream};
 pub enum Command {
     /// `GET /v1/version`.
     Version,
+    /// `PUT /v1/blobs/sha256/{sha256}`: a blob for a coming deploy.
+    PutBlob {
+        /// Its name: the SHA-256 hex its bytes must hash to.
+        sha256: String,
+        /// The bytes.
+        bytes: BlobBytes,
+    },
     /// `POST /v1/vms`.
     Deploy(DeployRequest),
     /// `GET /v1/vms`.
@@ -59,6 +67,16 @@ pub enum Command {
     KmsMeta(KmsMetaRequest),
 }
 
+/// A blob's bytes; `Debug` shows their length only (a log line of a
+/// command must not dump a 64 MiB context).
+pub struct BlobBytes(pub Bytes);
+
+impl std::fmt::Debug for BlobBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
+}
+
 /// The VMM's answer to a [`Command`].
 pub enum Reply {
     /// For [`Command::Version`].
@@ -71,6 +89,8 @@ pub enum Reply {
     Vms(Vec<VmSummary>),
     /// The VM and all its files are gone (204).
     Removed,
+    /// The blob is stored (204).
+    BlobStored,
     /// A log, streamed.
     Logs {
         /// Which log (decides the content type).
@@ -94,6 +114,7 @@ impl std::fmt::Debug for Reply {
             Reply::Vm(v) => f.debug_tuple("Vm").field(v).finish(),
             Reply::Vms(v) => f.debug_tuple("Vms").field(v).finish(),
             Reply::Removed => f.write_str("Removed"),
+            Reply::BlobStored => f.write_str("BlobStored"),
             Reply::Logs { channel, .. } => {
                 f.debug_struct("Logs").field("channel", channel).finish()
             }

@@ -16,9 +16,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-pub use command::{Command, Reply, RequestHandler};
+use axum::routing::{get, post, put};
+pub use command::{BlobBytes, Command, Reply, RequestHandler};
 use dstack_proto::ApiError;
+use dstack_proto::blob::{BLOBS_PATH, MAX_BLOB_BYTES};
 use dstack_proto::supervisor::LogChannel;
 
 use crate::error::VmmError;
@@ -31,6 +32,13 @@ pub const MAX_BODY: usize = 16 << 20;
 pub fn router<H: RequestHandler>(handler: Arc<H>) -> Router {
     Router::new()
         .route("/v1/version", get(version::<H>))
+        // A packed build context is larger than any JSON body.
+        .route(
+            &format!("{BLOBS_PATH}{{sha256}}"),
+            put(put_blob::<H>).layer(axum::extract::DefaultBodyLimit::max(
+                usize::try_from(MAX_BLOB_BYTES).unwrap_or(usize::MAX),
+            )),
+        )
         .route("/v1/vms", post(deploy::<H>).get(list::<H>))
         .route("/v1/vms/{vm}", get(get_vm::<H>).delete(remove::<H>))
         .route("/v1/vms/{vm}/start", post(start::<H>))
@@ -70,7 +78,7 @@ fn respond(reply: Reply) -> Response {
         Reply::Images(images) => axum::Json(images).into_response(),
         Reply::EnvKey(key) => axum::Json(key).into_response(),
         Reply::KmsMeta(meta) => axum::Json(meta).into_response(),
-        Reply::Removed => StatusCode::NO_CONTENT.into_response(),
+        Reply::Removed | Reply::BlobStored => StatusCode::NO_CONTENT.into_response(),
         Reply::Logs { channel, body } => {
             let content_type = match channel {
                 LogChannel::App => "application/x-ndjson",
@@ -108,6 +116,30 @@ async fn deploy<H: RequestHandler>(
     match body {
         Ok(body) => run(&*h, request::vms::deploy(&body)).await,
         // Too large or unreadable: answered with the rejection's status, as JSON.
+        Err(e) => error(e.status(), &e.body_text()),
+    }
+}
+
+async fn put_blob<H: RequestHandler>(
+    State(h): State<Arc<H>>,
+    Path(sha256): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match body {
+        Ok(bytes) => {
+            let command = Command::PutBlob {
+                sha256,
+                bytes: BlobBytes(bytes),
+            };
+            run(&*h, Ok(command)).await
+        }
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => error(
+            e.status(),
+            &format!(
+                "blob: over the {} MiB a build context may have",
+                MAX_BLOB_BYTES >> 20
+            ),
+        ),
         Err(e) => error(e.status(), &e.body_text()),
     }
 }

@@ -72,6 +72,10 @@ impl RequestHandler for Fake {
                 ))
             }
             Command::Deploy(req) => Ok(Reply::Created(vm_info(&req.name))),
+            Command::PutBlob { sha256, .. } if sha256 == "bad" => {
+                Err(VmmError::invalid("blob", "bad name"))
+            }
+            Command::PutBlob { .. } => Ok(Reply::BlobStored),
             Command::List => Ok(Reply::Vms(vec![vm_info("web").summary])),
             Command::Get(vm) | Command::Start { vm, .. } | Command::Stop { vm, .. } => {
                 known(&vm).map(|()| Reply::Vm(vm_info(&vm)))
@@ -204,6 +208,36 @@ async fn every_route_maps_to_its_command_and_status() {
     assert_eq!(seen[8], "Start { vm: \"web\", format_nonempty_disk: true }");
     assert!(seen[9].starts_with("EnvKey(EnvKeyRequest"), "{}", seen[9]);
     assert_eq!(seen[10], "KmsMeta(KmsMetaRequest { kms_url: \"\" })");
+}
+
+#[tokio::test]
+async fn blobs_are_put_raw_up_to_their_own_limit() {
+    let fake = Arc::new(Fake::default());
+    let app = router(fake.clone());
+    let hex = "ab".repeat(32);
+    // Larger than any JSON body, within a build context's limit.
+    let big = "x".repeat(MAX_BODY + 1);
+    let answer = call(&app, "PUT", &format!("/v1/blobs/sha256/{hex}"), &big).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.body);
+    assert_eq!(
+        fake.seen.lock().unwrap().last().unwrap(),
+        &format!(
+            "PutBlob {{ sha256: \"{hex}\", bytes: {} bytes }}",
+            big.len()
+        )
+    );
+    let answer = call(&app, "PUT", "/v1/blobs/sha256/bad", "x").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_text(&answer), "blob: bad name");
+    let over = "x".repeat(usize::try_from(MAX_BLOB_BYTES).unwrap() + 1);
+    let answer = call(&app, "PUT", &format!("/v1/blobs/sha256/{hex}"), &over).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(error_text(&answer).contains("64 MiB"), "{}", answer.body);
+    let answer = call(&app, "GET", &format!("/v1/blobs/sha256/{hex}"), "").await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    // A JSON body is still held to MAX_BODY.
+    let answer = call(&app, "POST", "/v1/vms", &big).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 #[tokio::test]
@@ -387,7 +421,11 @@ async fn the_checked_in_openapi_matches_the_routes() {
     let app = router(Arc::new(Fake::default()));
     let mut documented = 0;
     for (path, item) in paths {
-        let path = path.as_str().unwrap().replace("{vm}", "web");
+        let path = path
+            .as_str()
+            .unwrap()
+            .replace("{vm}", "web")
+            .replace("{sha256}", &"ab".repeat(32));
         for method in ["get", "post", "delete", "put", "patch"] {
             if item.get(method).is_none() {
                 continue;
@@ -408,5 +446,5 @@ async fn the_checked_in_openapi_matches_the_routes() {
         }
     }
     // Every route of `router` (and no other) is documented.
-    assert_eq!(documented, 11);
+    assert_eq!(documented, 12);
 }

@@ -1,10 +1,12 @@
 //! Everything the supervisor keeps on disk, and how it is written.
 //!
 //! Layout under the state dir: `images/<name>/`, `vms/<id>/` (see
-//! [`VmDir`]), `cids.json`. Every file that must survive a crash is written
+//! [`VmDir`]), `cids.json`, `uploads/` (blobs uploaded for a deploy, see
+//! [`blobs`]). Every file that must survive a crash is written
 //! with [`write_atomic`].
 
 mod atomic;
+pub mod blobs;
 mod cids;
 mod manifest;
 mod status;

@@ -39,6 +39,12 @@ impl VmDir {
         self.root.join("app-compose.json")
     }
 
+    /// The blobs (packed build contexts) the VM was deployed with, each
+    /// named by its SHA-256 hex; the guest fetches them over the host API.
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
     /// The instance identity the guest asked us to keep.
     pub fn instance_info(&self) -> PathBuf {
         self.root.join("instance-info.json")

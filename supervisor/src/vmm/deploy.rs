@@ -1,5 +1,8 @@
 //! `POST /v1/vms`: validate everything, then create the VM directory in one
 //! rename, then boot. A refused or failed deploy leaves nothing behind.
+//! `PUT /v1/blobs/sha256/{hex}`: a blob (a packed build context) uploaded
+//! for a coming deploy, which links the ones its app-compose measures into
+//! the VM's directory.
 
 use std::fs::{self, File};
 use std::os::unix::fs::DirBuilderExt;
@@ -13,7 +16,7 @@ use rand::Rng;
 use super::Supervisor;
 use super::vm::{Vm, now_ms};
 use crate::error::VmmError;
-use crate::state::{Desired, Manifest, VmDir, write_atomic, write_json_atomic};
+use crate::state::{Desired, Manifest, VmDir, blobs, write_atomic, write_json_atomic};
 use crate::validate::{self, overlaps, port_is_free};
 use dstack_proto::host::InstanceInfo;
 
@@ -66,13 +69,58 @@ fn check_compose(request: &DeployRequest) -> Result<(), VmmError> {
     Ok(())
 }
 
+/// The blobs the VM needs, by the service they are for: the build contexts
+/// its app-compose measures, each of which must have been uploaded. The
+/// supervisor does not vouch for them (the guest checks each against the
+/// measured hash): this only refuses early a deploy whose guest would fail.
+fn needed_blobs(
+    request: &DeployRequest,
+    uploads: &Path,
+) -> Result<Vec<(String, String)>, VmmError> {
+    let app = AppCompose::parse_manifest(&request.app_compose)
+        .map_err(|e| VmmError::invalid("app_compose", e.to_string()))?;
+    let mut needed = Vec::new();
+    for (service, sha256) in app.build_contexts {
+        if blobs::find(uploads, &sha256).is_none() {
+            return Err(VmmError::invalid(
+                format!("app_compose: build_contexts.{service}"),
+                blobs::BlobError::NotUploaded(sha256).to_string(),
+            ));
+        }
+        needed.push((service, sha256));
+    }
+    Ok(needed)
+}
+
 /// Prefix of a VM directory being assembled; removed at start-up if found.
 pub(super) const STAGING_PREFIX: &str = ".deploy-";
 
 impl Supervisor {
+    /// Stores an uploaded blob under its hash (checked), and sweeps
+    /// uploads no deploy used.
+    pub(super) async fn put_blob(
+        &self,
+        sha256: String,
+        bytes: bytes::Bytes,
+    ) -> Result<(), VmmError> {
+        let uploads = self.config.uploads_dir();
+        let dir = uploads.clone();
+        // Hashing and writing 64 MiB blocks.
+        let stored = tokio::task::spawn_blocking(move || {
+            blobs::sweep(&dir, blobs::UPLOAD_TTL, std::time::SystemTime::now());
+            blobs::put(&dir, &sha256, &bytes).map(|_| (sha256, bytes.len()))
+        })
+        .await
+        .map_err(|e| VmmError::io("store a blob in", uploads)(std::io::Error::other(e)))?;
+        let (sha256, len) = stored?;
+        tracing::info!("stored blob {sha256} ({len} bytes)");
+        Ok(())
+    }
+
     pub(super) async fn deploy(&self, request: DeployRequest) -> Result<VmInfo, VmmError> {
         validate::check_request(&request)?;
         check_compose(&request)?;
+        let blobs = needed_blobs(&request, &self.config.uploads_dir())?;
         let image = self.images.resolve(&request.image)?;
         let kms_urls = if request.kms_urls.is_empty() {
             self.config.kms_urls.clone()
@@ -107,7 +155,8 @@ impl Supervisor {
             kms_urls,
             format_nonempty_disk: request.format_nonempty_disk,
         };
-        let dir = match self.create_vm_dir(&manifest, &request.app_compose, pinned.as_ref()) {
+        let dir = match self.create_vm_dir(&manifest, &request.app_compose, pinned.as_ref(), &blobs)
+        {
             Ok(dir) => dir,
             Err(e) => {
                 self.release_cid(&id);
@@ -210,6 +259,7 @@ impl Supervisor {
         manifest: &Manifest,
         app_compose: &str,
         pinned: Option<&InstanceInfo>,
+        needed: &[(String, String)],
     ) -> Result<VmDir, VmmError> {
         let vms_dir = self.config.vms_dir();
         let staging = VmDir::at(vms_dir.join(format!("{STAGING_PREFIX}{}", manifest.id)));
@@ -221,6 +271,9 @@ impl Supervisor {
             write_atomic(&staging.app_compose(), app_compose.as_bytes())
                 .map_err(VmmError::io("write", staging.app_compose()))?;
             create_sparse(&staging.disk(), u64::from(manifest.disk_gb) << 30)?;
+            for (_, sha256) in needed {
+                blobs::link(&self.config.uploads_dir(), sha256, &staging.blobs())?;
+            }
             if let Some(info) = pinned {
                 // The guest takes a 20-byte app_id here as the deployer's pin.
                 write_json_atomic(&staging.instance_info(), info)

@@ -103,6 +103,14 @@ impl Supervisor {
             deploy_lock: tokio::sync::Mutex::new(()),
             this: this.clone(),
         });
+        let swept = crate::state::blobs::sweep(
+            &supervisor.config.uploads_dir(),
+            crate::state::blobs::UPLOAD_TTL,
+            std::time::SystemTime::now(),
+        );
+        if swept > 0 {
+            tracing::info!("removed {swept} blob upload(s) no deploy used");
+        }
         supervisor.load_all().await?;
         Ok(supervisor)
     }
@@ -183,6 +191,10 @@ impl RequestHandler for Supervisor {
     async fn handle(&self, command: Command) -> Result<Reply, VmmError> {
         match command {
             Command::Version => Ok(Reply::Version(self.version())),
+            Command::PutBlob { sha256, bytes } => self
+                .put_blob(sha256, bytes.0)
+                .await
+                .map(|()| Reply::BlobStored),
             Command::Deploy(request) => self.deploy(request).await.map(Reply::Created),
             Command::List => Ok(Reply::Vms(
                 self.all().iter().map(|vm| info::summary(vm)).collect(),

@@ -206,6 +206,68 @@ async fn refused_deploys_leave_nothing_behind() {
 }
 
 #[tokio::test]
+async fn a_deploy_takes_the_uploaded_build_contexts_its_compose_measures() {
+    use crate::hostapi::GuestSink;
+    use sha2::Digest;
+    let host = Host::new();
+    let sup = Supervisor::open(host.config("qemu", false)).await.unwrap();
+    let tar = b"a packed build context".to_vec();
+    let sha256 = hex::encode(sha2::Sha256::digest(&tar));
+    let contexts = std::collections::BTreeMap::from([("web".to_string(), sha256.clone())]);
+    let app_compose = dstack_compose::app_compose_with_build_contexts(
+        "web",
+        "services:\n  web:\n    build: .\n",
+        &contexts,
+    )
+    .unwrap();
+    let mut with_context = request("web");
+    with_context.app_compose = app_compose.clone();
+    with_context.stopped = true;
+
+    // Not uploaded: refused before anything is made.
+    let err = deploy(&sup, with_context.clone()).await.unwrap_err();
+    assert_eq!(err.status_code(), axum::http::StatusCode::BAD_REQUEST);
+    assert!(
+        err.to_string().starts_with(&format!(
+            "app_compose: build_contexts.web: blob {sha256} was not uploaded"
+        )),
+        "{err}"
+    );
+    assert!(host.vm_dirs().is_empty());
+
+    // Bytes under another name are refused; the right ones are kept.
+    let put = |name: &str, bytes: &[u8]| Command::PutBlob {
+        sha256: name.to_owned(),
+        bytes: crate::api::BlobBytes(bytes::Bytes::copy_from_slice(bytes)),
+    };
+    let err = sup.handle(put(&sha256, b"tampered")).await.unwrap_err();
+    assert_eq!(field_of(err), "blob");
+    assert!(matches!(
+        sup.handle(put(&sha256, &tar)).await.unwrap(),
+        Reply::BlobStored
+    ));
+
+    let info = deploy(&sup, with_context).await.unwrap();
+    let vm = sup.find(&info.summary.id).unwrap();
+    let path = vm.blob(&sha256).expect("the VM has its context");
+    assert_eq!(std::fs::read(&path).unwrap(), tar);
+    assert!(path.starts_with(vm.dir.root()));
+    assert!(vm.blob(&"00".repeat(32)).is_none());
+    // The manifest names no blob and carries none of its bytes.
+    let manifest = std::fs::read_to_string(vm.dir.manifest()).unwrap();
+    assert!(!manifest.contains("packed"), "{manifest}");
+    assert_eq!(vm.config().unwrap().app_compose, app_compose);
+
+    sup.handle(Command::Remove {
+        vm: "web".into(),
+        force: true,
+    })
+    .await
+    .unwrap();
+    assert!(host.vm_dirs().is_empty(), "the VM's blobs go with it");
+}
+
+#[tokio::test]
 async fn a_qemu_that_fails_to_start_undoes_the_deploy() {
     let host = Host::new();
     let sup = Supervisor::open(host.config("broken-qemu", true))

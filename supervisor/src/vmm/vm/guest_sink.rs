@@ -109,6 +109,10 @@ impl GuestSink for Vm {
     fn key_provider(&self) -> Option<std::sync::Arc<crate::key_provider::KeyProvider>> {
         Vm::key_provider(self)
     }
+
+    fn blob(&self, sha256: &str) -> Option<std::path::PathBuf> {
+        crate::state::blobs::find(&self.dir.blobs(), sha256)
+    }
 }
 
 #[cfg(test)]
