@@ -211,24 +211,6 @@ fn entry_path(raw: &Path) -> Result<PathBuf, ContextError> {
     Ok(clean)
 }
 
-/// Whether a symlink at `link` (relative to the context) pointing at
-/// `target` stays inside the context.
-fn target_inside(link: &Path, target: &Path) -> bool {
-    let mut depth = link.components().count().saturating_sub(1);
-    for component in target.components() {
-        match component {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => match depth.checked_sub(1) {
-                Some(d) => depth = d,
-                None => return false,
-            },
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
 /// Unpacks a context tar into `dir` (replacing what was there), refusing
 /// absolute paths, `..`, links out of the context, hard links, devices and
 /// FIFOs, and any entry under a symlink; modes keep only the permission
@@ -298,7 +280,7 @@ pub fn unpack(reader: impl Read, dir: &Path) -> Result<u64, ContextError> {
                     .map_err(ContextError::Read)?
                     .ok_or_else(|| unsafe_entry("a symlink without a target"))?
                     .into_owned();
-                if !target_inside(&rel, &target) {
+                if !dstack_compose::context_link_stays_inside(&rel, &target) {
                     return Err(unsafe_entry("a symlink that points out of the context"));
                 }
                 symlink(&target, &path).map_err(write_err(&path))?;

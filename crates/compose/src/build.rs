@@ -4,6 +4,8 @@
 //! with its context is shipped as a tar whose SHA-256 the app-compose
 //! measures (`build_contexts`).
 
+use std::path::{Component, Path};
+
 use crate::mounts::{APP_DIR, normalize_absolute};
 use crate::service::BuildSpec;
 use crate::yaml::{Value, boolean, key_text, list_or_dict, scalar};
@@ -138,6 +140,26 @@ fn inside_context(path: &str) -> bool {
         }
     }
     depth > 0
+}
+
+/// A shipped build context's rule for symlinks, applied alike by the CLI
+/// that packs it and the guest that unpacks it: a link at `link` (relative
+/// to the context) pointing at `target` must resolve inside the context,
+/// judged lexically (no absolute target, no `..` above the context root).
+pub fn context_link_stays_inside(link: &Path, target: &Path) -> bool {
+    let mut depth = link.components().count().saturating_sub(1);
+    for component in target.components() {
+        match component {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub use app_compose::{
     AppCompose, KeyProviderKind, app_compose_from_yaml, app_compose_with_build_contexts, app_id,
     compose_hash,
 };
+pub use build::context_link_stays_inside;
 pub use duration::parse_duration;
 pub use interpolate::Vars;
 pub use limits::{Limits, ULIMIT_NAMES, Ulimit};

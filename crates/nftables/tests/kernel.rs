@@ -16,70 +16,11 @@ use dstack_nftables::*;
 use nix::errno::Errno;
 use serde_json::{Value, json};
 
+include!("fixtures/dstack_table.rs");
+
 /// The guest's ruleset, with `bridge` as the one non-internal bridge.
 fn dstack_table(bridge: &str) -> Table {
-    let bridges = IfName::prefix("dsn").unwrap();
-    Table::new(Family::Ip, "dstack")
-        .chain(
-            Chain::base(
-                "postrouting",
-                BaseChain {
-                    kind: ChainType::Nat,
-                    hook: Hook::Postrouting,
-                    priority: 100,
-                    policy: Policy::Accept,
-                },
-            )
-            .rule(Rule::new(
-                [
-                    Match::IpSaddr(CmpOp::Eq, "10.89.0.0/16".parse().unwrap()),
-                    Match::Oifname(CmpOp::Neq, bridges.clone()),
-                ],
-                Statement::Masquerade,
-            )),
-        )
-        .chain(
-            Chain::base(
-                "forward",
-                BaseChain {
-                    kind: ChainType::Filter,
-                    hook: Hook::Forward,
-                    priority: 0,
-                    policy: Policy::Drop,
-                },
-            )
-            .rule(Rule::new(
-                [Match::CtState(vec![CtState::Established, CtState::Related])],
-                Statement::Accept,
-            ))
-            .rule(Rule::new(
-                [
-                    Match::Iifname(CmpOp::Eq, IfName::exact(bridge).unwrap()),
-                    Match::Oifname(CmpOp::Neq, bridges),
-                ],
-                Statement::Accept,
-            )),
-        )
-        .chain(
-            Chain::base(
-                "input",
-                BaseChain {
-                    kind: ChainType::Filter,
-                    hook: Hook::Input,
-                    priority: 0,
-                    policy: Policy::Accept,
-                },
-            )
-            .rule(Rule::new(
-                [
-                    Match::Iifname(CmpOp::Eq, IfName::exact("eth0").unwrap()),
-                    Match::L4Proto(L4Proto::Udp),
-                    Match::ThDport(51820),
-                    Match::IpSaddr(CmpOp::Neq, "10.0.2.2/32".parse().unwrap()),
-                ],
-                Statement::Drop,
-            )),
-        )
+    dstack_table_with_bridge(bridge)
 }
 
 /// What `nft -j list ruleset` (nft 1.0.6) shows for `dstack_table(bridge)`,

@@ -303,24 +303,6 @@ fn slash_path(rel: &Path) -> String {
         .join("/")
 }
 
-/// Whether a symlink at `link` (relative to the context) pointing at
-/// `target` resolves inside the context, lexically.
-fn link_inside(link: &Path, target: &Path) -> bool {
-    let mut depth = link.components().count().saturating_sub(1);
-    for component in target.components() {
-        match component {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => match depth.checked_sub(1) {
-                Some(d) => depth = d,
-                None => return false,
-            },
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
 /// Packs directory `dir` (whose `dockerfile`, when given, is always
 /// included) into a deterministic tar of at most `limit` bytes.
 pub(crate) fn pack_dir(
@@ -381,7 +363,7 @@ pub(crate) fn pack_dir(
                 }
             } else if kind.is_symlink() {
                 let target = fs::read_link(&abs).map_err(read_err(&abs))?;
-                if !link_inside(&rel, &target) {
+                if !dstack_compose::context_link_stays_inside(&rel, &target) {
                     return Err(ContextError::SymlinkEscape { path: abs, target });
                 }
                 Item::Link(target)
