@@ -1,8 +1,8 @@
 # dstack-rs: every entry point users and CI run.
 #   make demo   - the main job: build the OS image, start a local registry and
 #                 the supervisor, deploy examples/hello in a CVM, reach it
-#   make test   - format, lint, unit tests, end-to-end VM tests, kernel
-#                 reproducibility, fuzz smoke run
+#   make test   - format, lint, unit tests, end-to-end VM tests, kernel and
+#                 image reproducibility, fuzz smoke run
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/dstack-rs/target
 export DSTACK_IMAGES_DIR ?= $(HOME)/.cache/dstack-rs/images
@@ -14,18 +14,17 @@ BIN := $(CARGO_TARGET_DIR)/debug
 # dstack-init is built with the size-tuned `guest` profile (Cargo.toml).
 INIT := $(CARGO_TARGET_DIR)/$(MUSL)/guest/dstack-init
 
-.PHONY: demo quote-demo test lint unit e2e e2e-sdk fuzz deps build image bench kernel-twice
+.PHONY: demo quote-demo test lint unit e2e e2e-sdk fuzz deps build image bench kernel-twice rebuild-check
 
 deps:
 	scripts/install-deps
 
 build:
 	cargo build --locked -p dstack-cli -p dstack-supervisor -p dstack-kms -p dstack-e2e --bins
-	# Static libseccomp built for musl (scripts/build-libseccomp says why),
-	# so the containers' seccomp filters are enforced.
-	scripts/build-libseccomp >/dev/null
-	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$$(scripts/build-libseccomp)" \
-	  cargo build --locked -p dstack-init --profile guest --target $(MUSL)
+	# dstack-init exactly as `dstack image rebuild-check` builds it: the
+	# pinned toolchain, build paths mapped away, static libseccomp for musl
+	# (scripts/build-init and scripts/build-libseccomp say why).
+	scripts/build-init >/dev/null
 	# The KMS's own image (kms/image.json); a separate build so features
 	# unified with the KMS never change the measured init binary.
 	cargo build --locked -p dstack-kms --release --target $(MUSL)
@@ -50,7 +49,7 @@ unit:
 
 e2e: image
 	scripts/registry start
-	cargo nextest run -p dstack-e2e --locked --no-fail-fast --test-threads 2
+	DSTACK_TESTDATA="$(TESTDATA)" cargo nextest run -p dstack-e2e --locked --no-fail-fast --test-threads 2
 
 # Only the official SDKs in CVMs (examples/python-sdk, examples/js-sdk; part of e2e).
 e2e-sdk: image
@@ -67,9 +66,17 @@ fuzz:
 kernel-twice: image
 	reproducible/tests/kernel-twice.sh
 
+# The image built twice more from this tree, in two directories as two
+# users (dstack-init's dependencies from the warm target dir, the cached
+# kernel): every output byte must match, and match the image `make image`
+# built. `dstack image rebuild-check --full` is the complete check.
+rebuild-check: image
+	$(BIN)/dstack image rebuild-check --allow-superseded \
+	  --against $(DSTACK_IMAGES_DIR)/dstack-$$($(BIN)/dstack --version | cut -d' ' -f2)
+
 bench: image
 	bench/image/run
 	bench/boot/run
 	bench/disk/run
 
-test: deps lint unit e2e kernel-twice fuzz
+test: deps lint unit e2e kernel-twice rebuild-check fuzz

@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod predict;
 mod simulator;
 
 use std::process::ExitCode;
@@ -45,6 +46,10 @@ enum Command {
     /// Govern a KMS on chain: deploy its contracts and apps', allow compose
     /// hashes, OS images, KMS measurements and devices.
     Chain(commands::chain::ChainArgs),
+    /// Check a live app (its RA-TLS certificate), or a quote and its event
+    /// log, against an OS image and a compose file; explains the first
+    /// mismatch.
+    Verify(Box<commands::verify::VerifyArgs>),
     /// Serve dstack's guest API (dstack.sock, tappd.sock) on this host with
     /// a simulated TEE, for running apps and the dstack SDKs without a CVM.
     Simulator(simulator::SimulatorArgs),
@@ -78,6 +83,7 @@ fn run(cli: Cli) -> Result<(), commands::Failure> {
     let api = client(&cli)?;
     match cli.command {
         Command::Quote(cmd) => commands::quote::run(cmd),
+        Command::Verify(args) => commands::verify::run(*args),
         Command::Vm(cmd) => runtime()?.block_on(commands::vm::run(cmd, api)),
         Command::Image(cmd) => runtime()?.block_on(commands::image::run(cmd, api)),
         Command::Kms(cmd) => runtime()?.block_on(commands::kms::run(cmd)),

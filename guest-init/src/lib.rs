@@ -30,6 +30,7 @@ pub mod network;
 pub mod notify;
 pub mod pid1;
 pub mod power;
+pub mod probe;
 pub mod reaper;
 pub mod services;
 pub mod shutdown;

@@ -12,7 +12,7 @@ use crate::boot::{Boot, BootConfig, BootError, error_chain, phase};
 use crate::shutdown::{self, Teardown};
 use crate::state::{ServicesRef, ShutdownReason};
 use crate::sys::{LinuxSyscall, RebootCmd, Syscall};
-use crate::{console, power};
+use crate::{console, power, probe};
 
 /// How long a failed guest stays up so the host can read why.
 pub const ERROR_LINGER: Duration = Duration::from_secs(20);
@@ -54,6 +54,10 @@ pub async fn run(sys: Arc<dyn Syscall>, cfg: BootConfig, factory: RuntimeFactory
     tokio::spawn(boot.reaper.clone().run(boot.sys.clone()));
     if let Err(e) = power::watch_signals(&boot.shutdown) {
         tracing::warn!("cannot watch SIGTERM/SIGINT: {e}");
+    }
+    if let Some(probe) = probe::requested(&probe::kernel_cmdline()) {
+        probe::run(probe, &boot.shutdown).await;
+        return power_off(&boot, None).await;
     }
 
     let services = match boot_app(&mut boot, factory).await {

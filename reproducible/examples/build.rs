@@ -1,5 +1,6 @@
-//! Builds an image by hand, printing progress: how the builder is tested end
-//! to end (tests/build-twice.sh runs it twice and compares the results).
+//! Builds an image by hand, printing progress: the image assembler that
+//! `dstack image rebuild-check --full` compiles from the checked source tree
+//! in each of its two builds.
 //!
 //! cargo run -p dstack-reproducible --example build -- \
 //!     --init <static-init> --out <dir> [--name NAME] [--dev] [--cache DIR]

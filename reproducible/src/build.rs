@@ -19,7 +19,7 @@ use crate::manifest::{
 use crate::progress::BuildProgress;
 use crate::supersede;
 use crate::tree::Tree;
-use crate::{certs, deb, elf, modules, stage};
+use crate::{certs, deb, elf, init_record, modules, stage};
 
 /// The kernel command line of every image. `panic=-1` reboots at once on a
 /// guest panic, which with QEMU's `-no-reboot` ends the VM; `rdinit=/init`
@@ -123,6 +123,7 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
     check_name(&opts.name)?;
     let init = fs::read(&opts.init_binary).map_err(BuildError::read(&opts.init_binary))?;
     elf::check_static(&opts.init_binary, &init)?;
+    let init_build = init_record::load(&opts.init_binary, &init)?;
 
     let pinned: Vec<PinnedPackage> = inputs::pinned_packages()?
         .into_iter()
@@ -208,6 +209,7 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
             init: InitInput {
                 sha256: hex::encode(Sha256::digest(&init)),
                 size: init.len() as u64,
+                build: init_build,
             },
             kernel_build: match &kernel.source {
                 KernelSource::Built(built) => Some(KernelBuildInput {

@@ -195,6 +195,43 @@ pub enum BuildError {
         /// `CONFIG_X=want (got value)` for each.
         unmet: Vec<String>,
     },
+    /// dstack-init was compiled with another Rust toolchain than the one
+    /// `inputs.lock` pins.
+    #[error(
+        "dstack-init was built with rustc {used}, but reproducible/inputs.lock pins {pinned}: \
+         build it with the pinned toolchain (scripts/build-init checks it; rustup cannot \
+         download here) or bump [rust] in the lock"
+    )]
+    ToolchainMismatch {
+        /// `release (commit-hash)` pinned in the lock.
+        pinned: String,
+        /// `release (commit-hash)` that was used.
+        used: String,
+    },
+    /// The init binary's build record (`<init>.build.json`) is unreadable.
+    #[error("invalid init build record {path}")]
+    InitRecord {
+        /// The record file.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The build record beside the init binary describes another binary.
+    #[error(
+        "{record} describes a dstack-init with sha256 {recorded}, not {init} (sha256 {actual}): \
+         rebuild it with scripts/build-init"
+    )]
+    InitRecordMismatch {
+        /// The record file.
+        record: PathBuf,
+        /// The init binary.
+        init: PathBuf,
+        /// sha256 the record names.
+        recorded: String,
+        /// sha256 of the binary.
+        actual: String,
+    },
     /// A step of the kernel build failed.
     #[error("kernel build `make {step}` failed (log: {}):\n{tail}", log.display())]
     KernelBuild {
@@ -219,4 +256,91 @@ impl BuildError {
         let path = path.into();
         move |source| Self::Write { path, source }
     }
+}
+
+/// Why a rebuild check could not run to a verdict. (Differing outputs are
+/// not an error: they are the check's answer, in its report.)
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RebuildError {
+    /// Preparing a build or reading its outputs failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The source directory is not a dstack-rs tree.
+    #[error(
+        "{path} is not a dstack-rs source tree (no Cargo.lock and scripts/build-init): pass --source DIR"
+    )]
+    NotASource {
+        /// The directory given.
+        path: PathBuf,
+    },
+    /// A reduced check assembles with this binary, whose inputs.lock is not the source's.
+    #[error(
+        "{source_dir}'s reproducible/inputs.lock differs from this dstack's: a reduced check \
+         assembles the image with this binary, so build dstack from that tree, or use --full \
+         (which builds the assembler from the source)"
+    )]
+    LockMismatch {
+        /// The source tree.
+        source_dir: PathBuf,
+    },
+    /// A reduced check reuses the cached kernel, and there is none.
+    #[error(
+        "no built kernel in {dir}: a reduced check reuses the cached kernel (its own \
+         reproducibility is kernel-twice's); build the image once first (`make image`), or use --full"
+    )]
+    NoCachedKernel {
+        /// The kernel cache.
+        dir: PathBuf,
+    },
+    /// `--users` names an account that does not exist.
+    #[error("user {name} does not exist")]
+    NoSuchUser {
+        /// The name given.
+        name: String,
+    },
+    /// Only root can build as other users.
+    #[error("building as other users (--users) needs root")]
+    UsersNeedRoot,
+    /// `useradd` failed.
+    #[error("cannot create the build user {name}: {stderr}")]
+    CreateUser {
+        /// The user.
+        name: String,
+        /// useradd's message.
+        stderr: String,
+    },
+    /// A host tool the check runs (git, id, useradd) could not start.
+    #[error("cannot run {tool}")]
+    Spawn {
+        /// The program.
+        tool: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A build step exited with an error.
+    #[error("build {side}: {step} failed ({status}); the last lines of {}:\n{tail}", log.display())]
+    Step {
+        /// Which build (`a` or `b`).
+        side: String,
+        /// The step.
+        step: String,
+        /// How it ended.
+        status: String,
+        /// Its full log.
+        log: PathBuf,
+        /// The log's last lines.
+        tail: String,
+    },
+    /// A build produced no image directory, or more than one.
+    #[error("build {side} left {count} image directories in {dir}, expected one")]
+    NoImage {
+        /// Which build.
+        side: String,
+        /// How many there were.
+        count: usize,
+        /// The output directory.
+        dir: PathBuf,
+    },
 }

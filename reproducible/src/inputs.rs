@@ -68,9 +68,57 @@ impl EngineImage {
 /// Where the OS image carries the engine pin.
 pub const ENGINE_IMAGE_PATH: &str = "/etc/dstack/engine-image";
 
+/// The Rust toolchain dstack-init must be compiled with, as `rustc -vV`
+/// names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RustToolchain {
+    /// `release:` line, e.g. `1.95.0`.
+    pub release: String,
+    /// `commit-hash:` line: the exact compiler build.
+    pub commit_hash: String,
+    /// The target triple dstack-init is built for.
+    pub target: String,
+}
+
+impl RustToolchain {
+    /// Checks `rustc -vV` output against this pin: the same release and
+    /// commit hash, or [`BuildError::ToolchainMismatch`].
+    pub fn check(&self, rustc_vv: &str) -> Result<(), BuildError> {
+        let field = |name: &str| {
+            rustc_vv
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (release, commit) = (field("release:"), field("commit-hash:"));
+        if release == self.release && commit == self.commit_hash {
+            return Ok(());
+        }
+        Err(BuildError::ToolchainMismatch {
+            pinned: format!("{} ({})", self.release, self.commit_hash),
+            used: format!("{release} ({commit})"),
+        })
+    }
+}
+
+/// The libseccomp source dstack-init links statically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibseccompSource {
+    /// Debian source version.
+    pub version: String,
+    /// sha256 of its `.dsc`.
+    pub dsc_sha256: String,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LockFile {
+    rust: RustToolchain,
+    libseccomp: LibseccompSource,
     engine: EngineImage,
     package: Vec<PinnedPackage>,
 }
@@ -85,6 +133,22 @@ pub fn engine_image() -> Result<EngineImage, BuildError> {
     parse_lock(INPUTS_LOCK).map(|lock| lock.engine)
 }
 
+/// The Rust toolchain pinned in `inputs.lock`.
+pub fn rust_toolchain() -> Result<RustToolchain, BuildError> {
+    parse_lock(INPUTS_LOCK).map(|lock| lock.rust)
+}
+
+/// The libseccomp source pinned in `inputs.lock`.
+pub fn libseccomp_source() -> Result<LibseccompSource, BuildError> {
+    parse_lock(INPUTS_LOCK).map(|lock| lock.libseccomp)
+}
+
+/// The checked-in `inputs.lock`, verbatim (a rebuild check compares it with
+/// the source tree's).
+pub fn inputs_lock_text() -> &'static str {
+    INPUTS_LOCK
+}
+
 fn parse_lock(text: &str) -> Result<LockFile, BuildError> {
     let lock: LockFile = toml::from_str(text).map_err(|e| BuildError::InputsLock {
         reason: e.to_string(),
@@ -93,28 +157,30 @@ fn parse_lock(text: &str) -> Result<LockFile, BuildError> {
         .engine
         .digest
         .strip_prefix("sha256:")
-        .is_some_and(|hex| {
-            hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        });
+        .is_some_and(is_sha256_hex);
     if !digest_ok || lock.engine.repository.is_empty() || lock.engine.repository.contains('@') {
         return Err(BuildError::InputsLock {
             reason: "engine: repository and a sha256:<64 hex> manifest digest are required".into(),
         });
     }
     for pkg in &lock.package {
-        let is_hex = pkg.sha256.len() == 64
-            && pkg
-                .sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !is_hex {
+        if !is_sha256_hex(&pkg.sha256) {
             return Err(BuildError::InputsLock {
                 reason: format!("{}: sha256 must be 64 lowercase hex digits", pkg.name),
             });
         }
+    }
+    if !is_sha256_hex(&lock.libseccomp.dsc_sha256) {
+        return Err(BuildError::InputsLock {
+            reason: "libseccomp: dsc_sha256 must be 64 lowercase hex digits".into(),
+        });
+    }
+    let commit_ok =
+        lock.rust.commit_hash.len() == 40 && lock.rust.commit_hash.bytes().all(is_lower_hex);
+    if lock.rust.release.is_empty() || !commit_ok {
+        return Err(BuildError::InputsLock {
+            reason: "rust: a release and a 40-hex-digit commit_hash are required".into(),
+        });
     }
     for (role, what) in [
         (Role::Kernel, "kernel"),
@@ -128,6 +194,14 @@ fn parse_lock(text: &str) -> Result<LockFile, BuildError> {
         }
     }
     Ok(lock)
+}
+
+fn is_lower_hex(b: u8) -> bool {
+    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(is_lower_hex)
 }
 
 /// The kernel release (`uname -r`) of a Debian kernel image package, e.g.
@@ -178,9 +252,79 @@ mod tests {
         ));
     }
 
+    /// The `[rust]` and `[libseccomp]` tables every test lock needs.
+    const TOOLCHAIN_TABLES: &str = r#"
+        [rust]
+        release = "1.95.0"
+        commit_hash = "59807616e1fa2540724bfbac14d7976d7e4a3860"
+        target = "x86_64-unknown-linux-musl"
+        [libseccomp]
+        version = "2.6.0-2"
+        dsc_sha256 = "d05f94536558d34fa339326c6f958a3357b51efac8234470b5d97b69472db765"
+    "#;
+
+    /// What `scripts/lock-value TABLE KEY` prints: the quoted value of the
+    /// first `KEY = "..."` line between `[TABLE]` and the next table.
+    fn script_value(lock: &str, table: &str, key: &str) -> Option<String> {
+        let header = format!("[{table}]");
+        let prefix = format!("{key} = \"");
+        lock.lines()
+            .skip_while(|l| *l != header)
+            .skip(1)
+            .take_while(|l| !l.starts_with('['))
+            .find_map(|l| {
+                l.strip_prefix(&prefix)?
+                    .strip_suffix('"')
+                    .map(str::to_owned)
+            })
+    }
+
+    #[test]
+    fn the_scripts_read_the_same_pins_as_the_builder() {
+        // scripts/build-init and scripts/build-libseccomp read these with
+        // scripts/lock-value: keep them one `key = "value"` line each.
+        let rust = rust_toolchain().unwrap();
+        let seccomp = libseccomp_source().unwrap();
+        for (table, key, value) in [
+            ("rust", "release", &rust.release),
+            ("rust", "commit_hash", &rust.commit_hash),
+            ("rust", "target", &rust.target),
+            ("libseccomp", "version", &seccomp.version),
+            ("libseccomp", "dsc_sha256", &seccomp.dsc_sha256),
+        ] {
+            assert_eq!(
+                script_value(INPUTS_LOCK, table, key).as_ref(),
+                Some(value),
+                "[{table}] {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_running_toolchain_is_checked_against_the_pin() {
+        let pin = rust_toolchain().unwrap();
+        let same = format!(
+            "rustc {0} (abc 2026-04-14)\nbinary: rustc\ncommit-hash: {1}\nrelease: {0}\n",
+            pin.release, pin.commit_hash
+        );
+        pin.check(&same).unwrap();
+        let other = same.replace(&pin.release, "1.96.0");
+        let err = pin.check(&other).unwrap_err();
+        assert!(matches!(err, BuildError::ToolchainMismatch { .. }));
+        let text = err.to_string();
+        assert!(
+            text.contains("1.96.0") && text.contains(&pin.release),
+            "{text}"
+        );
+        // Same release, another build of it.
+        let rebuilt = same.replace(&pin.commit_hash, &"0".repeat(40));
+        assert!(pin.check(&rebuilt).is_err());
+    }
+
     #[test]
     fn bad_hash_and_unknown_fields_are_refused() {
-        let bad_hash = r#"
+        let bad_hash = TOOLCHAIN_TABLES.to_owned()
+            + r#"
             [engine]
             repository = "dstack/engine"
             digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
@@ -192,7 +336,7 @@ mod tests {
             role = "kernel"
         "#;
         assert!(matches!(
-            parse_lock(bad_hash),
+            parse_lock(&bad_hash),
             Err(BuildError::InputsLock { .. })
         ));
         let unknown = bad_hash.replace("size = 1", "size = 1\nurl = \"x\"");
@@ -204,7 +348,8 @@ mod tests {
 
     #[test]
     fn exactly_one_kernel_and_kernel_source_are_required() {
-        let none = r#"
+        let none = TOOLCHAIN_TABLES.to_owned()
+            + r#"
             [engine]
             repository = "dstack/engine"
             digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
@@ -216,7 +361,7 @@ mod tests {
             role = "firmware"
         "#;
         assert!(matches!(
-            parse_lock(none),
+            parse_lock(&none),
             Err(BuildError::InputsLock { .. })
         ));
     }

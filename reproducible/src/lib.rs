@@ -8,7 +8,9 @@
 //! guest loads; no shell outside the -dev variant), `ovmf.fd`,
 //! `metadata.json`, `sha256sum.txt` and `digest.txt` (the OS image hash,
 //! upstream dstack's rule). Every input is pinned in `inputs.lock` by version
-//! and sha256, and the same inputs give the same bytes.
+//! and sha256, and the same inputs give the same bytes: [`rebuild_check`]
+//! builds the image twice from a source tree (two directories, two users,
+//! other umask, locale and time zone) and compares every output byte.
 //!
 //! The initramfs contract with dstack-init (Debian's kernel only; ours has
 //! no modules and no load-order file): modules live decompressed under
@@ -20,17 +22,20 @@
 
 mod build;
 mod certs;
+mod compare;
 mod cpio;
 mod deb;
 mod download;
 mod elf;
 mod error;
+mod init_record;
 mod inputs;
 mod kernel;
 mod lz4;
 mod manifest;
 mod modules;
 mod progress;
+mod rebuild;
 mod stage;
 mod supersede;
 mod tool;
@@ -38,17 +43,25 @@ mod tree;
 
 // The public interface is:
 pub use build::{BuildOptions, CMDLINE, KernelChoice, build_image, fetch_pinned};
-pub use error::BuildError;
+pub use compare::{Comparison, Difference, Side, compare_bytes, compare_dirs, first_difference};
+pub use error::{BuildError, RebuildError};
+pub use init_record::record_path as init_record_path;
 pub use inputs::{
-    ENGINE_IMAGE_PATH, EngineImage, PinnedPackage, Role, engine_image, pinned_packages,
+    ENGINE_IMAGE_PATH, EngineImage, LibseccompSource, PinnedPackage, Role, RustToolchain,
+    engine_image, inputs_lock_text, libseccomp_source, pinned_packages, rust_toolchain,
 };
 pub use kernel::{
     BuiltKernel, FRAGMENTS, Fragment, KernelBuild, KernelProgress, build_kernel, cache_key,
     requested_options, toolchain_id,
 };
 pub use manifest::{
-    BIOS_FILE, DIGEST_FILE, INITRD_FILE, ImageInputs, ImageManifest, InitInput, InputPackage,
-    KERNEL_FILE, KernelBuildInput, METADATA_FILE, SHA256SUM_FILE, image_digest, list_images,
+    BIOS_FILE, DIGEST_FILE, INITRD_FILE, ImageInputs, ImageManifest, InitBuild, InitInput,
+    InputPackage, KERNEL_FILE, KernelBuildInput, METADATA_FILE, SHA256SUM_FILE, image_digest,
+    list_images,
 };
 pub use progress::BuildProgress;
+pub use rebuild::{
+    BuildInfo, Explained, RebuildMode, RebuildOptions, RebuildProgress, RebuildReport, RebuildStep,
+    rebuild_check,
+};
 pub use supersede::Substitution;

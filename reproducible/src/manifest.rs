@@ -93,6 +93,34 @@ pub struct InitInput {
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
+    /// How it was compiled, from its build record (absent for a binary not
+    /// built by `scripts/build-init`, e.g. a test PID1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<InitBuild>,
+}
+
+/// How dstack-init was compiled: what `scripts/build-init` records beside
+/// the binary. Nothing in it depends on the build machine's paths or users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitBuild {
+    /// `rustc -vV`, verbatim.
+    pub rustc: String,
+    /// `cargo -V`.
+    pub cargo: String,
+    /// sha256 of the Cargo.lock it was built `--locked` against.
+    pub cargo_lock_sha256: String,
+    /// Target triple.
+    pub target: String,
+    /// Cargo profile.
+    pub profile: String,
+    /// The libseccomp source version linked in (inputs.lock `[libseccomp]`).
+    pub libseccomp_version: String,
+    /// sha256 of the static libseccomp.a linked in.
+    pub libseccomp_sha256: String,
+    /// The C compiler, linker and musl that compiled and linked the C parts,
+    /// one line each.
+    pub c_toolchain: String,
 }
 
 impl ImageManifest {
@@ -187,6 +215,7 @@ mod tests {
                 init: InitInput {
                     sha256: "11".repeat(32),
                     size: 7,
+                    build: None,
                 },
                 kernel_build: None,
             },

@@ -37,6 +37,9 @@ pub struct Config {
     pub guest_pccs_url: String,
     /// KMS URLs handed to guests whose deploy names none.
     pub kms_urls: Vec<String>,
+    /// The ACPI tables QEMU builds per VM shape, probed once (sim TEE):
+    /// `<state-dir>/acpi-cache` unless set.
+    pub acpi_cache: PathBuf,
 }
 
 impl Config {

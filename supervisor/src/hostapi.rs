@@ -450,14 +450,9 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
         let dir = tempfile::tempdir().unwrap();
-        for (name, bytes) in [("ovmf.fd", "f"), ("bzImage", "k"), ("initrd", "i")] {
-            std::fs::write(dir.path().join(name), bytes).unwrap();
-        }
-        let image = crate::images::Image::for_tests(dir.path(), "console=ttyS0");
+        let measured = crate::sim_tee::tests::measured();
         let launch = crate::sim_tee::TdLaunch {
-            image: &image,
-            vcpus: 1,
-            memory_mb: 256,
+            measured: &measured,
             mr_config_id: [0; 48],
         };
         let authority = Arc::new(dstack_attest::SimAuthority::generate().unwrap());

@@ -40,22 +40,6 @@ pub struct Image {
 }
 
 impl Image {
-    /// An image of files in `dir` (`ovmf.fd`, `bzImage`, `initrd`).
-    #[cfg(test)]
-    pub(crate) fn for_tests(dir: &Path, cmdline: &str) -> Self {
-        Self {
-            name: "test".into(),
-            version: "0".into(),
-            kernel: dir.join("bzImage"),
-            initrd: dir.join("initrd"),
-            bios: dir.join("ovmf.fd"),
-            cmdline: cmdline.into(),
-            is_dev: false,
-            digest: String::new(),
-            modified: None,
-        }
-    }
-
     /// The API view of it.
     pub fn info(&self) -> ImageInfo {
         ImageInfo {

@@ -103,6 +103,12 @@ struct RunArgs {
     /// own `--kms` replaces it.
     #[arg(long = "kms-url", value_parser = config::parse_kms_url)]
     kms_urls: Vec<String>,
+    /// Where the simulated TEE keeps the ACPI tables QEMU builds for each
+    /// VM shape (probed with one TCG boot, ~20 s, the first time a shape is
+    /// booted; `dstack image measure` can share the directory)
+    /// [default: <state-dir>/acpi-cache].
+    #[arg(long)]
+    acpi_cache: Option<PathBuf>,
 }
 
 /// Exit codes (STYLE rule 6): scripts and service managers can tell a bad
@@ -311,7 +317,11 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         }
         (None, None) => String::new(),
     };
+    let acpi_cache = args
+        .acpi_cache
+        .unwrap_or_else(|| state_dir.join("acpi-cache"));
     let config = Config {
+        acpi_cache,
         state_dir,
         accel,
         qemu,

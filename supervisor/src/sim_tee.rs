@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use dstack_attest::eventlog::Event;
-use dstack_attest::sim::{BootInputs, measure_boot};
 use dstack_attest::{SimAuthority, SimError, SimTdIdentity, rtmr};
 use dstack_proto::host::TeeInfo;
 use serde::{Deserialize, Serialize};
 
-use crate::images::Image;
 use crate::state::write_json_atomic;
+use dstack_firmware::TdMeasurements;
 
 /// The file holding the host's simulated attestation keys.
 pub const AUTHORITY_FILE: &str = "sim-tee.json";
@@ -69,15 +68,13 @@ pub fn load_authority(state_dir: &Path) -> Result<Arc<SimAuthority>, SimError> {
     SimAuthority::load_or_generate(&state_dir.join(AUTHORITY_FILE)).map(Arc::new)
 }
 
-/// What a VM's boot is made of, for its measurements.
+/// What a TD is launched with: what it measured at boot (computed by
+/// `dstack_machine::measure_td`, the code verifiers predict with) and the
+/// `mr_config_id` the host binds.
 #[derive(Debug, Clone, Copy)]
 pub struct TdLaunch<'a> {
-    /// The OS image.
-    pub image: &'a Image,
-    /// Virtual CPUs.
-    pub vcpus: u32,
-    /// Memory in MiB.
-    pub memory_mb: u32,
+    /// MRTD, RTMR0-2 and the boot event log.
+    pub measured: &'a TdMeasurements,
     /// `mr_config_id` the host binds at launch.
     pub mr_config_id: [u8; 48],
 }
@@ -111,48 +108,26 @@ fn array48(bytes: &[u8], path: &Path) -> Result<[u8; 48], SimTeeError> {
 }
 
 impl SimTd {
-    /// A freshly booted TD: measures the image, RTMR3 at zero, saved at `path`.
+    /// A freshly booted TD: the registers it measured, RTMR3 at zero,
+    /// saved at `path`.
     pub fn boot(
         authority: Arc<SimAuthority>,
         launch: &TdLaunch<'_>,
         path: PathBuf,
     ) -> Result<Self, SimTeeError> {
-        let read = |file: &Path| {
-            std::fs::read(file).map_err(|source| SimTeeError::Io {
-                operation: "read",
-                path: file.to_owned(),
-                source,
-            })
-        };
-        let (firmware, kernel, initrd) = (
-            read(&launch.image.bios)?,
-            read(&launch.image.kernel)?,
-            read(&launch.image.initrd)?,
-        );
-        let measured = measure_boot(&BootInputs {
-            firmware: &firmware,
-            kernel: &kernel,
-            initrd: &initrd,
-            cmdline: &launch.image.cmdline,
-            vcpus: launch.vcpus,
-            memory_mb: launch.memory_mb,
-        });
-        let mut rtmrs = rtmr::Rtmrs::default();
-        for event in &measured.events {
-            let digest = array48(&event.digest, &path)?;
-            // measure_boot only uses RTMR0-2.
-            let _ = rtmrs.extend(event.imr as usize, &digest);
-        }
+        let measured = launch.measured;
+        let mut rtmr = [[0u8; 48]; 4];
+        rtmr[..3].copy_from_slice(&measured.rtmr);
         let identity = SimTdIdentity {
             mr_td: measured.mr_td,
-            rtmr: rtmrs.0,
+            rtmr,
             mr_config_id: launch.mr_config_id,
             ..SimTdIdentity::default()
         };
         let td = Self {
             authority,
             path,
-            boot_events: measured.events,
+            boot_events: measured.events.clone(),
             identity: Mutex::new(identity),
         };
         td.save(&td.identity())?;
@@ -266,29 +241,48 @@ impl SimTd {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use dstack_attest::eventlog::{check_replay, parse_event_log_json};
     use dstack_attest::{Quote, QuoteVerifier, Rtmrs, RuntimeEvent};
 
     use super::*;
 
-    fn image(dir: &Path) -> Image {
-        for (name, bytes) in [("ovmf.fd", "fw"), ("bzImage", "k"), ("initrd", "i")] {
-            std::fs::write(dir.join(name), bytes).unwrap();
+    /// A boot log of two events and the registers it replays to.
+    pub(crate) fn measured() -> TdMeasurements {
+        let events = vec![
+            Event {
+                imr: 0,
+                event_type: 0x8000_000b,
+                digest: vec![1; 48],
+                event: String::new(),
+                event_payload: b"hob".to_vec(),
+            },
+            Event {
+                imr: 2,
+                event_type: 0x0000_000d,
+                digest: vec![2; 48],
+                event: String::new(),
+                event_payload: b"initrd".to_vec(),
+            },
+        ];
+        let mut rtmr = [[0u8; 48]; 3];
+        rtmr::extend(&mut rtmr[0], &[1; 48]);
+        rtmr::extend(&mut rtmr[2], &[2; 48]);
+        TdMeasurements {
+            mr_td: [7; 48],
+            rtmr,
+            events,
         }
-        Image::for_tests(dir, "console=ttyS0")
     }
 
     #[test]
     fn quotes_replay_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let authority = Arc::new(SimAuthority::generate().unwrap());
-        let image = image(dir.path());
         let path = dir.path().join("sim-td.json");
+        let measured = measured();
         let launch = TdLaunch {
-            image: &image,
-            vcpus: 1,
-            memory_mb: 512,
+            measured: &measured,
             mr_config_id: dstack_compose::mr_config_id_v1(&[5; 32]),
         };
         let td = SimTd::boot(authority.clone(), &launch, path.clone()).unwrap();
@@ -318,6 +312,8 @@ mod tests {
             .unwrap();
         let report = verified.quote.td_report().unwrap();
         assert_eq!(report.mr_config_id[0], 1);
+        assert_eq!(report.mr_td, [7; 48]);
+        assert_eq!(report.rtmr[..3], measured.rtmr);
         let mut events = parse_event_log_json(&td.info().boot_event_log).unwrap();
         events.push(event.to_event());
         check_replay(&events, &Rtmrs(report.rtmr)).unwrap();

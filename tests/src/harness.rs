@@ -183,6 +183,10 @@ impl Supervisor {
             // Tests run supervisors side by side: each its own sim PCCS port.
             .arg("--sim-pccs-listen")
             .arg(format!("127.0.0.1:{}", self.sim_pccs_port))
+            // One ACPI probe per VM shape for the whole run (and shared with
+            // `dstack image measure`'s default cache), not one per test.
+            .arg("--acpi-cache")
+            .arg(cache_dir().join("acpi"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -1,4 +1,8 @@
-//! `dstack image ...`: list the supervisor's OS images, build new ones.
+//! `dstack image ...`: list the supervisor's OS images, build new ones,
+//! check that a build is reproducible.
+
+mod measure;
+mod rebuild_check;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,6 +25,12 @@ pub(crate) enum ImageCommand {
     Ls(LsArgs),
     /// Build the OS image (kernel, initramfs with dstack-init, firmware) from pinned inputs.
     Build(BuildArgs),
+    /// Build the image twice from source (two directories, two users, other
+    /// umask, locale and time zone) and compare every output byte.
+    RebuildCheck(rebuild_check::RebuildCheckArgs),
+    /// Predict the MRTD and RTMR0-2 a TD booted from the image reports for a
+    /// VM shape (and mr_system, mr_aggregated), computed from its files.
+    Measure(Box<measure::MeasureArgs>),
 }
 
 /// Arguments of `dstack image build`.
@@ -69,7 +79,7 @@ pub(crate) enum KernelArg {
     Debian,
 }
 
-fn cache_home() -> PathBuf {
+pub(super) fn cache_home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_default()
@@ -202,6 +212,13 @@ fn build(args: BuildArgs) -> Result<(), Failure> {
         })),
         allow_superseded: args.allow_superseded,
     };
+    if !dstack_reproducible::init_record_path(&opts.init_binary).is_file() {
+        eprintln!(
+            "note: {} has no build record (built without scripts/build-init): metadata.json \
+             will not name its toolchain",
+            opts.init_binary.display()
+        );
+    }
     let start = Instant::now();
     let manifest = build_image(&opts).map_err(anyhow::Error::from)?;
     bar.finish_and_clear();
@@ -227,6 +244,8 @@ pub(crate) struct LsArgs {
 pub(crate) async fn run(cmd: ImageCommand, client: Client) -> Result<(), Failure> {
     match cmd {
         ImageCommand::Build(args) => build(args),
+        ImageCommand::RebuildCheck(args) => rebuild_check::run(args),
+        ImageCommand::Measure(args) => measure::run(*args),
         ImageCommand::Ls(args) => {
             let images: Vec<ImageInfo> =
                 client.call(Method::GET, "/v1/images", None::<&()>).await?;

@@ -4,6 +4,7 @@ pub(crate) mod chain;
 pub(crate) mod image;
 pub(crate) mod kms;
 pub(crate) mod quote;
+pub(crate) mod verify;
 pub(crate) mod vm;
 
 /// How a command failed.

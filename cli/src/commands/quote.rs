@@ -9,10 +9,11 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use dstack_attest::eventlog::{
-    check_replay, parse_ccel, parse_event_log_json, verify_runtime_digests,
+    check_replay, parse_ccel, parse_event_log_json, parse_runtime_log, verify_runtime_digests,
 };
 use dstack_attest::{
-    Collateral, Event, Policy, Quote, QuoteVerifier, Report, Rtmrs, TcbStatus, VerifiedQuote,
+    Collateral, Event, Policy, Quote, QuoteVerifier, Report, Rtmrs, RuntimeEvent, TcbStatus,
+    VerifiedQuote, VerifyError,
 };
 use serde_json::json;
 
@@ -77,9 +78,9 @@ pub(crate) fn run(cmd: QuoteCommand) -> Result<(), Failure> {
 }
 
 /// What the quote file held: the quote, and an event log if it was a /GetQuote response.
-struct QuoteInput {
-    quote: Vec<u8>,
-    event_log: Option<Vec<Event>>,
+pub(crate) struct QuoteInput {
+    pub(crate) quote: Vec<u8>,
+    pub(crate) event_log: Option<Vec<Event>>,
 }
 
 fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -99,7 +100,8 @@ fn decode_hex_text(text: &str) -> Option<Vec<u8>> {
     hex::decode(t).ok()
 }
 
-fn read_quote(path: &Path) -> anyhow::Result<QuoteInput> {
+/// Reads a quote file: raw bytes, hex text, or a /GetQuote JSON response.
+pub(crate) fn read_quote(path: &Path) -> anyhow::Result<QuoteInput> {
     let bytes = read_input(path)?;
     if let Ok(text) = std::str::from_utf8(&bytes) {
         let trimmed = text.trim_start();
@@ -136,7 +138,10 @@ fn read_quote(path: &Path) -> anyhow::Result<QuoteInput> {
     })
 }
 
-fn read_event_log(path: &Path) -> anyhow::Result<Vec<Event>> {
+/// Reads an event log: dstack JSON (an array, or a /GetQuote response), the
+/// guest's runtime log (`runtime_events.log`, one JSON object a line), or a
+/// binary CCEL table.
+pub(crate) fn read_event_log(path: &Path) -> anyhow::Result<Vec<Event>> {
     let bytes = read_input(path)?;
     let text = std::str::from_utf8(&bytes).ok().map(str::trim_start);
     match text {
@@ -144,11 +149,15 @@ fn read_event_log(path: &Path) -> anyhow::Result<Vec<Event>> {
             Ok(parse_event_log_json(t).context("event log is not a dstack JSON event log")?)
         }
         Some(t) if t.starts_with('{') => {
-            let value: serde_json::Value =
-                serde_json::from_str(t).context("event log JSON is invalid")?;
-            let log = value
-                .get("event_log")
-                .context("JSON event log file has no \"event_log\" field")?;
+            let value: Option<serde_json::Value> = serde_json::from_str(t).ok();
+            let Some(log) = value.as_ref().and_then(|v| v.get("event_log")) else {
+                // Not a /GetQuote response: the guest's runtime log, or nothing we know.
+                return parse_runtime_log(t)
+                    .map(|events| events.iter().map(RuntimeEvent::to_event).collect())
+                    .context(
+                        "event log is neither a /GetQuote response (no \"event_log\" field) nor a runtime event log",
+                    );
+            };
             let log_text = match log {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -172,22 +181,84 @@ fn parse_time(text: &str) -> anyhow::Result<SystemTime> {
     Ok(t.into())
 }
 
-fn policy(args: &VerifyArgs) -> anyhow::Result<Policy> {
-    let mut policy = Policy::default();
-    if !args.accept.is_empty() {
-        policy.accepted_statuses = args
-            .accept
-            .iter()
-            .map(|name| {
-                TcbStatus::from_name(name).with_context(|| {
-                    let known: Vec<_> = TcbStatus::ALL.iter().map(|s| s.as_str()).collect();
-                    format!("unknown TCB status {name:?} (one of {})", known.join(", "))
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
+/// How a quote is checked: the root trusted, where collateral comes from,
+/// the time, and the TCB policy. `quote verify` and `verify` each build one
+/// from their flags and share everything after that.
+#[derive(Debug, Default)]
+pub(crate) struct Trust {
+    /// A root CA file to trust instead of Intel's (e.g. a sim TEE's).
+    pub(crate) root: Option<PathBuf>,
+    /// Offline collateral (dcap-qvl QuoteCollateralV3 JSON).
+    pub(crate) collateral: Option<PathBuf>,
+    /// A PCCS / Intel PCS base URL to fetch collateral from.
+    pub(crate) pccs: Option<String>,
+    /// Verify as of this RFC 3339 time instead of now.
+    pub(crate) at: Option<String>,
+    /// Accepted TCB status names (empty: the default policy's).
+    pub(crate) accept: Vec<String>,
+    /// Accept debug TDs and enclaves.
+    pub(crate) allow_debug: bool,
+}
+
+impl Trust {
+    /// The verifier: the trusted root and the acceptance policy.
+    pub(crate) fn verifier(&self) -> anyhow::Result<QuoteVerifier> {
+        let verifier = match &self.root {
+            Some(path) => QuoteVerifier::new(read_root(path)?),
+            None => QuoteVerifier::intel(),
+        };
+        Ok(verifier.with_policy(self.policy()?))
     }
-    policy.allow_debug = args.allow_debug;
-    Ok(policy)
+
+    fn policy(&self) -> anyhow::Result<Policy> {
+        let mut policy = Policy::default();
+        if !self.accept.is_empty() {
+            policy.accepted_statuses = self
+                .accept
+                .iter()
+                .map(|name| {
+                    TcbStatus::from_name(name).with_context(|| {
+                        let known: Vec<_> = TcbStatus::ALL.iter().map(|s| s.as_str()).collect();
+                        format!("unknown TCB status {name:?} (one of {})", known.join(", "))
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
+        policy.allow_debug = self.allow_debug;
+        Ok(policy)
+    }
+
+    /// The verification time: `at`, or now.
+    pub(crate) fn time(&self) -> anyhow::Result<SystemTime> {
+        match &self.at {
+            Some(text) => parse_time(text),
+            None => Ok(SystemTime::now()),
+        }
+    }
+
+    /// Collateral for `quote`: the file, else fetched from the PCCS, else
+    /// what the evidence carried in-band (an RA-TLS certificate's).
+    pub(crate) fn collateral(
+        &self,
+        quote: &[u8],
+        in_band: Option<Collateral>,
+    ) -> anyhow::Result<Collateral> {
+        match (&self.collateral, &self.pccs, in_band) {
+            (Some(path), _, _) => Ok(Collateral::load(path)?),
+            (None, Some(url), _) => fetch_collateral(url, quote),
+            (None, None, Some(carried)) => Ok(carried),
+            (None, None, None) => bail!("give --collateral FILE or --pccs URL"),
+        }
+    }
+
+    /// A one-line reason for `err`, with the flag that would help.
+    pub(crate) fn rejection(&self, err: &VerifyError) -> String {
+        let mut reason = error_chain(err);
+        if matches!(err, VerifyError::CollateralExpired { .. }) && self.at.is_none() {
+            reason.push_str(" (--at TIME verifies at another time)");
+        }
+        reason
+    }
 }
 
 fn fetch_collateral(url: &str, quote: &[u8]) -> anyhow::Result<Collateral> {
@@ -231,33 +302,23 @@ fn verify(args: VerifyArgs) -> Result<(), Failure> {
         Some(path) => Some(read_event_log(path)?),
         None => input.event_log.clone(),
     };
-    let collateral = match (&args.collateral, &args.pccs) {
-        (Some(path), _) => Collateral::load(path).map_err(anyhow::Error::from)?,
-        (None, Some(url)) => fetch_collateral(url, &input.quote)?,
-        (None, None) => {
-            return Err(anyhow::anyhow!("give --collateral FILE or --pccs URL").into());
-        }
+    let trust = Trust {
+        root: args.root.clone(),
+        collateral: args.collateral.clone(),
+        pccs: args.pccs.clone(),
+        at: args.at.clone(),
+        accept: args.accept.clone(),
+        allow_debug: args.allow_debug,
     };
-    let at = match &args.at {
-        Some(text) => parse_time(text)?,
-        None => SystemTime::now(),
-    };
-    let verifier = match &args.root {
-        Some(path) => QuoteVerifier::new(read_root(path)?),
-        None => QuoteVerifier::intel(),
-    }
-    .with_policy(policy(&args)?);
+    let collateral = trust.collateral(&input.quote, None)?;
+    let at = trust.time()?;
+    let verifier = trust.verifier()?;
     let validity = collateral.validity().ok();
 
     let verified = match verifier.verify_at(&input.quote, &collateral, at) {
         Ok(v) => v,
         Err(err) => {
-            let mut reason = error_chain(&err);
-            if matches!(err, dstack_attest::VerifyError::CollateralExpired { .. })
-                && args.at.is_none()
-            {
-                reason.push_str(" (--at TIME verifies at another time)");
-            }
+            let reason = trust.rejection(&err);
             if args.json {
                 println!("{}", json!({ "ok": false, "error": reason }));
             }

@@ -263,7 +263,7 @@ fn enc(segment: &str) -> String {
         .collect()
 }
 
-fn parse_memory(text: &str) -> anyhow::Result<u32> {
+pub(crate) fn parse_memory(text: &str) -> anyhow::Result<u32> {
     let t = text.trim();
     let (num, mult) = match t.chars().last() {
         Some('G' | 'g') => (&t[..t.len() - 1], 1024),

@@ -9,6 +9,7 @@
 //! - [`supervisor`]: operator (CLI, UI) → supervisor REST API.
 //! - [`blob`]: files a VM is deployed with (build contexts), on both the
 //!   supervisor API and the host API.
+//! - [`probe`]: the serial-console contract of probe boots (host ↔ PID1).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod guest;
 pub mod guest_api;
 pub mod host;
 pub mod kms;
+pub mod probe;
 pub mod prpc;
 pub mod supervisor;
 

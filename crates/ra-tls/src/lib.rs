@@ -24,7 +24,10 @@ pub use config::{
     unverified_client_config,
 };
 pub use csr::{CSR_CONFIRM, CertConfigV2, CertSigningRequestV2, CsrError};
-pub use verify::{PeerPolicy, RaTlsCertVerifier, RaTlsVerifier, VerifiedPeer, certificate_quote};
+pub use verify::{
+    CertEvidence, PeerPolicy, RaTlsCertVerifier, RaTlsVerifier, VerifiedPeer, certificate_quote,
+    decode_certificate,
+};
 
 /// Why an RA-TLS certificate could not be issued or was refused.
 #[derive(Debug, thiserror::Error)]

@@ -146,6 +146,98 @@ pub fn certificate_quote(cert_der: &[u8]) -> Result<Vec<u8>, RaTlsError> {
     }
 }
 
+/// What an RA-TLS certificate carries, decoded but not checked: the input
+/// of [`RaTlsVerifier::verify_cert`], and of tools that check the evidence
+/// themselves and explain each step (`dstack verify --url`).
+#[derive(Debug, Clone)]
+pub struct CertEvidence {
+    /// The certificate's SubjectPublicKeyInfo (DER): what the quote's
+    /// report_data must bind ([`report_data_for_spki`]).
+    pub spki: Vec<u8>,
+    /// The quote (`.8`, else the legacy `.1`).
+    pub quote: Vec<u8>,
+    /// The event log: `.8`'s stripped one (RTMR3 and RTMR0's ACPI DATA
+    /// events), else the legacy `.2` full one, else empty.
+    pub event_log: Vec<Event>,
+    /// Whether the event log is `.8`'s stripped one (only RTMR3 replays).
+    pub stripped: bool,
+    /// The VM config string the attestation carried (empty if none).
+    pub vm_config: String,
+    /// The `.9` app info, if present (the issuer's claim, not evidence).
+    pub app_info: Option<CertAppInfo>,
+    /// The `.3` app id, if present.
+    pub app_id: Option<Vec<u8>>,
+    /// The `.4` special usage, if present.
+    pub usage: Option<String>,
+    /// Validity start, Unix seconds.
+    pub not_before: i64,
+    /// Validity end, Unix seconds.
+    pub not_after: i64,
+    collateral: Option<Vec<u8>>,
+}
+
+impl CertEvidence {
+    /// The collateral the certificate carries in-band, if any.
+    pub fn collateral(&self) -> Result<Option<Collateral>, RaTlsError> {
+        let Some(bytes) = &self.collateral else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| RaTlsError::Certificate("collateral extension is not UTF-8".into()))?;
+        Collateral::from_json(text)
+            .map(Some)
+            .map_err(|e| RaTlsError::Certificate(e.to_string()))
+    }
+}
+
+/// Decodes an RA-TLS certificate's evidence without checking it. Upstream's
+/// verifiers read `.8` first and fall back to `.1` plus `.2`; so does this.
+pub fn decode_certificate(cert_der: &[u8]) -> Result<CertEvidence, RaTlsError> {
+    let ext = read_extensions(cert_der)?;
+    let (quote, event_log, vm_config, stripped) = match &ext.attestation {
+        Some(bytes) => {
+            let attestation = AttestationV0::from_bytes(bytes)?;
+            (
+                attestation.quote,
+                attestation.event_log,
+                attestation.config,
+                true,
+            )
+        }
+        None => {
+            let quote = ext.quote.clone().ok_or(RaTlsError::MissingQuote)?;
+            let event_log = match &ext.event_log {
+                Some(bytes) => {
+                    let text = std::str::from_utf8(bytes).map_err(|_| {
+                        RaTlsError::Certificate("event log extension is not UTF-8".into())
+                    })?;
+                    parse_event_log_json(text)?
+                }
+                None => Vec::new(),
+            };
+            (quote, event_log, String::new(), false)
+        }
+    };
+    let app_info = ext
+        .app_info
+        .as_deref()
+        .map(CertAppInfo::decode)
+        .transpose()?;
+    Ok(CertEvidence {
+        spki: ext.spki,
+        quote,
+        event_log,
+        stripped,
+        vm_config,
+        app_info,
+        app_id: ext.app_id,
+        usage: ext.usage.map(|u| String::from_utf8_lossy(&u).into_owned()),
+        not_before: ext.not_before,
+        not_after: ext.not_after,
+        collateral: ext.collateral,
+    })
+}
+
 impl RaTlsVerifier {
     /// A verifier checking quotes with `quotes` (its trust anchor and TCB policy).
     pub fn new(quotes: QuoteVerifier) -> Self {
@@ -186,73 +278,35 @@ impl RaTlsVerifier {
         at: SystemTime,
         collateral: Option<Collateral>,
     ) -> Result<VerifiedPeer, RaTlsError> {
-        let ext = read_extensions(cert_der)?;
+        let cert = decode_certificate(cert_der)?;
         let now = at
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs();
         let now = i64::try_from(now).unwrap_or(i64::MAX);
-        if now < ext.not_before || now > ext.not_after {
+        if now < cert.not_before || now > cert.not_after {
             return Err(RaTlsError::CertificateExpired);
         }
-        // Upstream's verifiers read `.8` first and fall back to `.1` + `.2`.
-        let (quote, mut event_log, vm_config, stripped) = match &ext.attestation {
-            Some(bytes) => {
-                let attestation = AttestationV0::from_bytes(bytes)?;
-                (
-                    attestation.quote,
-                    attestation.event_log,
-                    attestation.config,
-                    true,
-                )
-            }
-            None => {
-                let quote = ext.quote.clone().ok_or(RaTlsError::MissingQuote)?;
-                let event_log = match &ext.event_log {
-                    Some(bytes) => {
-                        let text = std::str::from_utf8(bytes).map_err(|_| {
-                            RaTlsError::Certificate("event log extension is not UTF-8".into())
-                        })?;
-                        parse_event_log_json(text)?
-                    }
-                    None => Vec::new(),
-                };
-                (quote, event_log, String::new(), false)
-            }
+        let collateral = match collateral {
+            Some(given) => Some(given),
+            None => cert.collateral()?,
         };
-        let collateral = match (collateral, &ext.collateral) {
-            (Some(given), _) => Some(given),
-            (None, Some(bytes)) => {
-                let text = std::str::from_utf8(bytes).map_err(|_| {
-                    RaTlsError::Certificate("collateral extension is not UTF-8".into())
-                })?;
-                Some(
-                    Collateral::from_json(text)
-                        .map_err(|e| RaTlsError::Certificate(e.to_string()))?,
-                )
-            }
-            (None, None) => None,
-        };
+        let mut event_log = cert.event_log;
         let verified = self.check_evidence(
-            &quote,
+            &cert.quote,
             &mut event_log,
-            stripped,
-            &report_data_for_spki(&ext.spki),
+            cert.stripped,
+            &report_data_for_spki(&cert.spki),
             collateral,
             at,
         )?;
-        let app_info = ext
-            .app_info
-            .as_deref()
-            .map(CertAppInfo::decode)
-            .transpose()?;
         let peer = VerifiedPeer {
             quote: verified,
             event_log,
-            vm_config,
-            app_info,
-            app_id: ext.app_id,
-            usage: ext.usage.map(|u| String::from_utf8_lossy(&u).into_owned()),
+            vm_config: cert.vm_config,
+            app_info: cert.app_info,
+            app_id: cert.app_id,
+            usage: cert.usage,
             cert_sha256: Sha256::digest(cert_der).into(),
         };
         if let Some(policy) = &self.policy {

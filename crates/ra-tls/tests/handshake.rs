@@ -275,3 +275,43 @@ fn bare_attestation_verifies_only_for_its_report_data() {
         Err(RaTlsError::Quote(_))
     ));
 }
+
+/// The decoder hands over what a certificate carries, unchecked: the quote
+/// binding its key, the stripped log, the in-band collateral.
+#[test]
+fn decode_certificate_exposes_the_evidence_unchecked() {
+    let authority = Arc::new(SimAuthority::generate().unwrap());
+    let td = platform(&authority, 0x99);
+    let mut request = CertRequest::new("leaf");
+    request.usage = Some("app:custom".into());
+    let cert = issue(&td, "leaf");
+    let decoded = dstack_ra_tls::decode_certificate(&cert.cert_der).unwrap();
+    let quote = dstack_attest::Quote::parse(&decoded.quote).unwrap();
+    assert_eq!(
+        quote.report_data(),
+        &report_data_for_spki(&decoded.spki),
+        "the quote binds the certificate's key"
+    );
+    assert!(decoded.stripped);
+    assert_eq!(decoded.event_log.len(), 1);
+    assert_eq!(decoded.event_log[0].event, "system-ready");
+    assert!(decoded.collateral().unwrap().is_some());
+
+    let bare = RaTlsCert::issue(&td, &request, None).unwrap();
+    let decoded = dstack_ra_tls::decode_certificate(&bare.cert_der).unwrap();
+    assert!(decoded.collateral().unwrap().is_none());
+    assert_eq!(decoded.usage.as_deref(), Some("app:custom"));
+
+    // A certificate without evidence is named as such.
+    let plain = RaTlsCert::build(
+        &KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap(),
+        &CertRequest::new("plain"),
+        None,
+        None,
+    )
+    .unwrap();
+    assert!(matches!(
+        dstack_ra_tls::decode_certificate(&plain.cert_der),
+        Err(RaTlsError::MissingQuote)
+    ));
+}

@@ -1,10 +1,13 @@
 //! The QEMU command line, built from a VM's manifest and image by a pure
 //! function so every flag is unit-tested without starting anything.
 
+use dstack_machine::{
+    BootFiles, Devices, Machine, Platform, Serial, Shape, Vsock, devices_argv, machine_argv,
+};
+
 use crate::accel::Accel;
 use crate::images::Image;
 use crate::state::{Manifest, VmDir};
-use base64::Engine as _;
 
 /// How the guest gets its vsock device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +47,9 @@ pub fn name_arg(id: &str) -> String {
     format!("{name},process={name}")
 }
 
-/// QEMU's arguments (without the program).
+/// QEMU's arguments (without the program). A TD's machine and devices
+/// come from `dstack-machine`, whose ACPI probe boots the very same layout;
+/// direct-boot (TCG, KVM) VMs get the same devices.
 pub fn qemu_argv(spec: &QemuSpec<'_>) -> Vec<String> {
     let QemuSpec {
         manifest,
@@ -54,120 +59,99 @@ pub fn qemu_argv(spec: &QemuSpec<'_>) -> Vec<String> {
         vsock,
         mr_config_id,
     } = *spec;
-    let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
-    let memory = manifest.memory_mb;
-    let mut args: Vec<String> = Vec::new();
-    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
-
-    push(&["-name", &name_arg(&manifest.id)]);
-    // memfd shared memory: vhost-user backends map guest RAM, and -m must
-    // equal the backend size (DESIGN §6).
-    push(&[
-        "-object",
-        &format!("memory-backend-memfd,id=mem,size={memory}M,share=on"),
-    ]);
-    match accel {
+    let (serial_sock, disk, vhost_sock) = (dir.serial_sock(), dir.disk(), dir.vhost_sock());
+    let host_forwards = host_forwards(manifest);
+    let devices = Devices {
+        serial: Serial::Socket(&serial_sock),
+        disk: &disk,
+        host_forwards: &host_forwards,
+        vsock: match vsock {
+            VsockKind::Kernel => Vsock::Kernel { cid: manifest.cid },
+            VsockKind::VhostUser => Vsock::VhostUser {
+                socket: &vhost_sock,
+            },
+        },
+    };
+    let mut args: Vec<String> = vec!["-name".into(), name_arg(&manifest.id)];
+    let direct = |accel: &str, cpu: &str| {
+        let memory = manifest.memory_mb;
+        let mut args: Vec<String> = [
+            // memfd shared memory: vhost-user backends map guest RAM, and
+            // -m must equal the backend size (DESIGN §6).
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={memory}M,share=on"),
+            "-accel",
+            accel,
+            "-cpu",
+            cpu,
+            "-machine",
+            "q35,memory-backend=mem",
+            "-m",
+            &format!("{memory}M"),
+            "-smp",
+            &manifest.vcpu.to_string(),
+            "-kernel",
+            &path(&image.kernel),
+            "-initrd",
+            &path(&image.initrd),
+            "-append",
+            &image.cmdline,
+            "-nographic",
+            "-nodefaults",
+            // A guest panic or reboot ends QEMU; the supervisor decides
+            // whether to boot again (with back-off), instead of a silent
+            // reboot loop.
+            "-no-reboot",
+        ]
+        .map(String::from)
+        .into();
+        args.extend(devices_argv(&devices));
+        args
+    };
+    args.extend(match accel {
         // TCG's default CPU has no RDRAND: the guest's entropy pool then
         // takes seconds to fill and everything that needs randomness at
         // boot (mke2fs, key generation) waits. `max` slows the kernel boot.
-        Accel::Tcg => push(&[
-            "-accel",
-            "tcg",
-            "-cpu",
-            "qemu64,+rdrand",
-            "-machine",
-            "q35,memory-backend=mem",
-        ]),
-        Accel::Kvm => push(&[
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-machine",
-            "q35,memory-backend=mem",
-        ]),
-        Accel::Tdx => push(&[
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-object",
-            &format!(
-                "tdx-guest,id=tdx,mrconfigid={}",
-                base64::engine::general_purpose::STANDARD.encode(mr_config_id)
-            ),
-            "-machine",
-            "q35,confidential-guest-support=tdx,kernel-irqchip=split,memory-backend=mem",
-            // A TD always starts in TDVF, which measures the kernel, initrd
-            // and command line it loads; there is no direct boot.
-            "-bios",
-            &path(image.bios.clone()),
-        ]),
-    }
-    push(&[
-        "-m",
-        &format!("{memory}M"),
-        "-smp",
-        &manifest.vcpu.to_string(),
-        "-kernel",
-        &path(image.kernel.clone()),
-        "-initrd",
-        &path(image.initrd.clone()),
-        "-append",
-        &image.cmdline,
-        "-nographic",
-        "-nodefaults",
-        // A guest panic or reboot ends QEMU; the supervisor decides whether
-        // to boot again (with back-off), instead of a silent reboot loop.
-        "-no-reboot",
-        // The serial console is a socket the supervisor reads (and reconnects
-        // to after its own restart) so it can rotate serial.log; a file
-        // chardev could not be rotated under QEMU's feet.
-        "-chardev",
-        &format!(
-            "socket,id=ser0,path={},server=on,wait=off",
-            path(dir.serial_sock())
+        Accel::Tcg => direct("tcg", "qemu64,+rdrand"),
+        Accel::Kvm => direct("kvm", "host"),
+        Accel::Tdx => machine_argv(
+            &Machine {
+                shape: Shape {
+                    vcpus: manifest.vcpu,
+                    memory_mb: manifest.memory_mb,
+                },
+                boot: BootFiles {
+                    firmware: &image.bios,
+                    kernel: &image.kernel,
+                    initrd: &image.initrd,
+                    cmdline: &image.cmdline,
+                },
+                devices,
+            },
+            &Platform::Tdx { mr_config_id },
         ),
-        "-serial",
-        "chardev:ser0",
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", path(dir.qmp_sock())),
-        "-drive",
-        &format!(
-            "file={},if=virtio,format=raw,cache=writeback",
-            path(dir.disk())
-        ),
-        "-netdev",
-        &netdev(manifest),
-        // romfile= skips the PXE option ROM: nothing boots from the network.
-        "-device",
-        "virtio-net-pci,netdev=net0,romfile=",
-    ]);
-    match vsock {
-        VsockKind::Kernel => push(&[
-            "-device",
-            &format!("vhost-vsock-pci,guest-cid={}", manifest.cid),
-        ]),
-        VsockKind::VhostUser => push(&[
-            "-chardev",
-            &format!("socket,id=vc,path={}", path(dir.vhost_sock())),
-            "-device",
-            "vhost-user-vsock-pci,chardev=vc",
-        ]),
-    }
+    });
+    args.push("-qmp".into());
+    args.push(format!("unix:{},server=on,wait=off", path(&dir.qmp_sock())));
     args
 }
 
-/// `-netdev user,...` with one host forward per published port.
-fn netdev(manifest: &Manifest) -> String {
-    let mut netdev = String::from("user,id=net0");
-    for port in &manifest.ports {
-        netdev.push_str(&format!(
-            ",hostfwd={}:{}:{}-:{}",
-            port.protocol, port.host_address, port.host_port, port.vm_port
-        ));
-    }
-    netdev
+fn path(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The user-mode NIC's `hostfwd` values, one per published port.
+fn host_forwards(manifest: &Manifest) -> Vec<String> {
+    manifest
+        .ports
+        .iter()
+        .map(|port| {
+            format!(
+                "{}:{}:{}-:{}",
+                port.protocol, port.host_address, port.host_port, port.vm_port
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -319,7 +303,12 @@ mod tests {
     #[test]
     fn tdx_goes_through_the_firmware() {
         let args = argv(Accel::Tdx, VsockKind::Kernel);
+        assert_eq!(
+            value(&args, "-name"),
+            "dstack-0a1b2c3d,process=dstack-0a1b2c3d"
+        );
         assert_eq!(value(&args, "-accel"), "kvm");
+        assert_eq!(value(&args, "-cpu"), "host");
         assert_eq!(
             values(&args, "-object"),
             [
@@ -328,18 +317,55 @@ mod tests {
                 &format!("tdx-guest,id=tdx,mrconfigid={}", "A".repeat(64))
             ]
         );
+        // What QEMU's TDX forces (SMM and PIC off), and no HPET, written
+        // out so that the ACPI probe's plain VM has them too.
         assert_eq!(
             value(&args, "-machine"),
-            "q35,confidential-guest-support=tdx,kernel-irqchip=split,memory-backend=mem"
+            "q35,confidential-guest-support=tdx,kernel-irqchip=split,memory-backend=mem,\
+             hpet=off,smm=off,pic=off"
         );
         assert_eq!(value(&args, "-bios"), "/i/ovmf.fd");
+        assert_eq!(value(&args, "-m"), "512M");
+        assert_eq!(value(&args, "-smp"), "2");
         assert_eq!(value(&args, "-kernel"), "/i/bzImage");
+        assert_eq!(value(&args, "-initrd"), "/i/initramfs.cpio.gz");
+        assert_eq!(value(&args, "-append"), "console=ttyS0 panic=1");
+        assert_eq!(
+            value(&args, "-qmp"),
+            "unix:/s/vms/0a1b2c3d/qmp.sock,server=on,wait=off"
+        );
+        assert_eq!(values(&args, "-device")[1], "vhost-vsock-pci,guest-cid=7");
+    }
+
+    #[test]
+    fn every_accelerator_gets_the_same_devices() {
+        let devices = |args: &[String]| -> Vec<String> {
+            let from = args.iter().position(|a| a == "-chardev").unwrap();
+            let to = args.iter().position(|a| a == "-qmp").unwrap();
+            args[from..to].to_vec()
+        };
+        for vsock in [VsockKind::Kernel, VsockKind::VhostUser] {
+            let tcg = devices(&argv(Accel::Tcg, vsock));
+            assert_eq!(tcg, devices(&argv(Accel::Kvm, vsock)));
+            assert_eq!(tcg, devices(&argv(Accel::Tdx, vsock)));
+        }
     }
 
     #[test]
     fn no_ports_is_plain_user_net() {
         let mut manifest = manifest();
         manifest.ports.clear();
-        assert_eq!(netdev(&manifest), "user,id=net0");
+        assert!(host_forwards(&manifest).is_empty());
+        let dir = VmDir::new(Path::new("/s/vms"), &manifest.id);
+        let image = image();
+        let args = qemu_argv(&QemuSpec {
+            manifest: &manifest,
+            dir: &dir,
+            image: &image,
+            accel: Accel::Tcg,
+            vsock: VsockKind::VhostUser,
+            mr_config_id: [0; 48],
+        });
+        assert_eq!(value(&args, "-netdev"), "user,id=net0");
     }
 }

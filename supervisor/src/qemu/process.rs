@@ -54,9 +54,12 @@ pub enum LaunchError {
         /// How long we waited.
         secs: u64,
     },
-    /// The simulated TEE could not measure the VM.
-    #[error("cannot measure the VM for the simulated TEE")]
+    /// The simulated TDX module could not be set up for the VM.
+    #[error("cannot set up the VM's simulated TDX module")]
     SimTee(#[source] crate::sim_tee::SimTeeError),
+    /// The boot could not be measured for the simulated TEE.
+    #[error("cannot measure the boot for the simulated TEE")]
+    Measure(#[source] dstack_machine::MeasureError),
     /// The VM's image is gone or broken.
     #[error("image {0:?} is not available")]
     Image(String),

@@ -17,6 +17,7 @@ use crate::sim_tee::{SimTd, SimTeeError, TdLaunch};
 use crate::state::Desired;
 use crate::vsock::{VsockDevice, remove_if_exists, start_backend, stop_backend};
 use dstack_compose::{compose_hash, mr_config_id_v1};
+use dstack_machine::{AcpiCache, AcpiSource, BootFiles, ProbeOptions, Shape, measure_td};
 
 /// How long QEMU may take to create its QMP socket (it does so before the
 /// guest runs a single instruction).
@@ -173,14 +174,47 @@ impl Supervisor {
         let manifest = vm.manifest();
         let mr_config_id = mr_config_id_v1(&compose_hash(vm.app_compose.as_bytes()));
         let (image, path) = (image.clone(), vm.dir.sim_td());
+        let (qemu, cache) = (
+            self.config.qemu.clone(),
+            AcpiCache::new(self.config.acpi_cache.clone()),
+        );
+        let vm_id = vm.id.clone();
         let td = tokio::task::spawn_blocking(move || {
-            let launch = TdLaunch {
-                image: &image,
+            let files = BootFiles {
+                firmware: &image.bios,
+                kernel: &image.kernel,
+                initrd: &image.initrd,
+                cmdline: &image.cmdline,
+            };
+            let shape = Shape {
                 vcpus: manifest.vcpu,
                 memory_mb: manifest.memory_mb,
+            };
+            let started = Instant::now();
+            let measured = measure_td(
+                &files,
+                shape,
+                AcpiSource::Probe {
+                    qemu: &qemu,
+                    cache: &cache,
+                    options: &ProbeOptions::default(),
+                },
+            )
+            .map_err(LaunchError::Measure)?;
+            tracing::info!(
+                vm = %vm_id,
+                "measured the boot as TDX would ({} vCPUs, {} MiB, QEMU {}; ACPI tables {:?}) in {:.1}s",
+                shape.vcpus,
+                shape.memory_mb,
+                measured.qemu_version,
+                measured.acpi_outcome,
+                started.elapsed().as_secs_f64()
+            );
+            let launch = TdLaunch {
+                measured: &measured.td,
                 mr_config_id,
             };
-            SimTd::boot(authority, &launch, path)
+            SimTd::boot(authority, &launch, path).map_err(LaunchError::SimTee)
         })
         .await
         .map_err(|e| {
@@ -189,8 +223,7 @@ impl Supervisor {
                 path: vm.dir.sim_td(),
                 source: std::io::Error::other(e),
             })
-        })?
-        .map_err(LaunchError::SimTee)?;
+        })??;
         vm.set_sim_td(Some(Arc::new(td)));
         Ok(())
     }

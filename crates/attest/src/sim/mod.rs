@@ -7,7 +7,6 @@
 //! verifier accepts them only when handed the simulated root explicitly.
 
 mod authority;
-mod measure;
 mod quote_builder;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,7 +14,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chrono::Utc;
 
 pub use authority::{SimAuthority, SimError};
-pub use measure::{BootInputs, BootMeasurements, measure_boot};
 pub use quote_builder::{
     ENCLAVE_ATTRIBUTES_PRODUCTION, SimEnclaveIdentity, SimTdIdentity, TD_ATTRIBUTES_PRODUCTION,
     XFAM_DEFAULT,

@@ -18,6 +18,7 @@ use crate::vsock::VsockDevice;
 /// A QEMU stand-in: creates the QMP socket path, then idles (as a shell
 /// loop, so its cmdline keeps the `-name` marker).
 const FAKE_QEMU: &str = r#"#!/bin/sh
+[ "$1" = -version ] && { echo "QEMU emulator version 10.0.2 (stand-in)"; exit 0; }
 for arg; do
   case "$prev" in -qmp) qmp=${arg#unix:}; qmp=${qmp%%,*};; esac
   prev=$arg
@@ -27,8 +28,7 @@ while :; do sleep 1; done
 "#;
 
 /// A QEMU that refuses its command line.
-const BROKEN_QEMU: &str =
-    "#!/bin/sh\necho 'qemu-system-x86_64: -device foo: bad option' >&2\nexit 1\n";
+const BROKEN_QEMU: &str = "#!/bin/sh\n[ \"$1\" = -version ] && { echo 'QEMU emulator version 10.0.2 (stand-in)'; exit 0; }\necho 'qemu-system-x86_64: -device foo: bad option' >&2\nexit 1\n";
 
 /// A vhost-device-vsock stand-in: creates its vhost-user socket path, then idles.
 const FAKE_BACKEND: &str = r#"#!/bin/sh
@@ -62,6 +62,7 @@ impl Host {
     }
 
     fn config(&self, qemu: &str, vhost_user: bool) -> Config {
+        self.seed_acpi_cache(qemu);
         Config {
             state_dir: self.state(),
             accel: Accel::Tcg,
@@ -78,12 +79,49 @@ impl Host {
             local_key_provider: None,
             guest_pccs_url: String::new(),
             kms_urls: Vec::new(),
+            acpi_cache: self.dir.path().join("acpi-cache"),
             stop_timeouts: StopTimeouts {
                 guest: Duration::from_secs(1),
                 acpi: Duration::from_secs(1),
                 kill: Duration::from_secs(5),
             },
             log_max_bytes: 1 << 20,
+        }
+    }
+
+    /// The stand-in QEMUs cannot be probed for ACPI tables: the sim TEE
+    /// finds synthetic ones in its cache for the shapes these tests boot.
+    fn seed_acpi_cache(&self, qemu: &str) {
+        use dstack_firmware::testing::{acpi_tables, acpi_tables_blob};
+        let image = self.state().join("images/img");
+        let (firmware, kernel, initrd) = (
+            image.join("ovmf.fd"),
+            image.join("bzImage"),
+            image.join("initramfs.cpio.gz"),
+        );
+        let files = dstack_machine::BootFiles {
+            firmware: &firmware,
+            kernel: &kernel,
+            initrd: &initrd,
+            cmdline: "console=ttyS0",
+        };
+        let cache = dstack_machine::AcpiCache::new(self.dir.path().join("acpi-cache"));
+        let options = dstack_machine::ProbeOptions::default();
+        for vcpus in [1, 2] {
+            let shape = dstack_machine::Shape {
+                vcpus,
+                memory_mb: 256,
+            };
+            let key = dstack_machine::AcpiCache::key(
+                &self.dir.path().join(qemu),
+                &files,
+                shape,
+                &options,
+            )
+            .unwrap();
+            cache
+                .get_or_insert_with(&key, || Ok(acpi_tables(acpi_tables_blob())))
+                .unwrap();
         }
     }
 
