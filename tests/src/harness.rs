@@ -57,6 +57,24 @@ pub fn images_dir() -> PathBuf {
         .unwrap_or_else(|| cache_dir().join("images"))
 }
 
+/// The newest built image's directory (by name, as `deploy` picks the
+/// default); panics naming `make image` when there is none.
+pub fn newest_image() -> PathBuf {
+    let root = images_dir();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("no images in {} ({e}): run `make image`", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("metadata.json").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop().unwrap_or_else(|| {
+        panic!(
+            "no image with a metadata.json in {}: run `make image`",
+            root.display()
+        )
+    })
+}
+
 fn require(path: &Path, how: &str) -> anyhow::Result<()> {
     if !path.exists() {
         bail!(

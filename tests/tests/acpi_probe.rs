@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dstack_e2e::harness::images_dir;
+use dstack_e2e::harness::newest_image;
 use dstack_e2e::harness::tempfile_dir::TempDir;
 use dstack_machine::{
     AcpiBlobs, AcpiCache, AcpiTables, BootFiles, CacheOutcome, ProbeOptions, ProbeVsock, Shape,
@@ -44,19 +44,7 @@ struct Image {
 
 impl Image {
     fn newest() -> Self {
-        let root = images_dir();
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-            .unwrap_or_else(|e| panic!("no images in {} ({e}): run `make image`", root.display()))
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("metadata.json").is_file())
-            .collect();
-        dirs.sort();
-        let dir = dirs.pop().unwrap_or_else(|| {
-            panic!(
-                "no image with a metadata.json in {}: run `make image`",
-                root.display()
-            )
-        });
+        let dir = newest_image();
         let meta: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("metadata.json")).unwrap()).unwrap();
         let file = |key: &str| {

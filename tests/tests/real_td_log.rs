@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use dstack_attest::eventlog::parse_ccel;
-use dstack_e2e::harness::{images_dir, repo_root};
+use dstack_e2e::harness::{newest_image, repo_root};
 use dstack_firmware::testing::{acpi_tables, acpi_tables_blob};
 use dstack_firmware::{BootFiles, Options, VmShape, measure};
 
@@ -26,13 +26,7 @@ fn testdata(name: &str) -> PathBuf {
 
 #[test]
 fn the_shipped_firmware_reproduces_a_real_tds_firmware_events() {
-    let mut images: Vec<PathBuf> = std::fs::read_dir(images_dir())
-        .expect("no images: run make image")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("metadata.json").is_file())
-        .collect();
-    images.sort();
-    let image = images.pop().expect("no image: run make image");
+    let image = newest_image();
     let read = |name: &str| std::fs::read(image.join(name)).unwrap();
     let real = parse_ccel(&std::fs::read(testdata("ccel.bin")).unwrap()).unwrap();
 

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use dstack_e2e::harness::tempfile_dir::TempDir;
-use dstack_e2e::harness::{Supervisor, bin_dir, free_port, images_dir, push_example, repo_root};
+use dstack_e2e::harness::{Supervisor, bin_dir, free_port, newest_image, push_example, repo_root};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -28,18 +28,6 @@ struct Cvm {
 
 fn app_compose() -> PathBuf {
     repo_root().join("examples/attested-web/app-compose.json")
-}
-
-/// The newest built image's directory (what `deploy` boots by default).
-fn image_dir() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(images_dir())
-        .expect("no images: run make image")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("metadata.json").is_file())
-        .collect();
-    dirs.sort();
-    dirs.pop()
-        .expect("no image with a metadata.json: run make image")
 }
 
 fn dstack(args: &[&str]) -> Output {
@@ -226,7 +214,7 @@ fn measure_predicts_the_quote_and_verify_names_what_differs() {
     for cvm in &cvms {
         wait_https(&sup, cvm);
     }
-    let image = image_dir();
+    let image = newest_image();
 
     // The prediction equals what each quote reports, and the live app verifies.
     let mut predicted = Vec::new();

@@ -48,26 +48,34 @@ pub(crate) struct BuildArgs {
     /// Build the -dev variant (adds a busybox shell; not for production).
     #[arg(long)]
     dev: bool,
-    /// Cache of downloaded packages.
-    #[arg(long)]
-    cache: Option<PathBuf>,
     /// The kernel: `ours` (compiled from the pinned linux-source with
     /// reproducible/kernel/*.config, no modules; cached by input hash) or
     /// `debian` (Debian's stock cloud kernel with modules, for comparison).
     #[arg(long, value_enum, default_value_t = KernelArg::Ours)]
     kernel: KernelArg,
-    /// Cache of compiled kernels.
+    #[command(flatten)]
+    inputs: InputArgs,
+}
+
+/// Where the pinned inputs come from and how the kernel is compiled: the
+/// same for `build` and `rebuild-check`.
+#[derive(Debug, Args)]
+pub(crate) struct InputArgs {
+    /// Cache of downloaded packages [default: ~/.cache/dstack-rs/debs].
     #[arg(long)]
-    kernel_cache: Option<PathBuf>,
+    pub(crate) cache: Option<PathBuf>,
+    /// Cache of compiled kernels [default: ~/.cache/dstack-rs/kernel].
+    #[arg(long)]
+    pub(crate) kernel_cache: Option<PathBuf>,
     /// Parallel jobs when the kernel has to be compiled (default: all CPUs).
     #[arg(long)]
-    jobs: Option<usize>,
+    pub(crate) jobs: Option<usize>,
     /// When Debian no longer serves a pinned package (a kernel security
     /// update replaces it), use the newest version instead of failing. The
     /// image then differs from the locked one; the substitution is printed
     /// and recorded in metadata.json.
     #[arg(long)]
-    allow_superseded: bool,
+    pub(crate) allow_superseded: bool,
 }
 
 /// `--kernel`.
@@ -136,15 +144,20 @@ fn build(args: BuildArgs) -> Result<(), Failure> {
         init_binary: init,
         name,
         dev: args.dev,
-        cache_dir: args.cache.unwrap_or_else(|| cache_home().join("debs")),
+        cache_dir: args
+            .inputs
+            .cache
+            .unwrap_or_else(|| cache_home().join("debs")),
         kernel: match args.kernel {
             KernelArg::Ours => KernelChoice::Ours,
             KernelArg::Debian => KernelChoice::Debian,
         },
         kernel_cache_dir: args
+            .inputs
             .kernel_cache
             .unwrap_or_else(|| cache_home().join("kernel")),
         jobs: args
+            .inputs
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
         progress: Some(Box::new(move |step| {
@@ -210,7 +223,7 @@ fn build(args: BuildArgs) -> Result<(), Failure> {
             _ => {}
         }
         })),
-        allow_superseded: args.allow_superseded,
+        allow_superseded: args.inputs.allow_superseded,
     };
     if !dstack_reproducible::init_record_path(&opts.init_binary).is_file() {
         eprintln!(

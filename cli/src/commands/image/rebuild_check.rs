@@ -46,19 +46,8 @@ pub(crate) struct RebuildCheckArgs {
     /// `make image` built).
     #[arg(long)]
     against: Option<PathBuf>,
-    /// Cache of downloaded packages.
-    #[arg(long)]
-    cache: Option<PathBuf>,
-    /// Cache of compiled kernels (the reduced check reuses its kernel).
-    #[arg(long)]
-    kernel_cache: Option<PathBuf>,
-    /// Parallel jobs when the kernel is compiled (default: all CPUs).
-    #[arg(long)]
-    jobs: Option<usize>,
-    /// Let the builds take the newest version of a pinned package Debian no
-    /// longer serves (as `make image` does).
-    #[arg(long)]
-    allow_superseded: bool,
+    #[command(flatten)]
+    inputs: super::InputArgs,
 }
 
 /// The checkout this binary was built from.
@@ -170,14 +159,18 @@ pub(super) fn run(args: RebuildCheckArgs) -> Result<(), Failure> {
         keep: args.keep,
         cargo_home,
         seed_target: Some(seed_target),
-        debs: args.cache.unwrap_or_else(|| home.join("debs")),
+        debs: args.inputs.cache.unwrap_or_else(|| home.join("debs")),
         downloads: home.join("downloads"),
-        kernels: args.kernel_cache.unwrap_or_else(|| home.join("kernel")),
+        kernels: args
+            .inputs
+            .kernel_cache
+            .unwrap_or_else(|| home.join("kernel")),
         assembler: (assembler, vec!["image".into(), "build".into()]),
         jobs: args
+            .inputs
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
-        allow_superseded: args.allow_superseded,
+        allow_superseded: args.inputs.allow_superseded,
         against: args.against,
         progress: Some(Box::new(report)),
     };
