@@ -294,7 +294,7 @@ impl ImageSpec {
             std::io::Read::read_to_end(&mut decoder, &mut raw)?;
             sha256(&raw)
         };
-        let config = serde_json::to_vec(&serde_json::json!({
+        let config = canonical_json(serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
             "config": {
@@ -309,7 +309,7 @@ impl ImageSpec {
             // without it would be rebuilt from scratch every time.
             "history": [{ "created_by": format!("image.json of {}", self.repository) }],
         }))?;
-        let manifest = serde_json::to_vec(&serde_json::json!({
+        let manifest = canonical_json(serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {
@@ -531,6 +531,29 @@ fn debian_mirror() -> anyhow::Result<String> {
             }
         })
         .context("apt knows no Debian mirror for bookworm or trixie (run scripts/install-deps)")
+}
+
+/// JSON with every object's keys sorted, whatever serde_json's features: a
+/// crate elsewhere in a test binary's build (dcap-qvl) turns on
+/// `preserve_order`, and an image's digest must not depend on what a test
+/// links.
+fn canonical_json(value: serde_json::Value) -> serde_json::Result<Vec<u8>> {
+    fn sorted(value: serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(
+                    entries.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.into_iter().map(sorted).collect())
+            }
+            other => other,
+        }
+    }
+    serde_json::to_vec(&sorted(value))
 }
 
 /// A pinned .deb; when Debian no longer serves that version (a point release
