@@ -20,14 +20,15 @@ deps:
 	scripts/install-deps
 
 build:
-	cargo build --locked -p dstack-cli -p dstack-supervisor -p dstack-kms -p dstack-e2e --bins
+	cargo build --locked -p dstack-cli -p dstack-supervisor -p dstack-kms -p dstack-gateway -p dstack-e2e --bins
 	# dstack-init exactly as `dstack image rebuild-check` builds it: the
 	# pinned toolchain, build paths mapped away, static libseccomp for musl
 	# (scripts/build-init and scripts/build-libseccomp say why).
 	scripts/build-init >/dev/null
-	# The KMS's own image (kms/image.json); a separate build so features
-	# unified with the KMS never change the measured init binary.
-	cargo build --locked -p dstack-kms --release --target $(MUSL)
+	# The KMS's and the gateway's own images (kms/image.json,
+	# gateway/image.json); a separate build so features unified with them
+	# never change the measured init binary.
+	cargo build --locked -p dstack-kms -p dstack-gateway --release --target $(MUSL)
 
 # The OS image, rebuilt when dstack-init changes (same inputs give the same bytes).
 image: build

@@ -17,6 +17,7 @@ pub mod console;
 pub mod containers;
 pub mod control;
 pub mod disk;
+pub mod gateway;
 pub mod hostapi;
 pub mod hostshared;
 pub mod identity;

@@ -15,8 +15,8 @@
 #![warn(missing_docs)]
 
 pub mod auth;
-pub mod boot_info;
-pub mod evidence;
+pub use dstack_ra_tls::boot_info;
+pub use dstack_ra_tls::evidence;
 pub mod metrics;
 pub mod onboard;
 pub mod server;

@@ -191,7 +191,7 @@ impl Onboarding {
             .evidence
             .verify_cert(&server_cert, SystemTime::now())
             .await
-            .map_err(OnboardError::Attestation)?;
+            .map_err(|e| OnboardError::Attestation(e.into()))?;
         let source_info = boot_info(&peer, "", MeasuredAt::Now)
             .map_err(|e| OnboardError::Attestation(e.into()))?;
         self.require_allowed(&source_info, "the source KMS").await?;
@@ -331,7 +331,7 @@ impl Onboarding {
             .evidence
             .verify_attestation(&attestation, &report_data, SystemTime::now())
             .await
-            .map_err(OnboardError::Attestation)?;
+            .map_err(|e| OnboardError::Attestation(e.into()))?;
         boot_info(&peer, "", MeasuredAt::Now).map_err(|e| OnboardError::Attestation(e.into()))
     }
 

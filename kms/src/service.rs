@@ -77,6 +77,17 @@ pub enum KmsError {
     Internal(String),
 }
 
+impl From<dstack_ra_tls::evidence::EvidenceError> for KmsError {
+    fn from(e: dstack_ra_tls::evidence::EvidenceError) -> Self {
+        use dstack_ra_tls::evidence::EvidenceError;
+        match e {
+            EvidenceError::Attestation(e) => Self::Attestation(e),
+            EvidenceError::Collateral(e) => Self::Collateral(e),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
 impl KmsError {
     /// The metrics label of this refusal.
     pub fn reason(&self) -> &'static str {

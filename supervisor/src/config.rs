@@ -37,6 +37,8 @@ pub struct Config {
     pub guest_pccs_url: String,
     /// KMS URLs handed to guests whose deploy names none.
     pub kms_urls: Vec<String>,
+    /// Gateway URLs handed to guests whose deploy names none.
+    pub gateway_urls: Vec<String>,
     /// The ACPI tables QEMU builds per VM shape, probed once (sim TEE):
     /// `<state-dir>/acpi-cache` unless set.
     pub acpi_cache: PathBuf,
@@ -232,6 +234,27 @@ pub fn parse_kms_url(url: &str) -> Result<String, String> {
     }
 }
 
+/// A gateway URL as guests use it: `https://HOST:PORT`, optionally with a
+/// path (the guest appends `/prpc` unless the path already ends with it).
+/// The port is required, as for KMS URLs, so the operator states where the
+/// gateway listens rather than relying on the guest's default of 443.
+pub fn parse_gateway_url(url: &str) -> Result<String, String> {
+    let bad = || format!("gateway URL {url:?} is not https://HOST:PORT[/PATH]");
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("gateway URL {url:?} must start with https://"))?;
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    // Userinfo, queries and fragments have no meaning to the guest's RPC
+    // client; whitespace would not survive its request line.
+    if rest.contains(['@', '?', '#']) || rest.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(url.to_owned()),
+        _ => Err(bad()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +321,32 @@ mod tests {
             insecure_registries(&default_registry_aliases()),
             vec!["10.0.2.2:5000".to_string()]
         );
+    }
+
+    #[test]
+    fn gateway_urls() {
+        for good in [
+            "https://10.0.2.2:9012",
+            "https://gateway.example:443/prpc",
+            "https://gw:8000/some/base/",
+        ] {
+            assert_eq!(parse_gateway_url(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "http://10.0.2.2:9012",
+            "https://gateway",
+            "https://gateway/prpc",
+            "https://:1",
+            "https://gw:port",
+            "https://gw:70000",
+            "https://u@gw:1",
+            "https://gw:1/x?y",
+            "https://gw:1/a b",
+        ] {
+            let err = parse_gateway_url(bad).unwrap_err();
+            assert!(err.contains("gateway URL"), "{bad}: {err}");
+        }
     }
 
     #[test]

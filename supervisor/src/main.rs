@@ -103,6 +103,12 @@ struct RunArgs {
     /// own `--kms` replaces it.
     #[arg(long = "kms-url", value_parser = config::parse_kms_url)]
     kms_urls: Vec<String>,
+    /// The default gateway (`https://host:port[/path]`, as guests reach it,
+    /// e.g. https://10.0.2.2:9012 for a gateway on this host) apps with
+    /// `gateway_enabled` register with; repeatable. A deploy's own
+    /// `--gateway-url` replaces it.
+    #[arg(long = "gateway-url", value_parser = config::parse_gateway_url)]
+    gateway_urls: Vec<String>,
     /// Where the simulated TEE keeps the ACPI tables QEMU builds for each
     /// VM shape (probed with one TCG boot, ~20 s, the first time a shape is
     /// booted; `dstack image measure` can share the directory)
@@ -331,6 +337,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         local_key_provider: args.local_key_provider,
         guest_pccs_url,
         kms_urls: args.kms_urls,
+        gateway_urls: args.gateway_urls,
         stop_timeouts: StopTimeouts::default(),
         log_max_bytes: config::DEFAULT_LOG_MAX_BYTES,
     };

@@ -93,6 +93,10 @@ pub fn check_request(req: &DeployRequest) -> Result<(), VmmError> {
         crate::config::parse_kms_url(url)
             .map_err(|e| VmmError::invalid(format!("kms_urls[{i}]"), e))?;
     }
+    for (i, url) in req.gateway_urls.iter().enumerate() {
+        crate::config::parse_gateway_url(url)
+            .map_err(|e| VmmError::invalid(format!("gateway_urls[{i}]"), e))?;
+    }
     check_ports(&req.ports)
 }
 
@@ -185,6 +189,32 @@ mod tests {
             req.kms_urls = vec![bad.into()];
             let err = check_request(&req).unwrap_err();
             assert!(err.to_string().contains("kms_urls[0]"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn gateway_urls_must_be_https_host_port_with_an_optional_path() {
+        let mut req = request();
+        // Old clients send no gateway_urls at all.
+        assert!(req.gateway_urls.is_empty());
+        req.gateway_urls = vec![
+            "https://10.0.2.2:9012".into(),
+            "https://gateway.example:443/prpc".into(),
+            "https://gw:8000/base".into(),
+        ];
+        check_request(&req).unwrap();
+        for bad in [
+            "http://10.0.2.2:9012",
+            "https://gateway",
+            "https://:1",
+            "https://gw:1/x?y",
+        ] {
+            req.gateway_urls = vec!["https://10.0.2.2:9012".into(), bad.into()];
+            let err = check_request(&req).unwrap_err();
+            assert!(
+                err.to_string().starts_with("gateway_urls[1]: "),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -53,6 +53,16 @@ pub fn supervisor_output(sup: &Supervisor, verb: &str) -> Vec<u8> {
 /// Starts the KMS allowing each app id with its compose hashes; returns the
 /// process and its port.
 pub fn start_kms(sup: &Supervisor, allowed: &[(&str, &[&str])]) -> (KmsProcess, u16) {
+    start_kms_with_gateway(sup, allowed, "")
+}
+
+/// [`start_kms`], naming `gateway_app_id` as the gateway app every allowed
+/// app is handed (empty: none).
+pub fn start_kms_with_gateway(
+    sup: &Supervisor,
+    allowed: &[(&str, &[&str])],
+    gateway_app_id: &str,
+) -> (KmsProcess, u16) {
     let dir = sup.state.path();
     let public = kms(dir, &["bootstrap"]);
     assert!(public.contains("k256_pubkey"), "{public}");
@@ -82,11 +92,11 @@ pub fn start_kms(sup: &Supervisor, allowed: &[(&str, &[&str])]) -> (KmsProcess, 
             )
         })
         .collect();
-    std::fs::write(
-        dir.join("policy.json"),
-        serde_json::json!({ "apps": apps }).to_string(),
-    )
-    .unwrap();
+    let mut policy = serde_json::json!({ "apps": apps });
+    if !gateway_app_id.is_empty() {
+        policy["gateway_app_id"] = gateway_app_id.into();
+    }
+    std::fs::write(dir.join("policy.json"), policy.to_string()).unwrap();
     serve_kms(sup)
 }
 

@@ -3,5 +3,6 @@
 #![allow(missing_docs)]
 
 pub mod harness;
+pub mod gateway;
 pub mod kms;
 pub mod oci;

@@ -87,7 +87,7 @@ pub(crate) struct DeployArgs {
     /// Data disk size in GiB.
     #[arg(long, default_value_t = 4)]
     disk: u32,
-    /// Publish a guest port: [ADDR:]HOST_PORT:VM_PORT (repeatable).
+    /// Publish a guest port: [ADDR:]HOST_PORT:VM_PORT[/udp] (repeatable).
     #[arg(long = "port", short = 'p')]
     ports: Vec<String>,
     /// KMS the app gets its keys from, as the guest reaches it
@@ -95,6 +95,11 @@ pub(crate) struct DeployArgs {
     /// supervisor's --kms-url].
     #[arg(long)]
     kms: Vec<String>,
+    /// Gateway the app registers with when its app-compose sets
+    /// gateway_enabled, as the guest reaches it (https://HOST:PORT[/PATH];
+    /// repeatable, tried in order) [default: the supervisor's --gateway-url].
+    #[arg(long = "gateway-url", value_name = "URL")]
+    gateway_urls: Vec<String>,
     /// Deploy as this app (hex app id, 0x optional; on chain, the app's
     /// contract address): with --kms, an upgrade of that app, which keeps
     /// its keys if the KMS allows the new compose hash.
@@ -277,7 +282,14 @@ pub(crate) fn parse_memory(text: &str) -> anyhow::Result<u32> {
 }
 
 fn parse_port(text: &str) -> anyhow::Result<PortMapping> {
-    let parts: Vec<&str> = text.split(':').collect();
+    // docker's suffix: `/udp` publishes a UDP port (e.g. a WireGuard endpoint).
+    let (mapping, protocol) = match text.rsplit_once('/') {
+        Some((mapping, "udp")) => (mapping, "udp"),
+        Some((mapping, "tcp")) => (mapping, "tcp"),
+        Some((_, other)) => bail!("--port {text:?}: {other:?} is not tcp or udp"),
+        None => (text, "tcp"),
+    };
+    let parts: Vec<&str> = mapping.split(':').collect();
     let port = |p: &str| -> anyhow::Result<u16> {
         p.parse::<u16>()
             .ok()
@@ -287,10 +299,10 @@ fn parse_port(text: &str) -> anyhow::Result<PortMapping> {
     let (host_address, host_port, vm_port) = match parts.as_slice() {
         [host, vm] => ("127.0.0.1".to_string(), port(host)?, port(vm)?),
         [addr, host, vm] => (addr.to_string(), port(host)?, port(vm)?),
-        _ => bail!("--port {text:?} is not [ADDR:]HOST_PORT:VM_PORT"),
+        _ => bail!("--port {text:?} is not [ADDR:]HOST_PORT:VM_PORT[/udp]"),
     };
     Ok(PortMapping {
-        protocol: "tcp".into(),
+        protocol: protocol.into(),
         host_address,
         host_port,
         vm_port,
@@ -535,6 +547,7 @@ async fn deploy(args: DeployArgs, client: &Client) -> Result<(), Failure> {
         user_config: String::new(),
         stopped: args.stopped,
         kms_urls: args.kms.clone(),
+        gateway_urls: args.gateway_urls.clone(),
         // An on-chain app id is a contract address, usually written with 0x.
         app_id: app_id.unwrap_or_default(),
         format_nonempty_disk: args.format_nonempty_disk,
@@ -693,7 +706,10 @@ fn clock(ts_ms: u64) -> String {
 fn ports(ports: &[PortMapping]) -> String {
     ports
         .iter()
-        .map(|p| format!("{}:{}->{}", p.host_address, p.host_port, p.vm_port))
+        .map(|p| {
+            let udp = if p.protocol == "udp" { "/udp" } else { "" };
+            format!("{}:{}->{}{udp}", p.host_address, p.host_port, p.vm_port)
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -752,6 +768,12 @@ async fn info(args: VmArgs, client: &Client) -> Result<(), Failure> {
     println!("app-id:        {}", vm.app_id);
     if !vm.instance_id.is_empty() {
         println!("instance-id:   {}", vm.instance_id);
+    }
+    if !vm.kms_urls.is_empty() {
+        println!("kms:           {}", vm.kms_urls.join(", "));
+    }
+    if !vm.gateway_urls.is_empty() {
+        println!("gateway:       {}", vm.gateway_urls.join(", "));
     }
     if !vm.tee.is_empty() {
         println!("tee:           {}", vm.tee);
@@ -861,12 +883,44 @@ mod tests {
         let p = parse_port("0.0.0.0:8443:443").unwrap();
         assert_eq!(p.host_address, "0.0.0.0");
         assert!(parse_port("80").is_err());
+        let udp = parse_port("127.0.0.1:51820:9013/udp").unwrap();
+        assert_eq!(
+            (udp.protocol.as_str(), udp.host_port, udp.vm_port),
+            ("udp", 51820, 9013)
+        );
+        assert_eq!(parse_port("8080:80/tcp").unwrap().protocol, "tcp");
+        assert!(parse_port("8080:80/sctp").is_err());
         assert!(parse_port("a:80").is_err());
         assert!(parse_port("0:80").is_err());
         assert_eq!(parse_memory("2G").unwrap(), 2048);
         assert_eq!(parse_memory("512M").unwrap(), 512);
         assert_eq!(parse_memory("768").unwrap(), 768);
         assert!(parse_memory("lots").is_err());
+    }
+
+    #[test]
+    fn gateway_urls_are_repeatable() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            deploy: DeployArgs,
+        }
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "deploy",
+            "compose.yml",
+            "--gateway-url",
+            "https://10.0.2.2:9012",
+            "--gateway-url",
+            "https://gw.example:443/prpc",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.deploy.gateway_urls,
+            ["https://10.0.2.2:9012", "https://gw.example:443/prpc"]
+        );
+        let cli = Cli::try_parse_from(["deploy", "compose.yml"]).unwrap();
+        assert!(cli.deploy.gateway_urls.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use dstack_proto::gateway::PortPolicy;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -98,6 +99,11 @@ pub struct AppCompose {
     /// build reads local files, so other apps' compose-hashes are unchanged.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub build_contexts: BTreeMap<String, String>,
+    /// Which ports the gateway may reach and which get a PROXY protocol
+    /// header (UPSTREAM §10.2); the guest reports it when it registers.
+    /// The gateway's own wire type, so the two never drift apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_policy: Option<PortPolicy>,
 }
 
 impl AppCompose {
@@ -195,6 +201,13 @@ impl AppCompose {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the app registers with a gateway: `gateway_enabled` (or its
+    /// old name `tproxy_enabled`), or the deprecated feature `tproxy-net`,
+    /// as upstream reads it.
+    pub fn uses_gateway(&self) -> bool {
+        self.gateway_enabled || self.features.iter().any(|f| f == "tproxy-net")
     }
 
     /// The effective key provider (upstream's precedence rule).
@@ -421,9 +434,48 @@ mod tests {
             r#"{"manifest_version":"2","name":"a","runner":"docker-compose","kms_enabled":true,"local_key_provider_enabled":true,"tproxy_enabled":true}"#,
         )
         .unwrap();
-        assert!(app.gateway_enabled);
+        assert!(app.gateway_enabled && app.uses_gateway());
         assert_eq!(app.key_provider(), KeyProviderKind::Kms);
         app.key_provider = Some(KeyProviderKind::Local);
         assert_eq!(app.key_provider(), KeyProviderKind::Local);
+    }
+
+    #[test]
+    fn reads_upstreams_port_policy_and_gateway_switches() {
+        let base = r#""manifest_version":2,"name":"a","runner":"docker-compose","docker_compose_file":"services: {w: {image: x}}""#;
+        let text = format!(
+            r#"{{{base},"gateway_enabled":true,"port_policy":{{"ports":[{{"port":80,"pp":true}}],"restrict_mode":true}}}}"#
+        );
+        let app = AppCompose::parse_manifest(&text).unwrap();
+        let policy = app.port_policy.clone().unwrap();
+        assert!(policy.restrict_mode);
+        assert_eq!(policy.admit(80), Some(true));
+        assert_eq!(policy.admit(443), None);
+        assert!(app.uses_gateway());
+        // Written back only when present.
+        assert!(
+            serde_json::to_string(&app)
+                .unwrap()
+                .contains("\"port_policy\"")
+        );
+
+        let app = AppCompose::parse_manifest(&format!(r#"{{{base},"features":["tproxy-net"]}}"#))
+            .unwrap();
+        assert!(app.uses_gateway() && !app.gateway_enabled);
+        assert_eq!(app.port_policy, None);
+        assert!(!serde_json::to_string(&app).unwrap().contains("port_policy"));
+        let app = AppCompose::parse_manifest(&format!("{{{base}}}")).unwrap();
+        assert!(!app.uses_gateway());
+    }
+
+    #[test]
+    fn the_compose_hash_of_a_file_without_a_port_policy_is_unchanged() {
+        // The wrapper's bytes, and so their hash, as before port_policy
+        // existed: the field is never written where it is absent.
+        let text = app_compose_from_yaml("hello", YAML).unwrap();
+        assert_eq!(
+            hex::encode(compose_hash(text.as_bytes())),
+            "409279c09e95503ac5a644dfa7607151f7b9175541260e5450116d80cec098fd"
+        );
     }
 }

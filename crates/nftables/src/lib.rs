@@ -58,14 +58,19 @@
 //!             priority: 0,
 //!             policy: Policy::Accept,
 //!         })
-//!         // Only the gateway reaches WireGuard.
+//!         // Only the gateway reaches WireGuard (the gateway's table in
+//!         // the guest, here in one table for brevity).
 //!         .rule(Rule::new(
 //!             [
 //!                 Match::Iifname(CmpOp::Eq, IfName::exact("eth0")?),
 //!                 Match::L4Proto(L4Proto::Udp),
-//!                 Match::ThDport(51820),
-//!                 Match::IpSaddr(CmpOp::Neq, "10.0.2.2/32".parse()?),
+//!                 Match::ThDport(9182),
+//!                 Match::IpSaddr(CmpOp::Eq, "10.0.2.2/32".parse()?),
 //!             ],
+//!             Statement::Accept,
+//!         ))
+//!         .rule(Rule::new(
+//!             [Match::L4Proto(L4Proto::Udp), Match::ThDport(9182)],
 //!             Statement::Drop,
 //!         )),
 //!     );
@@ -84,14 +89,15 @@
 //!   }
 //!   chain input {
 //!     type filter hook input priority 0; policy accept;
-//!     iifname \"eth0\" meta l4proto udp th dport 51820 ip saddr != 10.0.2.2/32 drop
+//!     iifname \"eth0\" meta l4proto udp th dport 9182 ip saddr 10.0.2.2/32 accept
+//!     meta l4proto udp th dport 9182 drop
 //!   }
 //! }
 //! ");
 //!
 //! let ruleset = Ruleset::new().replace_table(table);
 //! let batch = ruleset.to_batch(0);
-//! assert_eq!(batch.len(), 1620); // what nft 1.0.6 sends for it
+//! assert_eq!(batch.len(), 1892); // what nft 1.0.6 sends for it
 //! // ruleset.apply()?; // as root, in the guest's network namespace
 //! # Ok(())
 //! # }

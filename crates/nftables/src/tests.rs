@@ -273,6 +273,10 @@ fn batch_framing() {
             nft(NFT_MSG_NEWRULE),
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
         ),
+        (
+            nft(NFT_MSG_NEWRULE),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
+        ),
         (NFNL_MSG_BATCH_END, NLM_F_REQUEST),
     ];
     assert_eq!(msgs.len(), expected.len());
@@ -300,7 +304,7 @@ fn batch_framing() {
     assert_eq!(batch.bytes, bytes);
     assert_eq!(batch.begin_seq, 1000);
     let seqs: Vec<u32> = batch.requests.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, (1001..=1010).collect::<Vec<_>>());
+    assert_eq!(seqs, (1001..=1011).collect::<Vec<_>>());
     assert_eq!(batch.requests[1].what, "delete table ip dstack");
     assert_eq!(
         batch.requests[4].what,
@@ -308,8 +312,12 @@ fn batch_framing() {
     );
     assert_eq!(
         batch.requests[9].what,
-        "add rule ip dstack input iifname \"eth0\" meta l4proto udp th dport 51820 \
-         ip saddr != 10.0.2.2/32 drop"
+        "add rule ip dstack input iifname \"eth0\" meta l4proto udp th dport 9182 \
+         ip saddr 10.0.2.2/32 accept"
+    );
+    assert_eq!(
+        batch.requests[10].what,
+        "add rule ip dstack input meta l4proto udp th dport 9182 drop"
     );
 }
 
@@ -462,17 +470,17 @@ fn reply(seq: u32, errno: i32, message: Option<&str>) -> Vec<u8> {
 fn every_request_must_be_acked() {
     let batch = encode(&[dstack_table()], 40);
     let mut acks = Acks::new(&batch);
-    assert_eq!(acks.pending(), 10);
+    assert_eq!(acks.pending(), 11);
     // One datagram holding several replies, then one reply per datagram;
     // a reply to someone else's sequence number is no ack.
     let first: Vec<u8> = (41..44).flat_map(|seq| reply(seq, 0, None)).collect();
     acks.read(&first).unwrap();
-    assert_eq!(acks.pending(), 7);
+    assert_eq!(acks.pending(), 8);
     acks.read(&reply(999, 0, None)).unwrap();
-    assert_eq!(acks.pending(), 7);
+    assert_eq!(acks.pending(), 8);
     // The ends of the batch ask for no ack: an ack of BEGIN changes nothing.
     acks.read(&reply(40, 0, None)).unwrap();
-    for seq in 44..51 {
+    for seq in 44..52 {
         assert_ne!(acks.pending(), 0, "seq {seq}");
         acks.read(&reply(seq, 0, None)).unwrap();
     }

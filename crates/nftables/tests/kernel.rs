@@ -56,9 +56,14 @@ fn dstack_listing(bridge: &str) -> Value {
         rule("input", json!([
             meta("==", "iifname", "eth0"),
             {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
-                       "right": 51820}},
-            {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                       "right": 9182}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
                        "right": "10.0.2.2"}},
+            {"accept": null},
+        ])),
+        rule("input", json!([
+            {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                       "right": 9182}},
             {"drop": null},
         ])),
     ])

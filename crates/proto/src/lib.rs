@@ -5,6 +5,7 @@
 //! - [`host`]: guest → host, vsock CID 2 port [`host::HOST_API_PORT`].
 //! - [`guest`]: host → guest control, vsock guest CID port [`guest::GUEST_CONTROL_PORT`].
 //! - [`guest_api`]: app → guest, upstream dstack's `dstack.sock` / `tappd.sock` API.
+//! - [`gateway`]: CVM / anyone → gateway (RegisterCvm over RA-TLS, Info, AcmeInfo) and its admin API.
 //! - [`kms`]: guest / CLI → KMS, upstream dstack's KMS pRPC API (over RA-TLS).
 //! - [`supervisor`]: operator (CLI, UI) → supervisor REST API.
 //! - [`blob`]: files a VM is deployed with (build contexts), on both the
@@ -14,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod blob;
+pub mod gateway;
 pub mod guest;
 pub mod guest_api;
 pub mod host;

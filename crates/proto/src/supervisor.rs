@@ -92,6 +92,11 @@ pub struct DeployRequest {
     /// empty: the supervisor's default KMS, if it has one.
     #[serde(default)]
     pub kms_urls: Vec<String>,
+    /// Gateway URLs (`https://host:port[/path]`) the guest registers with,
+    /// in order; empty: the supervisor's default gateways, if it has any.
+    /// An app-compose with `gateway_enabled` needs one from either.
+    #[serde(default)]
+    pub gateway_urls: Vec<String>,
     /// Pins the app id (hex, 20 bytes): with a KMS, this deploy is an
     /// upgrade of that app and gets its keys; without one it must be the
     /// compose's own (the first 20 bytes of its compose-hash). Empty: the
@@ -119,6 +124,7 @@ impl std::fmt::Debug for DeployRequest {
             .field("user_config_len", &self.user_config.len())
             .field("stopped", &self.stopped)
             .field("kms_urls", &self.kms_urls)
+            .field("gateway_urls", &self.gateway_urls)
             .field("app_id", &self.app_id)
             .field("format_nonempty_disk", &self.format_nonempty_disk)
             .finish()
@@ -230,6 +236,12 @@ pub struct VmInfo {
     /// instance-id (hex), once the guest has reported it.
     #[serde(default)]
     pub instance_id: String,
+    /// The KMS URLs the guest was handed (as it reaches them).
+    #[serde(default)]
+    pub kms_urls: Vec<String>,
+    /// The gateway URLs the guest was handed (as it reaches them).
+    #[serde(default)]
+    pub gateway_urls: Vec<String>,
     /// QEMU pid when running.
     #[serde(default)]
     pub pid: Option<u32>,

@@ -184,14 +184,33 @@ impl rustls::client::danger::ServerCertVerifier for PinnedRoot {
 /// answer it checks itself afterwards: fetching a KMS's root CA before
 /// pinning it (the root is then bound by `key_provider_id` or measured).
 pub fn unverified_client_config() -> Result<ClientConfig, RaTlsError> {
+    Ok(unverified_builder()?.with_no_client_auth())
+}
+
+/// [`unverified_client_config`], presenting `chain` (leaf first) with
+/// `key_der` (PKCS#8): for a caller that judges the server's RA-TLS
+/// certificate itself right after the handshake, before sending anything
+/// (a CVM registering with its gateway).
+pub fn unverified_client_config_with_auth(
+    chain: Vec<Vec<u8>>,
+    key_der: Vec<u8>,
+) -> Result<ClientConfig, RaTlsError> {
+    Ok(unverified_builder()?.with_client_auth_cert(
+        chain.into_iter().map(CertificateDer::from).collect(),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)),
+    )?)
+}
+
+fn unverified_builder()
+-> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, RaTlsError> {
     let verifier = Arc::new(AnyServer {
         algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
     });
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+        // Safe only for callers that check the certificate afterwards (see above).
+        .with_custom_certificate_verifier(verifier))
 }
 
 /// See [`unverified_client_config`].

@@ -8,9 +8,12 @@
 #![warn(missing_docs)]
 
 pub mod app_info;
+pub mod boot_info;
 mod cert;
 mod config;
 mod csr;
+#[cfg(feature = "pccs")]
+pub mod evidence;
 pub mod oids;
 mod verify;
 
@@ -21,7 +24,7 @@ pub use cert::{
 };
 pub use config::{
     client_config, deferred_client_auth_server_config, pinned_root_client_config, server_config,
-    unverified_client_config,
+    unverified_client_config, unverified_client_config_with_auth,
 };
 pub use csr::{CSR_CONFIRM, CertConfigV2, CertSigningRequestV2, CsrError};
 pub use verify::{

@@ -22,6 +22,9 @@ pub mod phase {
     pub const NETWORK_AND_DISK: &str = "configuring network and keys";
     /// The app's env decrypted, the compose read, the encrypted data disk opened.
     pub const UNLOCK: &str = "unlocking env and data disk";
+    /// Registering with dstack-gateway and bringing up the tunnel
+    /// (upstream's progress message).
+    pub const GATEWAY: &str = "setting up dstack-gateway";
     /// Build contexts shipped with the app, fetched and checked.
     pub const BUILD_CONTEXTS: &str = "fetching build contexts";
     /// Image pulls.

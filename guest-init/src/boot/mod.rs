@@ -20,6 +20,7 @@ use crate::app::{AppParams, AppRuntime, RuntimeFactory};
 use crate::build_context;
 use crate::control::Control;
 use crate::disk;
+use crate::gateway::{self, ClientApp, GatewayAppPin, GatewayKeeper, GatewayLink, GatewaySetup};
 use crate::hostapi::HostClient;
 use crate::hostshared;
 use crate::local_key::LocalKeyError;
@@ -70,6 +71,10 @@ pub struct Boot {
     pub background: Vec<tokio::task::JoinHandle<Result<(), BootError>>>,
     /// The TEE, once known (tests may set it before the boot).
     pub platform: Option<Arc<dyn Platform>>,
+    /// The link to dstack-gateway, once registered.
+    pub gateway: Option<GatewayLink>,
+    /// The guest's network interface, once configured.
+    uplink: Option<String>,
     /// Identity derivation, its measurement and the key provider's seed
     /// (`None`: the `none` provider, a random seed), running in the background.
     identity: Option<tokio::task::JoinHandle<Result<Measured, BootError>>>,
@@ -125,6 +130,8 @@ impl Boot {
             logs: None,
             background: Vec::new(),
             platform: None,
+            gateway: None,
+            uplink: None,
             identity: None,
         }
     }
@@ -343,14 +350,17 @@ impl Boot {
         let net = net.await;
         let _ = net_up.send(true);
         match net?? {
-            Some(net) => tracing::info!(
-                "network: {} {}/{} via {} ({} ms)",
-                net.interface,
-                net.address,
-                net.prefix,
-                net.gateway,
-                ms(started)
-            ),
+            Some(net) => {
+                tracing::info!(
+                    "network: {} {}/{} via {} ({} ms)",
+                    net.interface,
+                    net.address,
+                    net.prefix,
+                    net.gateway,
+                    ms(started)
+                );
+                self.uplink = Some(net.interface);
+            }
             None => tracing::info!("network left as it is"),
         }
         Ok(())
@@ -497,9 +507,10 @@ impl Boot {
     /// app's env, reads the compose with it, opens (or formats) the
     /// encrypted data disk with the disk key, completes the measurements
     /// (`storage-fs`, `system-ready`), then serves the guest API
-    /// (`dstack.sock`, `tappd.sock`) so services can mount it. A bad env,
-    /// a bad compose or a refused disk stops the boot here, before any
-    /// service runs.
+    /// (`dstack.sock`, `tappd.sock`) so services can mount it, and links
+    /// the CVM to dstack-gateway when the app asks for it. A bad env, a
+    /// bad compose or a refused disk stops the boot here, before any
+    /// service runs; an unreachable gateway does not.
     pub async fn unlock(&mut self, bundle: &ConfigBundle) -> Result<Compose, BootError> {
         let Some(identity) = self.identity.take() else {
             return Err(BootError::GuestApi(
@@ -507,6 +518,13 @@ impl Boot {
             ));
         };
         let (measured, source) = identity.await??;
+        // The KMS names the gateway app to trust; without a KMS nobody does.
+        let gateway_pin = match &source {
+            KeySource::Kms(keys, _) => {
+                GatewayAppPin::from_kms(&keys.gateway_app_id, &keys.tproxy_app_id)
+            }
+            KeySource::Random | KeySource::Seed(_) => Some(GatewayAppPin::Unpinned),
+        };
         let (keys, signer) = tokio::task::spawn_blocking(move || {
             let (keys, signer) = match source {
                 KeySource::Random => {
@@ -524,7 +542,7 @@ impl Boot {
 
         self.phase(phase::UNLOCK);
         let vars = app_env(bundle, &keys)?;
-        let (_, compose, unset) =
+        let (app, compose, unset) =
             AppCompose::parse_with_vars(&bundle.app_compose, &vars).map_err(BootError::Compose)?;
         drop(vars);
         let compose = crate::containers::add_engine(
@@ -545,8 +563,90 @@ impl Boot {
         let ephemeral_key = measured.key_provider_info == key_provider::NONE;
         self.prepare_disk(bundle, &keys, ephemeral_key).await?;
         self.emit(names::SYSTEM_READY, Vec::new()).await?;
+        let client = ClientApp {
+            app_id: measured.app_id.clone(),
+            instance_id: measured.instance_id.clone(),
+            compose_hash: measured.compose_hash,
+            key_provider_info: measured.key_provider_info.clone(),
+            os_image_hash: os_image_hash(&bundle.sys_config.vm_config),
+            vm_config: bundle.sys_config.vm_config.clone(),
+        };
         self.serve_guest_api(bundle, measured, keys, signer).await?;
+        if app.uses_gateway() {
+            self.link_gateway(bundle, &app, client, gateway_pin).await;
+        }
         Ok(compose)
+    }
+
+    /// Registers with dstack-gateway and brings up the tunnel (before any
+    /// service starts, so the quote and event log it sends agree), then
+    /// leaves a task re-registering periodically. As upstream, a failure
+    /// does not stop the boot: the app runs without ingress until a later
+    /// registration succeeds, and the host hears it as `boot.error` with
+    /// upstream's words (only this once: later failures are only logged).
+    async fn link_gateway(
+        &mut self,
+        bundle: &ConfigBundle,
+        app: &AppCompose,
+        client: ClientApp,
+        pin: Option<GatewayAppPin>,
+    ) {
+        self.phase(phase::GATEWAY);
+        if !self.cfg.configure_network {
+            tracing::info!("network left as it is: not linking to dstack-gateway");
+            return;
+        }
+        let started = Instant::now();
+        let result = match (pin, self.platform()) {
+            (None, _) => Err(gateway::GatewayError::NoGatewayApp),
+            (_, Err(e)) => {
+                tracing::warn!("dstack-gateway: {}", error_chain(&e));
+                return;
+            }
+            (Some(pin), Ok(platform)) => {
+                let setup = GatewaySetup {
+                    urls: bundle.sys_config.gateway_urls.clone(),
+                    pccs_url: bundle.sys_config.pccs_url.clone(),
+                    port_policy: app.port_policy.clone().unwrap_or_default(),
+                    app: client,
+                    pin,
+                    uplink: self.uplink.clone(),
+                    cache_path: self.cfg.run_dir.join("gateway-cache.json"),
+                };
+                let mut keeper = GatewayKeeper::new(platform, setup);
+                let result = keeper.register().await;
+                // Kept registered for the CVM's life, as the guest API is
+                // served: a task of this runtime. A gateway down now gets
+                // the CVM later; only a misconfiguration is not retried.
+                if !result
+                    .as_ref()
+                    .is_err_and(gateway::GatewayError::is_permanent)
+                {
+                    tokio::spawn(keeper.keep_alive(result.is_ok(), self.shutdown.clone()));
+                }
+                result
+            }
+        };
+        match result {
+            Ok(link) => {
+                tracing::info!(
+                    "dstack-gateway: {} in the tunnel via {}, apps under {} ({} ms)",
+                    link.client_ip,
+                    link.gateway_url,
+                    link.agent.domain,
+                    ms(started)
+                );
+                self.gateway = Some(link);
+            }
+            Err(e) => {
+                let reason = format!(
+                    "dstack-gateway registration failed, the app has no ingress route: {}",
+                    error_chain(&e)
+                );
+                tracing::warn!("{reason}");
+                self.notifier.send(events::BOOT_ERROR, reason);
+            }
+        }
     }
 
     /// Opens or formats the encrypted data disk and reports the outcome.
@@ -611,10 +711,7 @@ impl Boot {
                 .unwrap_or_default(),
             app_compose: bundle.app_compose.clone(),
             vm_config: bundle.sys_config.vm_config.clone(),
-            os_image_hash: serde_json::from_str::<serde_json::Value>(&bundle.sys_config.vm_config)
-                .ok()
-                .and_then(|v| hex::decode(v.get("os_image_hash")?.as_str()?).ok())
-                .unwrap_or_default(),
+            os_image_hash: os_image_hash(&bundle.sys_config.vm_config),
             key_provider_info: measured.key_provider_info,
             cloud_vendor: dmi("sys_vendor"),
             cloud_product: dmi("product_name"),
@@ -820,6 +917,14 @@ fn app_keys_from_kms(
         k256_key: &keys.k256_key,
         k256_signature: &keys.k256_signature,
     })
+}
+
+/// The `os_image_hash` a VM config JSON names (empty when none).
+fn os_image_hash(vm_config: &str) -> Vec<u8> {
+    serde_json::from_str::<serde_json::Value>(vm_config)
+        .ok()
+        .and_then(|v| hex::decode(v.get("os_image_hash")?.as_str()?).ok())
+        .unwrap_or_default()
 }
 
 /// A DMI identification string (upstream's cloud_vendor/cloud_product).

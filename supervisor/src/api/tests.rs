@@ -36,6 +36,8 @@ fn vm_info(name: &str) -> VmInfo {
         compose_hash: String::new(),
         app_id: String::new(),
         instance_id: String::new(),
+        kms_urls: vec![],
+        gateway_urls: vec![],
         pid: Some(42),
         events: vec![],
         boot_phases: vec![],

@@ -191,6 +191,7 @@ mod tests {
             created_at_ms: 0,
             desired: Desired::Running,
             kms_urls: vec![],
+            gateway_urls: vec![],
             format_nonempty_disk: false,
         }
     }

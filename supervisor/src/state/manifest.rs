@@ -56,6 +56,10 @@ pub struct Manifest {
     /// KMS URLs handed to the guest (`SysConfig.kms_urls`).
     #[serde(default)]
     pub kms_urls: Vec<String>,
+    /// Gateway URLs handed to the guest (`SysConfig.gateway_urls`), as it
+    /// reaches them: the deploy's, else the supervisor's defaults then.
+    #[serde(default)]
+    pub gateway_urls: Vec<String>,
     /// The operator's one-shot opt-in (`SysConfig.format_nonempty_disk`):
     /// the next boot may format a data disk that holds something other
     /// than zeros or a LUKS header. Set by a deploy or a start that asks
@@ -81,6 +85,7 @@ impl std::fmt::Debug for Manifest {
             .field("created_at_ms", &self.created_at_ms)
             .field("desired", &self.desired)
             .field("kms_urls", &self.kms_urls)
+            .field("gateway_urls", &self.gateway_urls)
             .field("format_nonempty_disk", &self.format_nonempty_disk)
             .finish()
     }
@@ -125,11 +130,17 @@ mod tests {
             cid: 3,
             created_at_ms: 1,
             desired: Desired::Running,
-            kms_urls: vec![],
+            kms_urls: vec!["https://10.0.2.2:8000".into()],
+            gateway_urls: vec![
+                "https://10.0.2.2:9012".into(),
+                "https://gw.example:443/prpc".into(),
+            ],
             format_nonempty_disk: true,
         };
         manifest.save(&path).unwrap();
         assert_eq!(Manifest::load(&path).unwrap(), manifest);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("https://10.0.2.2:9012"), "{text}");
         manifest.desired = Desired::Stopped;
         manifest.save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -141,7 +152,7 @@ mod tests {
     fn older_manifests_load_and_debug_hides_the_env() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manifest.json");
-        // As written before format_nonempty_disk existed.
+        // As written before format_nonempty_disk, kms_urls and gateway_urls existed.
         std::fs::write(
             &path,
             r#"{"id":"0a1b2c3d","name":"web","image":"img","vcpu":1,"memory_mb":256,
@@ -151,6 +162,8 @@ mod tests {
         .unwrap();
         let manifest = Manifest::load(&path).unwrap();
         assert!(!manifest.format_nonempty_disk);
+        assert!(manifest.kms_urls.is_empty());
+        assert!(manifest.gateway_urls.is_empty());
         assert_eq!(manifest.encrypted_env, "c0ffee");
         let debug = format!("{manifest:?}");
         assert!(!debug.contains("c0ffee"), "{debug}");

@@ -50,6 +50,27 @@ fn pinned_app_id(
     }))
 }
 
+/// Refuses an app that registers with a gateway (`gateway_enabled`, or the
+/// deprecated `tproxy-net` feature, which upstream reads the same way)
+/// when there is no gateway to register with: the guest would have nowhere
+/// to register, and the deployer would learn it only from the boot.
+fn check_gateway(request: &DeployRequest, gateway_urls: &[String]) -> Result<(), VmmError> {
+    if !gateway_urls.is_empty() {
+        return Ok(());
+    }
+    let app = AppCompose::parse_manifest(&request.app_compose)
+        .map_err(|e| VmmError::invalid("app_compose", e.to_string()))?;
+    if app.uses_gateway() {
+        return Err(VmmError::invalid(
+            "gateway_urls",
+            "the app-compose enables the gateway (gateway_enabled) but no gateway URL is \
+             configured: pass --gateway-url https://HOST:PORT to `dstack vm deploy`, \
+             or start the supervisor with --gateway-url",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the app-compose before anything is created. Without an
 /// encrypted env the compose is parsed whole, its `${VAR}` references
 /// interpolated with no variables (as the guest will), so a compose that
@@ -128,6 +149,12 @@ impl Supervisor {
             request.kms_urls.clone()
         };
         let pinned = pinned_app_id(&request, &kms_urls)?;
+        let gateway_urls = if request.gateway_urls.is_empty() {
+            self.config.gateway_urls.clone()
+        } else {
+            request.gateway_urls.clone()
+        };
+        check_gateway(&request, &gateway_urls)?;
 
         // Held until the VM is in the map, so two deploys cannot both pass
         // the name and port checks.
@@ -153,6 +180,7 @@ impl Supervisor {
                 Desired::Running
             },
             kms_urls,
+            gateway_urls,
             format_nonempty_disk: request.format_nonempty_disk,
         };
         let dir = match self.create_vm_dir(&manifest, &request.app_compose, pinned.as_ref(), &blobs)
@@ -374,6 +402,40 @@ mod tests {
             &debug[..200.min(debug.len())]
         );
         assert!(debug.contains(&format!("encrypted_env_len: {}", big.len())));
+    }
+
+    #[test]
+    fn a_gateway_app_needs_a_gateway_url() {
+        let yaml = "services:\n  web:\n    image: nginx\n";
+        let with = |extra: serde_json::Value| {
+            let mut app = serde_json::json!({
+                "manifest_version": 2, "name": "x", "runner": "docker-compose",
+                "docker_compose_file": yaml,
+            });
+            app.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let request: DeployRequest = serde_json::from_value(serde_json::json!({
+                "name": "web", "app_compose": app.to_string(),
+            }))
+            .unwrap();
+            request
+        };
+        let gateway = ["https://10.0.2.2:9012".to_owned()];
+        for enabled in [
+            serde_json::json!({"gateway_enabled": true}),
+            serde_json::json!({"tproxy_enabled": true}),
+            serde_json::json!({"features": ["tproxy-net"]}),
+        ] {
+            let request = with(enabled);
+            let err = check_gateway(&request, &[]).unwrap_err();
+            assert!(err.to_string().starts_with("gateway_urls: "), "{err}");
+            assert!(err.to_string().contains("--gateway-url"), "{err}");
+            check_gateway(&request, &gateway).unwrap();
+        }
+        // An app without the gateway needs none.
+        check_gateway(&with(serde_json::json!({})), &[]).unwrap();
+        check_gateway(&with(serde_json::json!({"gateway_enabled": false})), &[]).unwrap();
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub(super) async fn info(vm: &Vm, ask_guest: bool) -> VmInfo {
         compose_hash: hex::encode(hash),
         app_id: hex::encode(app_id(&hash)),
         instance_id,
+        kms_urls: manifest.kms_urls,
+        gateway_urls: manifest.gateway_urls,
         pid,
         events: guest.events.into_iter().collect(),
         boot_phases: Vec::new(),

@@ -79,6 +79,7 @@ impl Host {
             local_key_provider: None,
             guest_pccs_url: String::new(),
             kms_urls: Vec::new(),
+            gateway_urls: Vec::new(),
             acpi_cache: self.dir.path().join("acpi-cache"),
             stop_timeouts: StopTimeouts {
                 guest: Duration::from_secs(1),
@@ -133,6 +134,15 @@ impl Host {
         names.sort();
         names
     }
+}
+
+/// A deploy of an app that registers with a gateway.
+fn gateway_request(name: &str) -> DeployRequest {
+    let mut app: serde_json::Value = serde_json::from_str(&app_compose(name)).unwrap();
+    app["gateway_enabled"] = true.into();
+    let mut request = request(name);
+    request.app_compose = app.to_string();
+    request
 }
 
 fn request(name: &str) -> DeployRequest {
@@ -216,6 +226,9 @@ async fn refused_deploys_leave_nothing_behind() {
         host_port: busy_port,
         vm_port: 80,
     }];
+    let no_gateway = gateway_request("f");
+    let mut bad_gateway = request("g");
+    bad_gateway.gateway_urls = vec!["http://10.0.2.2:9012".into()];
     let mut port_of_first = request("e");
     port_of_first.ports = vec![PortMapping {
         protocol: "tcp".into(),
@@ -230,6 +243,8 @@ async fn refused_deploys_leave_nothing_behind() {
         (bad_vcpu, "vcpu"),
         (port_busy, "ports[0].host_port"),
         (port_of_first, "ports[0].host_port"),
+        (no_gateway, "gateway_urls"),
+        (bad_gateway, "gateway_urls[0]"),
     ];
     for (req, field) in cases {
         let err = deploy(&sup, req).await.unwrap_err();
@@ -241,6 +256,34 @@ async fn refused_deploys_leave_nothing_behind() {
             cids
         );
     }
+}
+
+#[tokio::test]
+async fn gateway_urls_come_from_the_deploy_else_the_supervisor() {
+    use crate::hostapi::GuestSink;
+    let host = Host::new();
+    let defaults = vec!["https://10.0.2.2:9012".to_owned()];
+    let mut config = host.config("qemu", false);
+    config.gateway_urls = defaults.clone();
+    let sup = Supervisor::open(config).await.unwrap();
+
+    let mut by_default = gateway_request("a");
+    by_default.stopped = true;
+    let info = deploy(&sup, by_default).await.unwrap();
+    assert_eq!(info.gateway_urls, defaults);
+    let vm = sup.find(&info.summary.id).unwrap();
+    // Handed as written: the guest reaches the host through the alias.
+    assert_eq!(vm.config().unwrap().sys_config.gateway_urls, defaults);
+
+    let own = vec!["https://gw.example:443/prpc".to_owned()];
+    let mut by_request = gateway_request("b");
+    by_request.stopped = true;
+    by_request.gateway_urls = own.clone();
+    let info = deploy(&sup, by_request).await.unwrap();
+    assert_eq!(get(&sup, "b").await.unwrap().gateway_urls, own);
+    let vm = sup.find(&info.summary.id).unwrap();
+    assert_eq!(vm.config().unwrap().sys_config.gateway_urls, own);
+    assert_eq!(vm.manifest().gateway_urls, own);
 }
 
 #[tokio::test]

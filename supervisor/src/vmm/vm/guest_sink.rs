@@ -41,6 +41,10 @@ impl GuestSink for Vm {
                 engine_registry: self.engine_registry.clone(),
                 pccs_url: self.pccs_url.clone(),
                 kms_urls: manifest.kms_urls.clone(),
+                // As the deployer wrote them: the guest reaches a gateway
+                // on this host through the same alias (10.0.2.2) it is
+                // written with, so nothing is rewritten.
+                gateway_urls: manifest.gateway_urls.clone(),
                 vm_config,
                 format_nonempty_disk: manifest.format_nonempty_disk,
                 ..SysConfig::new(manifest.id, manifest.name)
@@ -139,6 +143,10 @@ pub(super) mod tests {
             created_at_ms: 0,
             desired: Desired::Running,
             kms_urls: vec!["https://10.0.2.2:8000".into()],
+            gateway_urls: vec![
+                "https://10.0.2.2:9012".into(),
+                "https://gw.example:443/prpc".into(),
+            ],
             format_nonempty_disk: false,
         };
         manifest.save(&dir.join("manifest.json")).unwrap();
@@ -173,6 +181,10 @@ pub(super) mod tests {
         assert_eq!(bundle.sys_config.registry_aliases.len(), 2);
         assert_eq!(bundle.sys_config.pccs_url, "http://10.0.2.2:8083");
         assert_eq!(bundle.sys_config.kms_urls, ["https://10.0.2.2:8000"]);
+        assert_eq!(
+            bundle.sys_config.gateway_urls,
+            ["https://10.0.2.2:9012", "https://gw.example:443/prpc"]
+        );
         assert!(
             bundle
                 .sys_config

@@ -1,15 +1,26 @@
-//! Checking a peer's evidence, one way for every KMS path: callers' client
-//! certificates (GetAppKey, GetKmsKey), a source KMS's RPC certificate
-//! (onboarding) and this KMS's own attestation (bootstrap self-check,
-//! attestation info). Collateral comes from a PCCS when one is configured
-//! (cached until its next update), else from the verifier.
+//! Checking a peer's evidence one way for every server that judges peers
+//! (the KMS's callers and onboarding sources, the gateway's CVMs).
+//! Collateral comes from a PCCS when one is configured (cached until its
+//! next update), else from the verifier.
 
 use std::time::SystemTime;
 
 use dstack_attest::pccs::CollateralCache;
-use dstack_ra_tls::{RaTlsVerifier, VerifiedPeer};
+use dstack_attest::pccs::PccsError;
 
-use crate::KmsError;
+use crate::{RaTlsError, RaTlsVerifier, VerifiedPeer};
+
+/// Why a peer's evidence was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvidenceError {
+    /// The certificate or attestation did not verify.
+    #[error(transparent)]
+    Attestation(#[from] RaTlsError),
+    /// The quote's collateral could not be fetched.
+    #[error(transparent)]
+    Collateral(#[from] PccsError),
+}
 
 /// The quote verifier and where collateral comes from.
 #[derive(Debug)]
@@ -34,9 +45,13 @@ impl EvidenceChecker {
     }
 
     /// An RA-TLS certificate, judged at `at`.
-    pub async fn verify_cert(&self, cert: &[u8], at: SystemTime) -> Result<VerifiedPeer, KmsError> {
+    pub async fn verify_cert(
+        &self,
+        cert: &[u8],
+        at: SystemTime,
+    ) -> Result<VerifiedPeer, EvidenceError> {
         let collateral = match &self.pccs {
-            Some(cache) => Some(cache.get(&dstack_ra_tls::certificate_quote(cert)?).await?),
+            Some(cache) => Some(cache.get(&crate::certificate_quote(cert)?).await?),
             None => None,
         };
         Ok(self.verifier.verify_cert_with(cert, at, collateral)?)
@@ -48,11 +63,11 @@ impl EvidenceChecker {
         attestation: &[u8],
         report_data: &[u8; 64],
         at: SystemTime,
-    ) -> Result<VerifiedPeer, KmsError> {
+    ) -> Result<VerifiedPeer, EvidenceError> {
         let collateral = match &self.pccs {
             Some(cache) => {
                 let quote = dstack_attest::AttestationV0::from_bytes(attestation)
-                    .map_err(dstack_ra_tls::RaTlsError::from)?
+                    .map_err(RaTlsError::from)?
                     .quote;
                 Some(cache.get(&quote).await?)
             }

@@ -1,11 +1,12 @@
-//! The boot info of a caller (UPSTREAM §7.2): built from its verified quote
+//! The boot info of a peer (UPSTREAM §7.2; the KMS's key release and the
+//! gateway's registration both judge peers by it): built from its verified quote
 //! and replayed event log, never from what the caller claims about itself
 //! (its `.9` extension is ignored here).
 
+use crate::VerifiedPeer;
 use dstack_attest::eventlog::names;
 use dstack_attest::{Event, Measures};
 use dstack_proto::kms::BootInfo;
-use dstack_ra_tls::VerifiedPeer;
 
 /// Why a caller's evidence does not make a valid boot info. Lengths are
 /// checked exactly: a wrong length is refused, never padded.
