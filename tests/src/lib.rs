@@ -2,7 +2,7 @@
 //! registry, and a supervisor running in a scratch state directory.
 #![allow(missing_docs)]
 
-pub mod harness;
 pub mod gateway;
+pub mod harness;
 pub mod kms;
 pub mod oci;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper_rustls::HttpsConnectorBuilder;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
     Account, AuthorizationStatus, BodyWrapper, ChallengeType, HttpClient, Identifier, NewAccount,
@@ -363,19 +364,26 @@ fn http_client(extra_roots: &[CertificateDer<'static>]) -> Result<Box<dyn HttpCl
     for root in extra_roots {
         roots.add(root.clone()).map_err(AcmeError::TrustRoot)?;
     }
-    let config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(AcmeError::TrustRoot)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_only()
-        .enable_http1()
-        .build();
+    let connector = https_connector(roots).map_err(AcmeError::TrustRoot)?;
     let client: HyperClient<_, BodyWrapper<Bytes>> =
         HyperClient::builder(TokioExecutor::new()).build(connector);
     Ok(Box::new(client))
+}
+
+/// An HTTPS-only HTTP/1.1 connector trusting exactly `roots`, ring as the
+/// provider.
+pub(crate) fn https_connector(
+    roots: RootCertStore,
+) -> Result<HttpsConnector<HttpConnector>, rustls::Error> {
+    let config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build())
 }
 
 /// The certificates in a PEM bundle, e.g. extra roots from configuration.

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use dstack_attest::{AttestationV0, Measures, Platform};
+use dstack_attest::{AttestationV0, Platform};
 pub(crate) use dstack_ra_tls::pem;
 use dstack_ra_tls::{
     CertAppInfo, CertConfigV2, CertIssuer, CertRequest, CertSigningRequestV2, Evidence, RaTlsCert,
@@ -125,18 +125,14 @@ pub(crate) fn issue_leaf(
         let quote =
             dstack_attest::Quote::parse(&quote).map_err(|e| GuestApiError::Platform(e.into()))?;
         if let Some(report) = quote.td_report() {
-            let measures = Measures::of(report, app.key_provider_info.as_bytes());
-            request.app_info = Some(CertAppInfo {
-                app_id: app.app_id.clone(),
-                compose_hash: app.compose_hash.to_vec(),
-                instance_id: app.instance_id.clone(),
-                device_id: measures.device_id.to_vec(),
-                mr_system: measures.mr_system,
-                mr_aggregated: measures.mr_aggregated,
-                os_image_hash: app.os_image_hash.clone(),
-                key_provider_info: app.key_provider_info.as_bytes().to_vec(),
-                init_script_hashes: Vec::new(),
-            });
+            request.app_info = Some(CertAppInfo::measured(
+                report,
+                &app.app_id,
+                &app.compose_hash,
+                &app.instance_id,
+                &app.os_image_hash,
+                &app.key_provider_info,
+            ));
         }
     }
     let leaf = RaTlsCert::build(&key, &request, evidence.as_ref(), Some(&root.issuer))?;

@@ -61,6 +61,31 @@ pub enum AppInfoDecodeError {
 }
 
 impl CertAppInfo {
+    /// The app info of an app whose quote carries `report`: its identity as
+    /// the app states it, its measurements as the report gives them (the
+    /// `key-provider` payload goes into `mr_system`). No init scripts.
+    pub fn measured(
+        report: &dstack_attest::TdReport,
+        app_id: &[u8],
+        compose_hash: &[u8],
+        instance_id: &[u8],
+        os_image_hash: &[u8],
+        key_provider_info: &str,
+    ) -> Self {
+        let measures = dstack_attest::Measures::of(report, key_provider_info.as_bytes());
+        Self {
+            app_id: app_id.to_vec(),
+            compose_hash: compose_hash.to_vec(),
+            instance_id: instance_id.to_vec(),
+            device_id: measures.device_id.to_vec(),
+            mr_system: measures.mr_system,
+            mr_aggregated: measures.mr_aggregated,
+            os_image_hash: os_image_hash.to_vec(),
+            key_provider_info: key_provider_info.as_bytes().to_vec(),
+            init_script_hashes: Vec::new(),
+        }
+    }
+
     /// The `.9` extension value (a 9-element msgpack array).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![0x99]; // fixarray of 9

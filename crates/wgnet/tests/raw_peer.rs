@@ -217,21 +217,33 @@ async fn start(ip: Ipv4Addr) -> WgNet {
     .unwrap()
 }
 
+/// A network at `net_ip` whose one peer is a raw peer at `raw_ip`; the
+/// network knows the raw peer's UDP endpoint only when `known_endpoint`
+/// (else it learns it from the peer's first packet).
+async fn start_with_raw_peer(
+    net_ip: Ipv4Addr,
+    raw_ip: Ipv4Addr,
+    known_endpoint: bool,
+) -> (WgNet, RawPeer) {
+    let net = start(net_ip).await;
+    let secret = StaticSecret::from(generate_private_key());
+    let raw = RawPeer::new(secret.clone(), &net).await;
+    net.set_peer(Peer {
+        public_key: PublicKey::from(&secret).to_bytes(),
+        allowed_ip: raw_ip,
+        endpoint: known_endpoint.then(|| raw.udp.local_addr().unwrap()),
+        keepalive: None,
+    })
+    .unwrap();
+    (net, raw)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_initiator_reaches_a_listener() {
     let server_ip = Ipv4Addr::new(10, 0, 0, 1);
     let raw_ip = Ipv4Addr::new(10, 0, 0, 2);
-    let net = start(server_ip).await;
-    let secret = StaticSecret::from(generate_private_key());
-    net.set_peer(Peer {
-        public_key: PublicKey::from(&secret).to_bytes(),
-        allowed_ip: raw_ip,
-        endpoint: None,
-        keepalive: None,
-    })
-    .unwrap();
+    let (net, mut raw) = start_with_raw_peer(server_ip, raw_ip, false).await;
     let listener = net.listen(80).await.unwrap();
-    let mut raw = RawPeer::new(secret, &net).await;
 
     raw.handshake().await;
     // A responder's session counts once the initiator's first packet (the
@@ -314,16 +326,7 @@ async fn raw_initiator_reaches_a_listener() {
 async fn wgnet_initiates_to_a_raw_peer() {
     let net_ip = Ipv4Addr::new(10, 0, 1, 1);
     let raw_ip = Ipv4Addr::new(10, 0, 1, 2);
-    let net = start(net_ip).await;
-    let secret = StaticSecret::from(generate_private_key());
-    let mut raw = RawPeer::new(secret.clone(), &net).await;
-    net.set_peer(Peer {
-        public_key: PublicKey::from(&secret).to_bytes(),
-        allowed_ip: raw_ip,
-        endpoint: Some(raw.udp.local_addr().unwrap()),
-        keepalive: None,
-    })
-    .unwrap();
+    let (net, mut raw) = start_with_raw_peer(net_ip, raw_ip, true).await;
 
     let target = SocketAddrV4::new(raw_ip, 22);
     let connecting = tokio::spawn({
@@ -358,17 +361,8 @@ async fn wgnet_initiates_to_a_raw_peer() {
 async fn a_closed_window_is_probed() {
     let net_ip = Ipv4Addr::new(10, 0, 2, 1);
     let raw_ip = Ipv4Addr::new(10, 0, 2, 2);
-    let net = start(net_ip).await;
-    let secret = StaticSecret::from(generate_private_key());
-    net.set_peer(Peer {
-        public_key: PublicKey::from(&secret).to_bytes(),
-        allowed_ip: raw_ip,
-        endpoint: None,
-        keepalive: None,
-    })
-    .unwrap();
+    let (net, mut raw) = start_with_raw_peer(net_ip, raw_ip, false).await;
     let listener = net.listen(80).await.unwrap();
-    let mut raw = RawPeer::new(secret, &net).await;
     raw.handshake().await;
 
     // Connect with a 1000-byte window, then let the server write 3000 bytes.

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dstack_attest::{Measures, Platform, PlatformError, Quote};
+use dstack_attest::{Platform, PlatformError, Quote};
 use dstack_proto::gateway::{RegisterCvmRequest, RegisterCvmResponse};
 use dstack_ra_tls::boot_info::{BootInfoError, MeasuredAt, boot_info};
 use dstack_ra_tls::evidence::{EvidenceChecker, EvidenceError};
@@ -238,18 +238,14 @@ pub(crate) fn client_certificate(
     // The measurements of the quote the certificate carries.
     let quote = Quote::parse(&evidence.quote).map_err(PlatformError::from)?;
     if let Some(report) = quote.td_report() {
-        let measures = Measures::of(report, app.key_provider_info.as_bytes());
-        request.app_info = Some(CertAppInfo {
-            app_id: app.app_id.clone(),
-            compose_hash: app.compose_hash.to_vec(),
-            instance_id: app.instance_id.clone(),
-            device_id: measures.device_id.to_vec(),
-            mr_system: measures.mr_system,
-            mr_aggregated: measures.mr_aggregated,
-            os_image_hash: app.os_image_hash.clone(),
-            key_provider_info: app.key_provider_info.as_bytes().to_vec(),
-            init_script_hashes: Vec::new(),
-        });
+        request.app_info = Some(CertAppInfo::measured(
+            report,
+            &app.app_id,
+            &app.compose_hash,
+            &app.instance_id,
+            &app.os_image_hash,
+            &app.key_provider_info,
+        ));
     }
     RaTlsCert::build(&key, &request, Some(&evidence), None)
 }

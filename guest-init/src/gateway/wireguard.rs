@@ -276,6 +276,15 @@ mod tests {
         out
     }
 
+    /// The gateway as the guest's one peer.
+    fn gateway_peer() -> Peer {
+        Peer {
+            public_key: [0x22; 32],
+            endpoint: "10.0.2.2:9013".parse().unwrap(),
+            tunnel_ip: Ipv4Addr::new(10, 8, 0, 1),
+        }
+    }
+
     /// The attributes of `WG_CMD_SET_DEVICE` built by hand from the layout
     /// linux/wireguard.h documents: `struct nlattr` is `u16 nla_len` (header
     /// included, padding not) and `u16 nla_type`, values padded to 4 bytes.
@@ -283,11 +292,7 @@ mod tests {
     #[test]
     fn set_device_is_laid_out_as_the_kernel_reads_it() {
         let secret = StaticSecret::from([0x11; 32]);
-        let peers = [Peer {
-            public_key: [0x22; 32],
-            endpoint: "10.0.2.2:9013".parse().unwrap(),
-            tunnel_ip: Ipv4Addr::new(10, 8, 0, 1),
-        }];
+        let peers = [gateway_peer()];
         let device = Device {
             ifname: "dstack-wg0",
             private_key: Some(&secret),
@@ -456,11 +461,7 @@ mod tests {
         std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let (secret, _) = generate_key();
-            let peers = [Peer {
-                public_key: [0x22; 32],
-                endpoint: "10.0.2.2:9013".parse().unwrap(),
-                tunnel_ip: Ipv4Addr::new(10, 8, 0, 1),
-            }];
+            let peers = [gateway_peer()];
             let device = Device {
                 ifname: "dstack-wg0",
                 private_key: Some(&secret),
