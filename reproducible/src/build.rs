@@ -224,6 +224,19 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
             },
         },
     };
+    write_manifest_files(&image, &manifest)?;
+
+    let dest = opts.out_dir.join(&opts.name);
+    install(&image, &dest, &opts.out_dir)?;
+    opts.report(BuildProgress::Written { dir: dest });
+    Ok(manifest)
+}
+
+/// Writes `metadata.json`, then `sha256sum.txt` over the image's files and
+/// `digest.txt` (the OS image hash), into the finished image directory
+/// `image`: the last step of every image, built here or sealed from
+/// another build's files ([`crate::seal_image`]).
+pub(crate) fn write_manifest_files(image: &Path, manifest: &ImageManifest) -> Result<(), BuildError> {
     let metadata_path = image.join(METADATA_FILE);
     let metadata = manifest.to_json().map_err(|source| BuildError::Metadata {
         path: metadata_path.clone(),
@@ -241,12 +254,7 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
         &image.join(DIGEST_FILE),
         manifest::digest_text(&sha256sum).as_bytes(),
     )?;
-    sync_dir(&image)?;
-
-    let dest = opts.out_dir.join(&opts.name);
-    install(&image, &dest, &opts.out_dir)?;
-    opts.report(BuildProgress::Written { dir: dest });
-    Ok(manifest)
+    sync_dir(image)
 }
 
 /// The one pinned package with `role`, fetched and verified into
@@ -273,7 +281,7 @@ pub fn fetch_pinned(role: Role, cache_dir: &Path) -> Result<(PinnedPackage, Path
 }
 
 /// An image name becomes a directory name: keep it one plain component.
-fn check_name(name: &str) -> Result<(), BuildError> {
+pub(crate) fn check_name(name: &str) -> Result<(), BuildError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
@@ -448,13 +456,13 @@ fn write_initramfs(opts: &BuildOptions, tree: &Tree, path: &Path) -> Result<(), 
     Ok(())
 }
 
-fn write_file(path: &Path, data: &[u8]) -> Result<(), BuildError> {
+pub(crate) fn write_file(path: &Path, data: &[u8]) -> Result<(), BuildError> {
     let mut file = fs::File::create(path).map_err(BuildError::write(path))?;
     file.write_all(data).map_err(BuildError::write(path))?;
     file.sync_all().map_err(BuildError::write(path))
 }
 
-fn copy_file(from: &Path, to: &Path) -> Result<(), BuildError> {
+pub(crate) fn copy_file(from: &Path, to: &Path) -> Result<(), BuildError> {
     let data = fs::read(from).map_err(BuildError::read(from))?;
     write_file(to, &data)
 }
@@ -469,7 +477,7 @@ fn sync_dir(dir: &Path) -> Result<(), BuildError> {
 /// first renamed into a temporary directory (deleted afterwards), and put
 /// back if the second rename fails: at no point is a partial image at
 /// `dest`.
-fn install(staged: &Path, dest: &Path, out_dir: &Path) -> Result<(), BuildError> {
+pub(crate) fn install(staged: &Path, dest: &Path, out_dir: &Path) -> Result<(), BuildError> {
     if fs::symlink_metadata(dest).is_err() {
         fs::rename(staged, dest).map_err(BuildError::write(dest))?;
         return sync_dir(out_dir);

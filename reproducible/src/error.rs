@@ -154,6 +154,12 @@ pub enum BuildError {
         /// The init binary.
         path: PathBuf,
     },
+    /// A root filesystem to seal holds a device node, socket or FIFO.
+    #[error("{path}: only directories, regular files and symlinks can go into the initramfs")]
+    UnsupportedNode {
+        /// The device node, socket or FIFO found.
+        path: PathBuf,
+    },
     /// Two inputs put different things at the same initramfs path.
     #[error("two inputs both provide /{path}")]
     Conflict {

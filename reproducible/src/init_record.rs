@@ -33,27 +33,36 @@ pub fn record_path(init: &Path) -> PathBuf {
 /// when the binary has none (not built by `scripts/build-init`).
 pub(crate) fn load(init: &Path, data: &[u8]) -> Result<Option<InitBuild>, BuildError> {
     let path = record_path(init);
-    let text = match fs::read(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(BuildError::read(&path)(e)),
-    };
+    if let Err(e) = fs::metadata(&path)
+        && e.kind() == io::ErrorKind::NotFound
+    {
+        return Ok(None);
+    }
+    let build = read(&path, init, data)?;
+    inputs::rust_toolchain()?.check(&build.rustc)?;
+    Ok(Some(build))
+}
+
+/// The build record at `path` of `init` (whose bytes are `data`), checked
+/// to describe this very binary, whatever toolchain it names: another build
+/// system (the Yocto layer's) records its own compiler.
+pub(crate) fn read(path: &Path, init: &Path, data: &[u8]) -> Result<InitBuild, BuildError> {
+    let text = fs::read(path).map_err(BuildError::read(path))?;
     let record: InitBuildRecord =
         serde_json::from_slice(&text).map_err(|source| BuildError::InitRecord {
-            path: path.clone(),
+            path: path.to_owned(),
             source,
         })?;
     let actual = hex::encode(Sha256::digest(data));
     if record.init_sha256 != actual {
         return Err(BuildError::InitRecordMismatch {
-            record: path,
+            record: path.to_owned(),
             init: init.to_owned(),
             recorded: record.init_sha256,
             actual,
         });
     }
-    inputs::rust_toolchain()?.check(&record.build.rustc)?;
-    Ok(Some(record.build))
+    Ok(record.build)
 }
 
 #[cfg(test)]

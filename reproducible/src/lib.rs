@@ -36,6 +36,7 @@ mod manifest;
 mod modules;
 mod progress;
 mod rebuild;
+mod seal;
 mod stage;
 mod supersede;
 mod tool;
@@ -64,4 +65,5 @@ pub use rebuild::{
     BuildInfo, Explained, RebuildMode, RebuildOptions, RebuildProgress, RebuildReport, RebuildStep,
     rebuild_check,
 };
+pub use seal::{SealOptions, seal_image};
 pub use supersede::Substitution;

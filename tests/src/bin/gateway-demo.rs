@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         "hello",
         &app_compose("hello", &compose, true, None),
     )?;
-    let world = GatewayWorld::start(&sup, std::slice::from_ref(&hello), |s| step(s))?;
+    let world = GatewayWorld::start(&sup, std::slice::from_ref(&hello), step)?;
 
     step("dstack vm deploy examples/hello (KMS keys, registers with the gateway)");
     world.deploy(&sup, &hello);
