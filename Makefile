@@ -79,5 +79,6 @@ bench: image
 	bench/image/run
 	bench/boot/run
 	bench/disk/run
+	bench/gateway/run
 
 test: deps lint unit e2e kernel-twice rebuild-check fuzz
