@@ -236,7 +236,10 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
 /// `digest.txt` (the OS image hash), into the finished image directory
 /// `image`: the last step of every image, built here or sealed from
 /// another build's files ([`crate::seal_image`]).
-pub(crate) fn write_manifest_files(image: &Path, manifest: &ImageManifest) -> Result<(), BuildError> {
+pub(crate) fn write_manifest_files(
+    image: &Path,
+    manifest: &ImageManifest,
+) -> Result<(), BuildError> {
     let metadata_path = image.join(METADATA_FILE);
     let metadata = manifest.to_json().map_err(|source| BuildError::Metadata {
         path: metadata_path.clone(),
