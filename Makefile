@@ -14,7 +14,7 @@ BIN := $(CARGO_TARGET_DIR)/debug
 # dstack-init is built with the size-tuned `guest` profile (Cargo.toml).
 INIT := $(CARGO_TARGET_DIR)/$(MUSL)/guest/dstack-init
 
-.PHONY: demo quote-demo test lint unit e2e e2e-sdk fuzz deps build image bench kernel-twice rebuild-check
+.PHONY: demo quote-demo test lint unit e2e e2e-sdk fuzz deps build image bench kernel-twice rebuild-check yocto-check
 
 deps:
 	scripts/install-deps
@@ -75,10 +75,19 @@ rebuild-check: image
 	$(BIN)/dstack image rebuild-check --allow-superseded \
 	  --against $(DSTACK_IMAGES_DIR)/dstack-$$($(BIN)/dstack --version | cut -d' ' -f2)
 
+# The Yocto layer: parsed, linted, expanded, its task graph and an offline
+# unpack of our recipes checked (yocto/check, with the image's cached .debs
+# and a seal round trip against the built image); yocto/check-negative
+# shows that a busybox in the image, a stale or missing crate checksum,
+# drifted kernel fragments and a parse error each fail it.
+yocto-check: image
+	yocto/check
+	yocto/check-negative
+
 bench: image
 	bench/image/run
 	bench/boot/run
 	bench/disk/run
 	bench/gateway/run
 
-test: deps lint unit e2e kernel-twice rebuild-check fuzz
+test: deps lint unit e2e kernel-twice rebuild-check yocto-check fuzz
