@@ -188,16 +188,11 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
     let ovmf = deb::resolve_file(&root, &names_with(&packages, Role::Firmware), OVMF_PATH)?;
     copy_file(&ovmf, &image.join(BIOS_FILE))?;
 
-    let manifest = ImageManifest {
-        name: opts.name.clone(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        kernel: KERNEL_FILE.to_owned(),
-        initrd: INITRD_FILE.to_owned(),
-        bios: BIOS_FILE.to_owned(),
-        cmdline: CMDLINE.to_owned(),
-        is_dev: opts.dev,
-        kernel_version: kernel.release.clone(),
-        inputs: ImageInputs {
+    let manifest = image_manifest(
+        &opts.name,
+        opts.dev,
+        &kernel.release,
+        ImageInputs {
             packages: packages
                 .iter()
                 .map(|p| InputPackage {
@@ -223,13 +218,34 @@ pub fn build_image(opts: &BuildOptions) -> Result<ImageManifest, BuildError> {
                 KernelSource::Debian { .. } => None,
             },
         },
-    };
+    );
     write_manifest_files(&image, &manifest)?;
 
     let dest = opts.out_dir.join(&opts.name);
     install(&image, &dest, &opts.out_dir)?;
     opts.report(BuildProgress::Written { dir: dest });
     Ok(manifest)
+}
+
+/// The manifest of an image of this builder's layout (file names, command
+/// line, version) built from `inputs`.
+pub(crate) fn image_manifest(
+    name: &str,
+    is_dev: bool,
+    kernel_version: &str,
+    inputs: ImageInputs,
+) -> ImageManifest {
+    ImageManifest {
+        name: name.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel: KERNEL_FILE.to_owned(),
+        initrd: INITRD_FILE.to_owned(),
+        bios: BIOS_FILE.to_owned(),
+        cmdline: CMDLINE.to_owned(),
+        is_dev,
+        kernel_version: kernel_version.to_owned(),
+        inputs,
+    }
 }
 
 /// Writes `metadata.json`, then `sha256sum.txt` over the image's files and

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::build::{self, CMDLINE};
+use crate::build;
 use crate::error::BuildError;
 use crate::inputs::{self, Role};
 use crate::kernel::{self, FRAGMENTS};
@@ -115,16 +115,11 @@ pub fn seal_image(opts: &SealOptions) -> Result<ImageManifest, BuildError> {
     build::copy_file(&opts.kernel, &image.join(KERNEL_FILE))?;
     build::copy_file(&opts.firmware, &image.join(BIOS_FILE))?;
 
-    let manifest = ImageManifest {
-        name: opts.name.clone(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        kernel: KERNEL_FILE.to_owned(),
-        initrd: INITRD_FILE.to_owned(),
-        bios: BIOS_FILE.to_owned(),
-        cmdline: CMDLINE.to_owned(),
-        is_dev: opts.dev,
-        kernel_version: opts.kernel_release.clone(),
-        inputs: ImageInputs {
+    let manifest = build::image_manifest(
+        &opts.name,
+        opts.dev,
+        &opts.kernel_release,
+        ImageInputs {
             packages,
             init: InitInput {
                 sha256: hex::encode(Sha256::digest(&init)),
@@ -133,7 +128,7 @@ pub fn seal_image(opts: &SealOptions) -> Result<ImageManifest, BuildError> {
             },
             kernel_build,
         },
-    };
+    );
     build::write_manifest_files(&image, &manifest)?;
     build::install(&image, &opts.out_dir.join(&opts.name), &opts.out_dir)?;
     Ok(manifest)
@@ -239,7 +234,7 @@ mod tests {
             assert!(image.join(file).is_file(), "{file}");
         }
         assert_eq!(ImageManifest::load(&image).unwrap(), manifest);
-        assert_eq!(manifest.cmdline, CMDLINE);
+        assert_eq!(manifest.cmdline, crate::CMDLINE);
         assert_eq!(manifest.inputs.packages[0].name, "ovmf");
         let kernel_build = manifest.inputs.kernel_build.as_ref().unwrap();
         assert_eq!(kernel_build.fragments.len(), FRAGMENTS.len());
