@@ -341,6 +341,15 @@ async fn admin(gw: &Gateway, method: &str, body: Value) -> (u16, Value) {
     (status, value)
 }
 
+/// `series` summed over `gateways`.
+async fn metric_sum(gateways: &[&Gateway], series: &str) -> u64 {
+    let mut sum = 0;
+    for gw in gateways {
+        sum += metric(gw, series).await;
+    }
+    sum
+}
+
 /// A counter or gauge from the node's `/metrics` (0 when absent).
 async fn metric(gw: &Gateway, series: &str) -> u64 {
     let (status, text) = http(gw.admin, "GET", "/metrics", Some(ADMIN_TOKEN), "").await;
@@ -1090,18 +1099,12 @@ async fn three_replicas_route_issue_survive_and_renew() {
 
     // -----------------------------------------------------------------
     step(8, "RenewCert on two replicas at once renews once");
-    let issued_before =
-        metric(live[0], issued_series()).await + metric(live[1], issued_series()).await;
-    let failed_before = metric(
-        live[0],
+    let issued_before = metric_sum(&live, issued_series()).await;
+    let failed_before = metric_sum(
+        &live,
         "dstack_gateway_certificates_total{outcome=\"failed\"}",
     )
-    .await
-        + metric(
-            live[1],
-            "dstack_gateway_certificates_total{outcome=\"failed\"}",
-        )
-        .await;
+    .await;
     let mut open = tls_connect(live[0], &format!("{APP1}-7000.{BASE}"), &trusted)
         .await
         .unwrap();
@@ -1139,23 +1142,17 @@ async fn three_replicas_route_issue_survive_and_renew() {
     );
     // Give a second (wrong) issuance time to show up.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let issued_after =
-        metric(live[0], issued_series()).await + metric(live[1], issued_series()).await;
+    let issued_after = metric_sum(&live, issued_series()).await;
     assert_eq!(
         issued_after,
         issued_before + 1,
         "exactly one replica renewed"
     );
-    let failed_after = metric(
-        live[0],
+    let failed_after = metric_sum(
+        &live,
         "dstack_gateway_certificates_total{outcome=\"failed\"}",
     )
-    .await
-        + metric(
-            live[1],
-            "dstack_gateway_certificates_total{outcome=\"failed\"}",
-        )
-        .await;
+    .await;
     assert_eq!(failed_after, failed_before, "no renewal failed");
     open.write_all(b"after!\n").await.unwrap();
     open.read_exact(&mut echo).await.unwrap();
