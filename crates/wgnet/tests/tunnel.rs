@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::ErrorKind;
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use common::{A_IP, B_IP, Pattern, addr, echo_server, pair, peer_of, start};
@@ -149,25 +150,22 @@ async fn responder_learns_the_endpoint() {
     assert_eq!(b.peers()[0].endpoint, None);
     echo_server(b.listen(7).await.unwrap());
 
-    let mut stream = timeout(PATIENCE, a.connect(addr(B_IP, 7)))
-        .await
-        .unwrap()
-        .unwrap();
-    stream.write_all(b"roam").await.unwrap();
-    let mut buf = [0u8; 4];
-    stream.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"roam");
+    echo_round_trip(&a, addr(B_IP, 7), b"roam").await;
     assert_eq!(b.peers()[0].endpoint, Some(a.local_udp_addr()));
 
     // Now B can open connections towards A too.
     echo_server(a.listen(8).await.unwrap());
-    let mut back = timeout(PATIENCE, b.connect(addr(A_IP, 8)))
-        .await
-        .unwrap()
-        .unwrap();
-    back.write_all(b"back").await.unwrap();
-    back.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"back");
+    echo_round_trip(&b, addr(A_IP, 8), b"back").await;
+}
+
+/// Connects from `net` to the echo server at `to` and checks `message`
+/// comes back.
+async fn echo_round_trip(net: &WgNet, to: SocketAddrV4, message: &[u8]) {
+    let mut stream = timeout(PATIENCE, net.connect(to)).await.unwrap().unwrap();
+    stream.write_all(message).await.unwrap();
+    let mut buf = vec![0u8; message.len()];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(buf, message);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
